@@ -1,0 +1,411 @@
+//! Packs: many sealed chunks in one object, described by their own trailer.
+//!
+//! ```text
+//! blob 0 | blob 1 | ... | sealed trailer | footer (16 bytes)
+//!
+//! blob    = nonce (24) || XChaCha20-Poly1305(payload) || tag (16)
+//!           payload = zstd(plaintext) or plaintext, as the trailer says;
+//!           associated data = chunk id (32) || kind (1), so a blob cannot be
+//!           passed off as another chunk.
+//! trailer = nonce || XChaCha20-Poly1305(protobuf PackTrailer) || tag,
+//!           associated data = "CAIRNPAK trailer v1"
+//! footer  = magic "CAIRNPAK" (8) || version u16 LE || reserved u16
+//!           || trailer length u32 LE
+//! ```
+//!
+//! A pack describes itself, so the index can always be rebuilt from the
+//! packs alone. Data chunks and tree chunks go to separate packs: trees are
+//! read on every restore and listing, and keeping them apart keeps those
+//! reads small.
+
+use crate::crypto::RepoKeys;
+use crate::envelope::PACK_MAGIC;
+use crate::error::FormatError;
+use crate::fingerprint::Fingerprinter;
+use crate::id::{ChunkId, PackId};
+
+/// Current pack format version.
+pub const PACK_VERSION: u16 = 1;
+/// Footer length.
+pub const FOOTER_LEN: usize = 16;
+const TRAILER_AAD: &[u8] = b"CAIRNPAK trailer v1";
+
+/// What a chunk holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BlobKind {
+    /// File content.
+    Data = 0,
+    /// An encoded directory tree.
+    Tree = 1,
+}
+
+impl BlobKind {
+    /// Decodes the stored discriminant.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Data),
+            1 => Some(Self::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// How a blob's payload is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// Stored as is (incompressible data).
+    None = 0,
+    /// zstd frame.
+    Zstd = 1,
+}
+
+/// Where a chunk lives: everything needed to read it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlobLocation {
+    /// The pack.
+    pub pack: PackId,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u64,
+    /// Length of the sealed blob.
+    pub stored_len: u32,
+    /// Length of the plaintext.
+    pub raw_len: u32,
+    /// Data or tree.
+    pub kind: BlobKind,
+    /// Compression of the payload.
+    pub compression: Compression,
+}
+
+/// One entry of a pack trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackEntry {
+    /// Chunk id.
+    pub id: ChunkId,
+    /// Its location.
+    pub location: BlobLocation,
+}
+
+/// A chunk compressed and sealed, ready to append to a pack.
+#[derive(Debug, Clone)]
+pub struct SealedBlob {
+    /// Chunk id.
+    pub id: ChunkId,
+    /// Data or tree.
+    pub kind: BlobKind,
+    /// Sealed bytes.
+    pub bytes: Vec<u8>,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// Payload compression.
+    pub compression: Compression,
+}
+
+fn blob_aad(id: &ChunkId, kind: BlobKind) -> [u8; 33] {
+    let mut aad = [0u8; 33];
+    aad[..32].copy_from_slice(id.as_bytes());
+    aad[32] = kind as u8;
+    aad
+}
+
+/// Compresses (when it helps) and seals one chunk.
+pub fn seal_blob(keys: &RepoKeys, id: ChunkId, kind: BlobKind, plaintext: &[u8], zstd_level: i32) -> SealedBlob {
+    let compressed = zstd::bulk::compress(plaintext, zstd_level)
+        .ok()
+        .filter(|z| z.len() + 16 < plaintext.len());
+    let (payload, compression) = match &compressed {
+        Some(z) => (&z[..], Compression::Zstd),
+        None => (plaintext, Compression::None),
+    };
+    SealedBlob {
+        id,
+        kind,
+        bytes: keys.seal(&blob_aad(&id, kind), payload),
+        raw_len: plaintext.len() as u32,
+        compression,
+    }
+}
+
+/// Opens a sealed blob and verifies it against its id.
+pub fn open_blob(
+    keys: &RepoKeys,
+    fingerprinter: &Fingerprinter,
+    id: &ChunkId,
+    location: &BlobLocation,
+    sealed: &[u8],
+) -> Result<Vec<u8>, FormatError> {
+    let what = "chunk";
+    let payload = keys
+        .open(&blob_aad(id, location.kind), sealed)
+        .map_err(|_| FormatError::Auth { what })?;
+    let plain = match location.compression {
+        Compression::None => payload,
+        Compression::Zstd => zstd::bulk::decompress(&payload, location.raw_len as usize).map_err(|e| {
+            FormatError::Corrupt {
+                what,
+                detail: format!("zstd: {e}"),
+            }
+        })?,
+    };
+    if plain.len() != location.raw_len as usize {
+        return Err(FormatError::Corrupt {
+            what,
+            detail: format!("length {} where {} was recorded", plain.len(), location.raw_len),
+        });
+    }
+    if fingerprinter.chunk_id(&plain) != *id {
+        return Err(FormatError::Corrupt {
+            what,
+            detail: "content does not match its fingerprint".into(),
+        });
+    }
+    Ok(plain)
+}
+
+/// The trailer as stored (protobuf).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrailerRecord {
+    /// Entries in pack order.
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<TrailerEntryRecord>,
+}
+
+/// One trailer entry as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrailerEntryRecord {
+    /// Chunk id (32 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub id: Vec<u8>,
+    /// Offset of the sealed blob.
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    /// Sealed length.
+    #[prost(uint32, tag = "3")]
+    pub stored_len: u32,
+    /// Plaintext length.
+    #[prost(uint32, tag = "4")]
+    pub raw_len: u32,
+    /// [`BlobKind`].
+    #[prost(uint32, tag = "5")]
+    pub kind: u32,
+    /// [`Compression`].
+    #[prost(uint32, tag = "6")]
+    pub compression: u32,
+}
+
+/// Accumulates sealed blobs into one pack.
+#[derive(Debug)]
+pub struct PackWriter {
+    id: PackId,
+    kind: BlobKind,
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    /// An empty pack for chunks of `kind`, with a fresh random id.
+    pub fn new(kind: BlobKind, capacity: usize) -> Self {
+        Self {
+            id: PackId::random(),
+            kind,
+            buf: Vec::with_capacity(capacity),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The pack's id.
+    pub fn id(&self) -> PackId {
+        self.id
+    }
+
+    /// Kind of chunks in this pack.
+    pub fn kind(&self) -> BlobKind {
+        self.kind
+    }
+
+    /// Bytes so far (without trailer).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True if no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of blobs.
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Appends a blob.
+    pub fn add(&mut self, blob: SealedBlob) {
+        let location = BlobLocation {
+            pack: self.id,
+            offset: self.buf.len() as u64,
+            stored_len: blob.bytes.len() as u32,
+            raw_len: blob.raw_len,
+            kind: blob.kind,
+            compression: blob.compression,
+        };
+        self.buf.extend_from_slice(&blob.bytes);
+        self.entries.push(PackEntry { id: blob.id, location });
+    }
+
+    /// Seals the trailer and footer; returns the pack bytes and its entries.
+    pub fn finish(mut self, keys: &RepoKeys) -> (PackId, Vec<u8>, Vec<PackEntry>) {
+        use prost::Message;
+        let record = TrailerRecord {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| TrailerEntryRecord {
+                    id: e.id.as_bytes().to_vec(),
+                    offset: e.location.offset,
+                    stored_len: e.location.stored_len,
+                    raw_len: e.location.raw_len,
+                    kind: e.location.kind as u32,
+                    compression: e.location.compression as u32,
+                })
+                .collect(),
+        };
+        let trailer = keys.seal(TRAILER_AAD, &record.encode_to_vec());
+        self.buf.extend_from_slice(&trailer);
+        self.buf.extend_from_slice(&footer(trailer.len() as u32));
+        (self.id, self.buf, self.entries)
+    }
+}
+
+fn footer(trailer_len: u32) -> [u8; FOOTER_LEN] {
+    let mut f = [0u8; FOOTER_LEN];
+    f[..8].copy_from_slice(&PACK_MAGIC);
+    f[8..10].copy_from_slice(&PACK_VERSION.to_le_bytes());
+    f[12..16].copy_from_slice(&trailer_len.to_le_bytes());
+    f
+}
+
+/// Parses a footer; returns the trailer length.
+pub fn parse_footer(footer: &[u8], pack_size: u64) -> Result<u32, FormatError> {
+    let what = "pack";
+    if footer.len() != FOOTER_LEN || footer[..8] != PACK_MAGIC {
+        return Err(FormatError::BadMagic { what });
+    }
+    let version = u16::from_le_bytes([footer[8], footer[9]]);
+    if version == 0 || version > PACK_VERSION {
+        return Err(FormatError::UnsupportedVersion { what, version });
+    }
+    let trailer_len = u32::from_le_bytes([footer[12], footer[13], footer[14], footer[15]]);
+    if u64::from(trailer_len) + FOOTER_LEN as u64 > pack_size {
+        return Err(FormatError::Corrupt {
+            what,
+            detail: format!("trailer of {trailer_len} bytes does not fit in {pack_size} bytes"),
+        });
+    }
+    Ok(trailer_len)
+}
+
+/// Decodes a sealed trailer of pack `id` whose blobs end at `data_len`.
+pub fn parse_trailer(
+    keys: &RepoKeys,
+    id: PackId,
+    sealed: &[u8],
+    data_len: u64,
+) -> Result<Vec<PackEntry>, FormatError> {
+    use prost::Message;
+    let what = "pack trailer";
+    let plain = keys.open(TRAILER_AAD, sealed).map_err(|_| FormatError::Auth { what })?;
+    let record = TrailerRecord::decode(&plain[..]).map_err(|e| FormatError::from((what, e)))?;
+    let mut out = Vec::with_capacity(record.entries.len());
+    for e in record.entries {
+        let corrupt = |detail: String| FormatError::Corrupt { what, detail };
+        let chunk = ChunkId::from_slice(&e.id).map_err(|err| corrupt(err.to_string()))?;
+        let kind = BlobKind::from_u32(e.kind).ok_or_else(|| corrupt(format!("unknown kind {}", e.kind)))?;
+        let compression = match e.compression {
+            0 => Compression::None,
+            1 => Compression::Zstd,
+            c => return Err(corrupt(format!("unknown compression {c}"))),
+        };
+        if e.offset + u64::from(e.stored_len) > data_len {
+            return Err(corrupt(format!(
+                "entry at {}+{} runs past the data ({data_len} bytes)",
+                e.offset, e.stored_len
+            )));
+        }
+        out.push(PackEntry {
+            id: chunk,
+            location: BlobLocation {
+                pack: id,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                kind,
+                compression,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Decodes the trailer of a whole pack held in memory.
+pub fn read_trailer(keys: &RepoKeys, id: PackId, pack: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
+    if pack.len() < FOOTER_LEN {
+        return Err(FormatError::BadMagic { what: "pack" });
+    }
+    let size = pack.len() as u64;
+    let trailer_len = parse_footer(&pack[pack.len() - FOOTER_LEN..], size)? as usize;
+    let data_len = pack.len() - FOOTER_LEN - trailer_len;
+    parse_trailer(keys, id, &pack[data_len..pack.len() - FOOTER_LEN], data_len as u64)
+}
+
+/// Object key of a pack: `packs/<first 2 hex>/<id>`.
+pub fn pack_key(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("packs/{}/{}", &hex[..2], hex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use crate::fingerprint::HashAlgo;
+
+    #[test]
+    fn pack_round_trip_and_damage() {
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]));
+        let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
+        let chunks: Vec<Vec<u8>> = vec![vec![0u8; 10_000], b"incompressible?".to_vec(), Vec::new()];
+        let mut w = PackWriter::new(BlobKind::Data, 0);
+        for c in &chunks {
+            w.add(seal_blob(&keys, fp.chunk_id(c), BlobKind::Data, c, 3));
+        }
+        let (id, bytes, entries) = w.finish(&keys);
+        assert_eq!(&bytes[bytes.len() - 16..bytes.len() - 8], b"CAIRNPAK");
+        let parsed = read_trailer(&keys, id, &bytes).unwrap();
+        assert_eq!(parsed, entries);
+        assert_eq!(parsed[0].location.compression, Compression::Zstd);
+        assert_eq!(parsed[1].location.compression, Compression::None);
+        for (e, c) in parsed.iter().zip(&chunks) {
+            let l = &e.location;
+            let sealed = &bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize];
+            assert_eq!(&open_blob(&keys, &fp, &e.id, l, sealed).unwrap(), c);
+        }
+        // A flipped byte in a blob fails authentication.
+        let l = parsed[0].location;
+        let mut bad = bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize].to_vec();
+        bad[40] ^= 0x01;
+        assert!(open_blob(&keys, &fp, &parsed[0].id, &l, &bad).is_err());
+        // A blob presented under another id fails.
+        let sealed = &bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize];
+        assert!(open_blob(&keys, &fp, &parsed[1].id, &l, sealed).is_err());
+        // Truncation is detected.
+        assert!(read_trailer(&keys, id, &bytes[..bytes.len() - 1]).is_err());
+        assert!(read_trailer(&keys, id, &bytes[..5]).is_err());
+    }
+
+    #[test]
+    fn footer_bytes_are_pinned() {
+        assert_eq!(
+            hex::encode(footer(0x0102_0304)),
+            "434149524e50414b0100000004030201"
+        );
+    }
+}
