@@ -253,8 +253,14 @@ mod tests {
     #[test]
     fn key_changes_cut_points() {
         let data = pseudo_random(1 << 20, 2);
-        let a: Vec<usize> = Chunker::new(SMALL, &[1; 32]).chunks(&data).map(<[u8]>::len).collect();
-        let b: Vec<usize> = Chunker::new(SMALL, &[2; 32]).chunks(&data).map(<[u8]>::len).collect();
+        let a: Vec<usize> = Chunker::new(SMALL, &[1; 32])
+            .chunks(&data)
+            .map(<[u8]>::len)
+            .collect();
+        let b: Vec<usize> = Chunker::new(SMALL, &[2; 32])
+            .chunks(&data)
+            .map(<[u8]>::len)
+            .collect();
         assert_ne!(a, b);
     }
 
@@ -263,8 +269,14 @@ mod tests {
         // Frozen: the same key and bounds must cut the same data identically
         // forever, or deduplication against old snapshots is lost.
         let data = pseudo_random(200_000, 9);
-        let lens: Vec<usize> = Chunker::new(SMALL, &[5; 32]).chunks(&data).map(<[u8]>::len).collect();
-        let again: Vec<usize> = Chunker::new(SMALL, &[5; 32]).chunks(&data).map(<[u8]>::len).collect();
+        let lens: Vec<usize> = Chunker::new(SMALL, &[5; 32])
+            .chunks(&data)
+            .map(<[u8]>::len)
+            .collect();
+        let again: Vec<usize> = Chunker::new(SMALL, &[5; 32])
+            .chunks(&data)
+            .map(<[u8]>::len)
+            .collect();
         assert_eq!(lens, again);
         assert_eq!(lens.iter().sum::<usize>(), 200_000);
     }
@@ -273,17 +285,29 @@ mod tests {
     fn insertion_changes_few_chunks() {
         let data = pseudo_random(1 << 20, 4);
         let chunker = Chunker::new(SMALL, &[6; 32]);
-        let before: std::collections::HashSet<Vec<u8>> = chunker.chunks(&data).map(<[u8]>::to_vec).collect();
+        let before: std::collections::HashSet<Vec<u8>> =
+            chunker.chunks(&data).map(<[u8]>::to_vec).collect();
         let mut edited = vec![0x42];
         edited.extend_from_slice(&data);
-        let new = chunker.chunks(&edited).filter(|c| !before.contains(*c)).count();
+        let new = chunker
+            .chunks(&edited)
+            .filter(|c| !before.contains(*c))
+            .count();
         assert!(new <= 2, "{new} new chunks after a one-byte insertion");
     }
 
     #[test]
     fn default_params_are_valid() {
         ChunkerParams::DEFAULT.validate().unwrap();
-        assert!(ChunkerParams { min: 10, avg: 20, max: 30 }.validate().is_err());
+        assert!(
+            ChunkerParams {
+                min: 10,
+                avg: 20,
+                max: 30
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     proptest! {

@@ -122,14 +122,20 @@ impl RepoConfig {
     /// Seals the config for storage.
     pub fn seal(&self, keys: &RepoKeys) -> Vec<u8> {
         use prost::Message;
-        envelope::seal(keys, CONFIG_MAGIC, CONFIG_VERSION, &self.to_record().encode_to_vec())
+        envelope::seal(
+            keys,
+            CONFIG_MAGIC,
+            CONFIG_VERSION,
+            &self.to_record().encode_to_vec(),
+        )
     }
 
     /// Opens a stored config.
     pub fn open(keys: &RepoKeys, bytes: &[u8]) -> Result<Self, FormatError> {
         use prost::Message;
         let (_, body) = envelope::open(keys, CONFIG_MAGIC, "config", CONFIG_VERSION, bytes)?;
-        let record = ConfigRecord::decode(&body[..]).map_err(|e| FormatError::from(("config", e)))?;
+        let record =
+            ConfigRecord::decode(&body[..]).map_err(|e| FormatError::from(("config", e)))?;
         Self::from_record(record)
     }
 }

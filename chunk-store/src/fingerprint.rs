@@ -80,7 +80,9 @@ impl Fingerprinter {
     /// The id of a chunk with this plaintext.
     pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
         match self.algo {
-            HashAlgo::Blake3 => ChunkId::from_bytes(*blake3::keyed_hash(&self.key, plaintext).as_bytes()),
+            HashAlgo::Blake3 => {
+                ChunkId::from_bytes(*blake3::keyed_hash(&self.key, plaintext).as_bytes())
+            }
             HashAlgo::HmacSha256 => {
                 // HMAC accepts keys of any length; 32 bytes cannot be rejected.
                 let mut mac = match Hmac::<Sha256>::new_from_slice(&self.key) {

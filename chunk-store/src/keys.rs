@@ -73,7 +73,11 @@ pub struct KeyRecord {
     pub user: String,
 }
 
-fn derive_wrapping_key(password: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32], FormatError> {
+fn derive_wrapping_key(
+    password: &[u8],
+    salt: &[u8],
+    p: KdfParams,
+) -> Result<[u8; 32], FormatError> {
     let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32)).map_err(|e| {
         FormatError::Corrupt {
             what: "key file",
@@ -147,10 +151,13 @@ pub fn unwrap(bytes: &[u8], password: &[u8]) -> Result<Option<MasterKey>, Format
     let kek = derive_wrapping_key(password, &record.salt, params)?;
     match open_with_key(&kek, WRAP_AAD, &record.wrapped_key) {
         Ok(bytes) => {
-            let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| FormatError::Corrupt {
-                what: "key file",
-                detail: "wrapped key is not 32 bytes".into(),
-            })?;
+            let key: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| FormatError::Corrupt {
+                    what: "key file",
+                    detail: "wrapped key is not 32 bytes".into(),
+                })?;
             Ok(Some(MasterKey::from_bytes(key)))
         }
         Err(_) => Ok(None),

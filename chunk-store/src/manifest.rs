@@ -114,14 +114,18 @@ impl Snapshot {
         use prost::Message;
         let body = self.encode_to_vec();
         let id = SnapshotId::from_bytes(*blake3::keyed_hash(fingerprint_key, &body).as_bytes());
-        (id, envelope::seal(keys, MANIFEST_MAGIC, MANIFEST_VERSION, &body))
+        (
+            id,
+            envelope::seal(keys, MANIFEST_MAGIC, MANIFEST_VERSION, &body),
+        )
     }
 
     /// Opens a stored manifest.
     pub fn open(keys: &RepoKeys, bytes: &[u8]) -> Result<Self, FormatError> {
         use prost::Message;
         let (_, body) = envelope::open(keys, MANIFEST_MAGIC, "manifest", MANIFEST_VERSION, bytes)?;
-        let snap = <Self as Message>::decode(&body[..]).map_err(|e| FormatError::from(("manifest", e)))?;
+        let snap =
+            <Self as Message>::decode(&body[..]).map_err(|e| FormatError::from(("manifest", e)))?;
         snap.root_tree()?;
         Ok(snap)
     }

@@ -108,7 +108,13 @@ fn blob_aad(id: &ChunkId, kind: BlobKind) -> [u8; 33] {
 }
 
 /// Compresses (when it helps) and seals one chunk.
-pub fn seal_blob(keys: &RepoKeys, id: ChunkId, kind: BlobKind, plaintext: &[u8], zstd_level: i32) -> SealedBlob {
+pub fn seal_blob(
+    keys: &RepoKeys,
+    id: ChunkId,
+    kind: BlobKind,
+    plaintext: &[u8],
+    zstd_level: i32,
+) -> SealedBlob {
     let compressed = zstd::bulk::compress(plaintext, zstd_level)
         .ok()
         .filter(|z| z.len() + 16 < plaintext.len());
@@ -137,19 +143,23 @@ pub fn open_blob(
     let payload = keys
         .open(&blob_aad(id, location.kind), sealed)
         .map_err(|_| FormatError::Auth { what })?;
-    let plain = match location.compression {
-        Compression::None => payload,
-        Compression::Zstd => zstd::bulk::decompress(&payload, location.raw_len as usize).map_err(|e| {
-            FormatError::Corrupt {
-                what,
-                detail: format!("zstd: {e}"),
-            }
-        })?,
-    };
+    let plain =
+        match location.compression {
+            Compression::None => payload,
+            Compression::Zstd => zstd::bulk::decompress(&payload, location.raw_len as usize)
+                .map_err(|e| FormatError::Corrupt {
+                    what,
+                    detail: format!("zstd: {e}"),
+                })?,
+        };
     if plain.len() != location.raw_len as usize {
         return Err(FormatError::Corrupt {
             what,
-            detail: format!("length {} where {} was recorded", plain.len(), location.raw_len),
+            detail: format!(
+                "length {} where {} was recorded",
+                plain.len(),
+                location.raw_len
+            ),
         });
     }
     if fingerprinter.chunk_id(&plain) != *id {
@@ -248,7 +258,10 @@ impl PackWriter {
             compression: blob.compression,
         };
         self.buf.extend_from_slice(&blob.bytes);
-        self.entries.push(PackEntry { id: blob.id, location });
+        self.entries.push(PackEntry {
+            id: blob.id,
+            location,
+        });
     }
 
     /// Seals the trailer and footer; returns the pack bytes and its entries.
@@ -312,13 +325,16 @@ pub fn parse_trailer(
 ) -> Result<Vec<PackEntry>, FormatError> {
     use prost::Message;
     let what = "pack trailer";
-    let plain = keys.open(TRAILER_AAD, sealed).map_err(|_| FormatError::Auth { what })?;
+    let plain = keys
+        .open(TRAILER_AAD, sealed)
+        .map_err(|_| FormatError::Auth { what })?;
     let record = TrailerRecord::decode(&plain[..]).map_err(|e| FormatError::from((what, e)))?;
     let mut out = Vec::with_capacity(record.entries.len());
     for e in record.entries {
         let corrupt = |detail: String| FormatError::Corrupt { what, detail };
         let chunk = ChunkId::from_slice(&e.id).map_err(|err| corrupt(err.to_string()))?;
-        let kind = BlobKind::from_u32(e.kind).ok_or_else(|| corrupt(format!("unknown kind {}", e.kind)))?;
+        let kind = BlobKind::from_u32(e.kind)
+            .ok_or_else(|| corrupt(format!("unknown kind {}", e.kind)))?;
         let compression = match e.compression {
             0 => Compression::None,
             1 => Compression::Zstd,
@@ -346,14 +362,23 @@ pub fn parse_trailer(
 }
 
 /// Decodes the trailer of a whole pack held in memory.
-pub fn read_trailer(keys: &RepoKeys, id: PackId, pack: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
+pub fn read_trailer(
+    keys: &RepoKeys,
+    id: PackId,
+    pack: &[u8],
+) -> Result<Vec<PackEntry>, FormatError> {
     if pack.len() < FOOTER_LEN {
         return Err(FormatError::BadMagic { what: "pack" });
     }
     let size = pack.len() as u64;
     let trailer_len = parse_footer(&pack[pack.len() - FOOTER_LEN..], size)? as usize;
     let data_len = pack.len() - FOOTER_LEN - trailer_len;
-    parse_trailer(keys, id, &pack[data_len..pack.len() - FOOTER_LEN], data_len as u64)
+    parse_trailer(
+        keys,
+        id,
+        &pack[data_len..pack.len() - FOOTER_LEN],
+        data_len as u64,
+    )
 }
 
 /// Object key of a pack: `packs/<first 2 hex>/<id>`.
@@ -390,7 +415,8 @@ mod tests {
         }
         // A flipped byte in a blob fails authentication.
         let l = parsed[0].location;
-        let mut bad = bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize].to_vec();
+        let mut bad =
+            bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize].to_vec();
         bad[40] ^= 0x01;
         assert!(open_blob(&keys, &fp, &parsed[0].id, &l, &bad).is_err());
         // A blob presented under another id fails.

@@ -77,7 +77,9 @@ impl Repository {
         let key_file = keys::wrap(&master, password, options.kdf, &options.host, &options.user)
             .map_err(|source| format_err(&*store, "key file", source))?;
         // The key first: a config without a key would be unreadable forever.
-        store.put(&format!("keys/{key_id}"), Bytes::from(key_file)).await?;
+        store
+            .put(&format!("keys/{key_id}"), Bytes::from(key_file))
+            .await?;
         match store.put(CONFIG_KEY, Bytes::from(config.seal(&keys))).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => {
@@ -104,12 +106,18 @@ impl Repository {
         };
         let (master, key_id) = unlock(&*store, password).await?;
         let keys = RepoKeys::derive(&master);
-        let config =
-            RepoConfig::open(&keys, &config_bytes).map_err(|source| format_err(&*store, CONFIG_KEY, source))?;
+        let config = RepoConfig::open(&keys, &config_bytes)
+            .map_err(|source| format_err(&*store, CONFIG_KEY, source))?;
         Ok(Self::assemble(store, config, keys, master, key_id))
     }
 
-    fn assemble(store: Arc<dyn ObjectStore>, config: RepoConfig, keys: RepoKeys, master: MasterKey, key_id: KeyId) -> Self {
+    fn assemble(
+        store: Arc<dyn ObjectStore>,
+        config: RepoConfig,
+        keys: RepoKeys,
+        master: MasterKey,
+        key_id: KeyId,
+    ) -> Self {
         let fingerprinter = Fingerprinter::new(config.hash, *keys.fingerprint_key());
         let chunker = Arc::new(Chunker::new(config.chunker, keys.chunker_key()));
         Self {
@@ -156,11 +164,19 @@ impl Repository {
     // ---- keys ----
 
     /// Adds a key file for another password.
-    pub async fn add_key(&self, password: &[u8], kdf: KdfParams, host: &str, user: &str) -> Result<KeyId, RepoError> {
+    pub async fn add_key(
+        &self,
+        password: &[u8],
+        kdf: KdfParams,
+        host: &str,
+        user: &str,
+    ) -> Result<KeyId, RepoError> {
         let id = KeyId::random();
         let file = keys::wrap(&self.master, password, kdf, host, user)
             .map_err(|source| format_err(&*self.store, "key file", source))?;
-        self.store.put(&format!("keys/{id}"), Bytes::from(file)).await?;
+        self.store
+            .put(&format!("keys/{id}"), Bytes::from(file))
+            .await?;
         Ok(id)
     }
 
@@ -172,7 +188,8 @@ impl Repository {
                 continue;
             };
             let bytes = self.store.get(&obj.key).await?;
-            let rec = keys::decode(&bytes).map_err(|source| format_err(&*self.store, &obj.key, source))?;
+            let rec = keys::decode(&bytes)
+                .map_err(|source| format_err(&*self.store, &obj.key, source))?;
             out.push(KeyInfo {
                 id,
                 created_unix: rec.created_unix,
@@ -189,7 +206,10 @@ impl Repository {
     pub async fn remove_key(&self, id: &KeyId) -> Result<(), RepoError> {
         let keys = self.list_keys().await?;
         if !keys.iter().any(|k| k.id == *id) {
-            return Err(RepoError::Invalid(format!("no key {id} in {}", self.location())));
+            return Err(RepoError::Invalid(format!(
+                "no key {id} in {}",
+                self.location()
+            )));
         }
         if *id == self.key_id {
             return Err(RepoError::Invalid(
@@ -202,7 +222,13 @@ impl Repository {
     }
 
     /// Replaces the current password: adds a key for `new`, then removes the old key.
-    pub async fn change_password(&self, new: &[u8], kdf: KdfParams, host: &str, user: &str) -> Result<KeyId, RepoError> {
+    pub async fn change_password(
+        &self,
+        new: &[u8],
+        kdf: KdfParams,
+        host: &str,
+        user: &str,
+    ) -> Result<KeyId, RepoError> {
         let id = self.add_key(new, kdf, host, user).await?;
         self.store.delete(&format!("keys/{}", self.key_id)).await?;
         Ok(id)
@@ -226,7 +252,11 @@ impl Repository {
             .list("manifests/")
             .await?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix("manifests/").and_then(|s| s.parse().ok()))
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix("manifests/")
+                    .and_then(|s| s.parse().ok())
+            })
             .collect())
     }
 
@@ -255,7 +285,9 @@ impl Repository {
                 .await?
                 .last()
                 .map(|(id, _)| *id)
-                .ok_or_else(|| RepoError::SnapshotRef(format!("no snapshots in {}", self.location())));
+                .ok_or_else(|| {
+                    RepoError::SnapshotRef(format!("no snapshots in {}", self.location()))
+                });
         }
         let reference = reference.to_ascii_lowercase();
         if reference.is_empty() || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -291,14 +323,22 @@ impl Repository {
     }
 
     /// Reads a pack's trailer using two ranged reads at most.
-    pub async fn read_pack_trailer(&self, id: &PackId, size: Option<u64>) -> Result<Vec<PackEntry>, RepoError> {
+    pub async fn read_pack_trailer(
+        &self,
+        id: &PackId,
+        size: Option<u64>,
+    ) -> Result<Vec<PackEntry>, RepoError> {
         let key = pack_key(id);
         let size = match size {
             Some(s) => s,
-            None => self.store.head(&key).await?.ok_or_else(|| StoreError::NotFound {
-                location: self.location(),
-                key: key.clone(),
-            })?,
+            None => self
+                .store
+                .head(&key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    location: self.location(),
+                    key: key.clone(),
+                })?,
         };
         let bad = |source| format_err(&*self.store, &key, source);
         if size < FOOTER_LEN as u64 {
@@ -306,7 +346,10 @@ impl Repository {
         }
         // Most trailers fit in the last 64 KiB: read that in one request.
         let tail_len = size.min(64 * 1024);
-        let tail = self.store.get_range(&key, size - tail_len, tail_len).await?;
+        let tail = self
+            .store
+            .get_range(&key, size - tail_len, tail_len)
+            .await?;
         let footer = &tail[tail.len() - FOOTER_LEN..];
         let trailer_len = u64::from(pack::parse_footer(footer, size).map_err(bad)?);
         let trailer_start = size - FOOTER_LEN as u64 - trailer_len;
@@ -314,13 +357,19 @@ impl Repository {
             let from = (tail_len - FOOTER_LEN as u64 - trailer_len) as usize;
             tail.slice(from..tail.len() - FOOTER_LEN)
         } else {
-            self.store.get_range(&key, trailer_start, trailer_len).await?
+            self.store
+                .get_range(&key, trailer_start, trailer_len)
+                .await?
         };
         pack::parse_trailer(&self.keys, *id, &sealed, trailer_start).map_err(bad)
     }
 
     /// Reads, decrypts and verifies one chunk.
-    pub async fn read_blob(&self, id: &ChunkId, location: &BlobLocation) -> Result<Vec<u8>, RepoError> {
+    pub async fn read_blob(
+        &self,
+        id: &ChunkId,
+        location: &BlobLocation,
+    ) -> Result<Vec<u8>, RepoError> {
         let key = pack_key(&location.pack);
         let sealed = self
             .store
@@ -330,18 +379,27 @@ impl Repository {
     }
 
     /// Decrypts and verifies one sealed chunk already in memory.
-    pub fn open_blob(&self, id: &ChunkId, location: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>, RepoError> {
-        pack::open_blob(&self.keys, &self.fingerprinter, id, location, sealed).map_err(|source| match source {
-            FormatError::Corrupt { ref detail, .. } if detail.contains("fingerprint") => RepoError::HashMismatch {
-                chunk: id.to_hex(),
-                pack: location.pack.to_hex(),
-                location: self.location(),
-            },
-            source => RepoError::Format {
-                object: format!("chunk {} in {}", id, pack_key(&location.pack)),
-                location: self.location(),
-                source,
-            },
+    pub fn open_blob(
+        &self,
+        id: &ChunkId,
+        location: &BlobLocation,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, RepoError> {
+        pack::open_blob(&self.keys, &self.fingerprinter, id, location, sealed).map_err(|source| {
+            match source {
+                FormatError::Corrupt { ref detail, .. } if detail.contains("fingerprint") => {
+                    RepoError::HashMismatch {
+                        chunk: id.to_hex(),
+                        pack: location.pack.to_hex(),
+                        location: self.location(),
+                    }
+                }
+                source => RepoError::Format {
+                    object: format!("chunk {} in {}", id, pack_key(&location.pack)),
+                    location: self.location(),
+                    source,
+                },
+            }
         })
     }
 

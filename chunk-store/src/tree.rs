@@ -125,7 +125,7 @@ impl Node {
 
     /// The chunk ids of a file.
     pub fn chunk_ids(&self) -> Result<Vec<ChunkId>, FormatError> {
-        if self.chunks.len() % 32 != 0 {
+        if !self.chunks.len().is_multiple_of(32) {
             return Err(FormatError::Corrupt {
                 what: "tree",
                 detail: "chunk list is not a multiple of 32 bytes".into(),
@@ -238,7 +238,10 @@ mod tests {
 
     #[test]
     fn rejects_future_versions_and_garbage() {
-        let t = Tree { version: 99, nodes: vec![] };
+        let t = Tree {
+            version: 99,
+            nodes: vec![],
+        };
         assert!(matches!(
             Tree::decode_bytes(&t.encode()),
             Err(FormatError::UnsupportedVersion { .. })

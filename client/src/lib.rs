@@ -1,1 +1,15 @@
+//! The Cairn backup client: backup, restore, check and index engines behind
+//! the `cairn` command.
+//!
+//! Engines are generic over [`cairn_index::Index`], so the same pipeline
+//! runs against the embedded index (local mode) and a remote cluster.
 
+pub mod backup;
+pub mod browse;
+pub mod check;
+pub mod context;
+pub mod fsmeta;
+pub mod progress;
+pub mod rebuild;
+pub mod restore;
+pub mod source;

@@ -64,7 +64,11 @@ fn now_secs() -> i64 {
 
 impl Engine {
     /// Opens (creating if needed) the index at `path`.
-    pub fn open(path: &Path, options: EngineOptions, on_wait: &dyn Fn(&str)) -> Result<Self, IndexError> {
+    pub fn open(
+        path: &Path,
+        options: EngineOptions,
+        on_wait: &dyn Fn(&str),
+    ) -> Result<Self, IndexError> {
         let lock = IndexLock::acquire(path, options.lock_wait, on_wait)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -176,7 +180,11 @@ impl Engine {
     }
 
     /// Synchronous form of [`Index::register_pack`].
-    pub fn register_pack_sync(&self, pack: PackId, entries: &[PackEntry]) -> Result<RegisterOutcome, IndexError> {
+    pub fn register_pack_sync(
+        &self,
+        pack: PackId,
+        entries: &[PackEntry],
+    ) -> Result<RegisterOutcome, IndexError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
         let existing = self.get_records(&ids)?;
@@ -228,7 +236,9 @@ impl Engine {
     pub fn flush_sync(&self) -> Result<(), IndexError> {
         self.db.flush_wal(true).map_err(|e| self.db_err(e))?;
         for name in [CF_CHUNKS, CF_PACKS, CF_META] {
-            self.db.flush_cf(self.cf(name)?).map_err(|e| self.db_err(e))?;
+            self.db
+                .flush_cf(self.cf(name)?)
+                .map_err(|e| self.db_err(e))?;
         }
         Ok(())
     }
@@ -250,7 +260,11 @@ impl Index for Engine {
         self.unknown_chunks_sync(ids)
     }
 
-    async fn register_pack(&self, pack: PackId, entries: &[PackEntry]) -> Result<RegisterOutcome, IndexError> {
+    async fn register_pack(
+        &self,
+        pack: PackId,
+        entries: &[PackEntry],
+    ) -> Result<RegisterOutcome, IndexError> {
         self.register_pack_sync(pack, entries)
     }
 
@@ -298,24 +312,57 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap();
         let ids: Vec<ChunkId> = (1..=3).map(|i| ChunkId::from_bytes([i; 32])).collect();
-        assert_eq!(engine.unknown_chunks(&ids).await.unwrap(), vec![true, true, true]);
+        assert_eq!(
+            engine.unknown_chunks(&ids).await.unwrap(),
+            vec![true, true, true]
+        );
 
         let (p1, p2) = (PackId::random(), PackId::random());
-        let out = engine.register_pack(p1, &[entry(1, p1), entry(2, p1)]).await.unwrap();
-        assert_eq!(out, RegisterOutcome { new: 2, duplicates: 0 });
+        let out = engine
+            .register_pack(p1, &[entry(1, p1), entry(2, p1)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            RegisterOutcome {
+                new: 2,
+                duplicates: 0
+            }
+        );
         // First writer wins: chunk 2 stays in p1.
-        let out = engine.register_pack(p2, &[entry(2, p2), entry(3, p2)]).await.unwrap();
-        assert_eq!(out, RegisterOutcome { new: 1, duplicates: 1 });
-        assert_eq!(engine.unknown_chunks(&ids).await.unwrap(), vec![false, false, false]);
+        let out = engine
+            .register_pack(p2, &[entry(2, p2), entry(3, p2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            RegisterOutcome {
+                new: 1,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            engine.unknown_chunks(&ids).await.unwrap(),
+            vec![false, false, false]
+        );
         let found = engine.lookup(&ids).await.unwrap();
         assert_eq!(found[1].unwrap().location.pack, p1);
         assert_eq!(found[2].unwrap().location.pack, p2);
         assert!(found[0].unwrap().first_seen > 0);
-        assert_eq!(engine.stats().await.unwrap(), IndexStats { chunks: 3, packs: 2 });
+        assert_eq!(
+            engine.stats().await.unwrap(),
+            IndexStats {
+                chunks: 3,
+                packs: 2
+            }
+        );
 
         engine.flush().await.unwrap();
         engine.clear().await.unwrap();
-        assert_eq!(engine.unknown_chunks(&ids).await.unwrap(), vec![true, true, true]);
+        assert_eq!(
+            engine.unknown_chunks(&ids).await.unwrap(),
+            vec![true, true, true]
+        );
         assert_eq!(engine.stats().await.unwrap(), IndexStats::default());
     }
 
@@ -333,7 +380,10 @@ mod tests {
         .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("in use by another cairn process"), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
@@ -345,7 +395,10 @@ mod tests {
             engine.register_pack(p, &[entry(7, p)]).await.unwrap();
         }
         let engine = Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap();
-        let found = engine.lookup(&[ChunkId::from_bytes([7; 32])]).await.unwrap();
+        let found = engine
+            .lookup(&[ChunkId::from_bytes([7; 32])])
+            .await
+            .unwrap();
         assert_eq!(found[0].unwrap().location.offset, 700);
     }
 }

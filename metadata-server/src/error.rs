@@ -6,7 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     /// Another process holds the index.
-    #[error("index {path} is in use by another cairn process{holder}; wait for it to finish or pass --lock-wait SECONDS")]
+    #[error(
+        "index {path} is in use by another cairn process{holder}; wait for it to finish or pass --lock-wait SECONDS"
+    )]
     Locked {
         /// Index directory.
         path: PathBuf,

@@ -45,7 +45,11 @@ pub trait Index: Send + Sync {
 
     /// Records the chunks of a pack that is durably stored. The first pack
     /// to register a chunk wins; later copies are reported as duplicates.
-    async fn register_pack(&self, pack: PackId, entries: &[PackEntry]) -> Result<RegisterOutcome, IndexError>;
+    async fn register_pack(
+        &self,
+        pack: PackId,
+        entries: &[PackEntry],
+    ) -> Result<RegisterOutcome, IndexError>;
 
     /// Where each chunk is stored, if known.
     async fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkRecord>>, IndexError>;

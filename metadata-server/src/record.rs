@@ -42,7 +42,11 @@ pub fn encode_chunk(r: &ChunkRecord) -> [u8; CHUNK_RECORD_LEN] {
 /// Decodes a chunk record.
 pub fn decode_chunk(b: &[u8]) -> Result<ChunkRecord, String> {
     if b.len() != CHUNK_RECORD_LEN || b[0] != CHUNK_RECORD_VERSION {
-        return Err(format!("chunk record of {} bytes, version {:?}", b.len(), b.first()));
+        return Err(format!(
+            "chunk record of {} bytes, version {:?}",
+            b.len(),
+            b.first()
+        ));
     }
     let kind = BlobKind::from_u32(u32::from(b[1])).ok_or("unknown blob kind")?;
     let compression = match b[2] {
@@ -98,8 +102,11 @@ mod tests {
             concat!(
                 "01010100",
                 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-                "0100000000000000", "02000000", "03000000",
-                "0400000000000000", "0500000000000000"
+                "0100000000000000",
+                "02000000",
+                "03000000",
+                "0400000000000000",
+                "0500000000000000"
             )
         );
         assert_eq!(decode_chunk(&bytes).unwrap(), r);

@@ -104,7 +104,8 @@ impl LocalStore {
             });
         }
         let mut buf = vec![0u8; len as usize];
-        f.seek(SeekFrom::Start(offset)).map_err(|e| self.io_err(key, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.io_err(key, e))?;
         f.read_exact(&mut buf).map_err(|e| self.io_err(key, e))?;
         Ok(Bytes::from(buf))
     }
@@ -130,14 +131,19 @@ impl LocalStore {
                 }
                 let ft = entry.file_type().map_err(|e| self.io_err(prefix, e))?;
                 let path = entry.path();
-                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
                 let key = rel.to_string_lossy().replace('\\', "/");
                 if ft.is_dir() {
                     // The index directory is not part of the object namespace.
                     if dir == self.root && name == "index" {
                         continue;
                     }
-                    if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) || prefix.is_empty() {
+                    if prefix.starts_with(&format!("{key}/"))
+                        || key.starts_with(prefix)
+                        || prefix.is_empty()
+                    {
                         stack.push(path);
                     }
                 } else if ft.is_file() && key.starts_with(prefix) {

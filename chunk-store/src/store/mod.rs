@@ -41,7 +41,9 @@ pub enum StoreError {
         key: String,
     },
     /// A read asked for bytes past the end of the object.
-    #[error("{location}/{key}: object is {size} bytes, shorter than the {wanted} bytes needed (truncated?)")]
+    #[error(
+        "{location}/{key}: object is {size} bytes, shorter than the {wanted} bytes needed (truncated?)"
+    )]
     ShortRead {
         /// Store description.
         location: String,
@@ -117,8 +119,13 @@ pub async fn conformance_suite(store: &dyn ObjectStore) {
     // Create-only put.
     let data = Bytes::from_static(b"0123456789");
     assert!(store.put("packs/ab/abcd", data.clone()).await.is_ok());
-    let again = store.put("packs/ab/abcd", Bytes::from_static(b"other")).await;
-    assert!(matches!(again, Err(StoreError::AlreadyExists { .. })), "{again:?}");
+    let again = store
+        .put("packs/ab/abcd", Bytes::from_static(b"other"))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists { .. })),
+        "{again:?}"
+    );
     assert_eq!(store.get("packs/ab/abcd").await.ok(), Some(data.clone()));
     assert_eq!(store.head("packs/ab/abcd").await.ok(), Some(Some(10)));
     assert!(store.exists("packs/ab/abcd").await.unwrap_or(false));
@@ -138,7 +145,12 @@ pub async fn conformance_suite(store: &dyn ObjectStore) {
     ));
 
     // Listing by prefix.
-    assert!(store.put("manifests/m1", Bytes::from_static(b"m")).await.is_ok());
+    assert!(
+        store
+            .put("manifests/m1", Bytes::from_static(b"m"))
+            .await
+            .is_ok()
+    );
     assert!(store.put("packs/cd/cdef", Bytes::new()).await.is_ok());
     let mut packs: Vec<(String, u64)> = store
         .list("packs/")
@@ -150,13 +162,24 @@ pub async fn conformance_suite(store: &dyn ObjectStore) {
     packs.sort();
     assert_eq!(
         packs,
-        vec![("packs/ab/abcd".to_string(), 10), ("packs/cd/cdef".to_string(), 0)]
+        vec![
+            ("packs/ab/abcd".to_string(), 10),
+            ("packs/cd/cdef".to_string(), 0)
+        ]
     );
-    assert_eq!(store.list("manifests/").await.map(|l| l.len()).ok(), Some(1));
+    assert_eq!(
+        store.list("manifests/").await.map(|l| l.len()).ok(),
+        Some(1)
+    );
 
     // Delete is idempotent.
     assert!(store.delete("packs/ab/abcd").await.is_ok());
     assert!(store.delete("packs/ab/abcd").await.is_ok());
-    assert!(store.get("packs/ab/abcd").await.is_err_and(|e| e.is_not_found()));
+    assert!(
+        store
+            .get("packs/ab/abcd")
+            .await
+            .is_err_and(|e| e.is_not_found())
+    );
     assert_eq!(store.list("packs/").await.map(|l| l.len()).ok(), Some(1));
 }

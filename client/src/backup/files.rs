@@ -1,0 +1,122 @@
+//! File workers: read, chunk, fingerprint, deduplicate, compress and seal.
+//!
+//! Each worker owns one chunking buffer (two maximum chunk sizes), so memory
+//! is bounded by the number of workers, never by file sizes.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cairn_chunk_store::ChunkId;
+use cairn_chunk_store::chunker::ChunkStream;
+use cairn_chunk_store::pack::{BlobKind, SealedBlob, seal_blob};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::Shared;
+
+/// A file to read.
+pub struct FileJob {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Size seen by `lstat` (a hint; the bytes read are what counts).
+    pub size: u64,
+    /// Where the result goes.
+    pub reply: Sender<FileResult>,
+}
+
+/// What reading a file produced.
+pub type FileResult = Result<FileChunks, String>;
+
+/// The chunk list of a file that was read.
+#[derive(Debug)]
+pub struct FileChunks {
+    /// Chunk ids in file order.
+    pub chunks: Vec<ChunkId>,
+    /// Bytes read.
+    pub size: u64,
+}
+
+/// Worker loop: processes jobs until the channel closes.
+pub fn worker(shared: Arc<Shared>, jobs: Receiver<FileJob>, blobs: Sender<SealedBlob>) {
+    let mut buf = Vec::new();
+    for job in jobs {
+        let result = if shared.counters.aborted() {
+            Err("backup aborted".to_string())
+        } else {
+            process(&shared, &job, &blobs, &mut buf)
+        };
+        let _ = job.reply.send(result);
+    }
+}
+
+fn process(
+    shared: &Shared,
+    job: &FileJob,
+    blobs: &Sender<SealedBlob>,
+    buf: &mut Vec<u8>,
+) -> FileResult {
+    let file = File::open(&job.path).map_err(|e| e.to_string())?;
+    let chunker = shared.repo.chunker();
+    let mut chunks = Vec::with_capacity((job.size / u64::from(chunker.params().avg)) as usize + 1);
+    let mut size = 0u64;
+    let mut on_chunk = |data: &[u8]| -> Result<(), String> {
+        size += data.len() as u64;
+        shared.counters.add_read(data.len() as u64);
+        let id = shared.repo.fingerprinter().chunk_id(data);
+        chunks.push(id);
+        if shared.claim(id, BlobKind::Data)? {
+            let blob = seal_blob(
+                shared.repo.keys(),
+                id,
+                BlobKind::Data,
+                data,
+                shared.repo.config().zstd_level,
+            );
+            shared.counters.add_new_data(data.len() as u64);
+            blobs.send(blob).map_err(|_| "backup aborted".to_string())?;
+        }
+        Ok(())
+    };
+    if job.size < u64::from(chunker.params().min) {
+        // Small file: one read, one chunk.
+        let mut data = Vec::with_capacity(job.size as usize + 1);
+        file.take(u64::from(chunker.params().max))
+            .read_to_end(&mut data)
+            .map_err(|e| e.to_string())?;
+        if data.len() < chunker.params().max as usize {
+            if !data.is_empty() {
+                on_chunk(&data)?;
+            }
+            return Ok(FileChunks { chunks, size });
+        }
+        // The file grew past a chunk while we looked: chunk it properly.
+        let file = File::open(&job.path).map_err(|e| e.to_string())?;
+        stream(file, shared, buf, on_chunk)?;
+        return Ok(FileChunks { chunks, size });
+    }
+    stream(file, shared, buf, on_chunk)?;
+    Ok(FileChunks { chunks, size })
+}
+
+fn stream(
+    file: File,
+    shared: &Shared,
+    buf: &mut Vec<u8>,
+    mut on_chunk: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut s = ChunkStream::new(shared.repo.chunker(), file, std::mem::take(buf));
+    let result = loop {
+        match s.next_chunk() {
+            Ok(Some(chunk)) => {
+                if let Err(e) = on_chunk(chunk) {
+                    break Err(e);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    *buf = s.into_buffer();
+    result
+}

@@ -1,0 +1,412 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! walker ──jobs──▶ file workers (chunk, fingerprint, dedup, zstd, seal) ──┐
+//!   │                                                                   blobs ──▶ packer ──▶ store, then index
+//!   └──dirs──▶ tree builder (waits for file results, seals trees) ───────┘
+//! ```
+//!
+//! Every channel is bounded, so memory stays flat whatever the input. The
+//! manifest is written only after the packer has stored and registered every
+//! pack (invariant 2 of `cairn_chunk_store`): a backup killed at any point
+//! leaves at most unreferenced packs, which the next run reuses through the
+//! index.
+
+pub mod excludes;
+pub mod files;
+pub mod packer;
+pub mod walk;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use cairn_chunk_store::manifest::{Snapshot, SnapshotStats};
+use cairn_chunk_store::pack::BlobKind;
+use cairn_chunk_store::{ChunkId, Repository, SnapshotId};
+use cairn_index::Index;
+use crossbeam_channel::bounded;
+use tokio::runtime::Handle;
+
+use crate::progress::Ticker;
+use crate::source::BlobSource;
+use excludes::Excludes;
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Source paths (made absolute here).
+    pub paths: Vec<PathBuf>,
+    /// Exclude rules.
+    pub excludes: Excludes,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot.
+    pub host: String,
+    /// User name recorded in the snapshot.
+    pub user: String,
+    /// Show progress on stderr.
+    pub progress: bool,
+}
+
+/// The outcome of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    /// The new snapshot.
+    pub snapshot_id: SnapshotId,
+    /// The snapshot used to skip unchanged files.
+    pub parent: Option<SnapshotId>,
+    /// Statistics (also stored in the manifest).
+    pub stats: SnapshotStats,
+    /// New data chunks.
+    pub data_chunks_new: u64,
+    /// New tree chunks.
+    pub tree_chunks_new: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Entries that could not be read.
+    pub warnings: Vec<String>,
+}
+
+/// Live counters of a running backup.
+#[derive(Debug, Default)]
+pub struct Counters {
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs: AtomicU64,
+    data_new: AtomicU64,
+    tree_new: AtomicU64,
+    reused: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_new: AtomicU64,
+    bytes_stored: AtomicU64,
+    bytes_total: AtomicU64,
+    errors: AtomicU64,
+    aborted: AtomicBool,
+}
+
+impl Counters {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    /// Bytes read from a source file.
+    pub fn add_read(&self, n: u64) {
+        Self::add(&self.bytes_read, n)
+    }
+    /// A new data chunk of `n` raw bytes.
+    pub fn add_new_data(&self, n: u64) {
+        Self::add(&self.data_new, 1);
+        Self::add(&self.bytes_new, n);
+    }
+    /// A new tree chunk of `n` raw bytes.
+    pub fn add_new_tree(&self, n: u64) {
+        Self::add(&self.tree_new, 1);
+        Self::add(&self.bytes_new, n);
+    }
+    /// Bytes written to the store.
+    pub fn add_stored(&self, n: u64) {
+        Self::add(&self.bytes_stored, n)
+    }
+    /// Size of a file in the snapshot.
+    pub fn add_total(&self, n: u64) {
+        Self::add(&self.bytes_total, n)
+    }
+    /// A file reused from the parent.
+    pub fn unmodified(&self) {
+        Self::add(&self.files_unmodified, 1)
+    }
+    /// A file read (new or changed).
+    pub fn file_read(&self, changed: bool) {
+        Self::add(
+            if changed {
+                &self.files_changed
+            } else {
+                &self.files_new
+            },
+            1,
+        )
+    }
+    /// A directory.
+    pub fn dir(&self) {
+        Self::add(&self.dirs, 1)
+    }
+    /// Stops the pipeline.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Relaxed)
+    }
+    /// True once something failed.
+    pub fn aborted(&self) -> bool {
+        self.aborted.load(Ordering::Relaxed)
+    }
+    /// Files processed so far.
+    pub fn files(&self) -> u64 {
+        Self::get(&self.files_new)
+            + Self::get(&self.files_changed)
+            + Self::get(&self.files_unmodified)
+    }
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        Self::get(&self.bytes_read)
+    }
+    fn stats(&self, duration_ms: u64) -> SnapshotStats {
+        SnapshotStats {
+            files_new: Self::get(&self.files_new),
+            files_changed: Self::get(&self.files_changed),
+            files_unmodified: Self::get(&self.files_unmodified),
+            dirs: Self::get(&self.dirs),
+            chunks_new: Self::get(&self.data_new) + Self::get(&self.tree_new),
+            chunks_reused: Self::get(&self.reused),
+            bytes_read: Self::get(&self.bytes_read),
+            bytes_new: Self::get(&self.bytes_new),
+            bytes_stored: Self::get(&self.bytes_stored),
+            bytes_total: Self::get(&self.bytes_total),
+            errors: Self::get(&self.errors),
+            duration_ms,
+        }
+    }
+}
+
+/// State shared by the pipeline's threads.
+pub struct Shared {
+    /// The repository.
+    pub repo: Repository,
+    /// The index.
+    pub index: Arc<dyn Index>,
+    /// The async runtime, for store and index calls.
+    pub handle: Handle,
+    /// Chunks already handled by this run (uploading or known).
+    claimed: Mutex<HashSet<ChunkId>>,
+    /// Counters.
+    pub counters: Counters,
+    warnings: Mutex<Vec<String>>,
+    index_warned: AtomicBool,
+}
+
+impl Shared {
+    /// Decides whether this run must store chunk `id`: true exactly once per
+    /// chunk the index does not know. An index that does not answer counts
+    /// as "unknown": the chunk is uploaded again rather than the backup failing.
+    pub fn claim(&self, id: ChunkId, _kind: BlobKind) -> Result<bool, String> {
+        if !self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+        {
+            Counters::add(&self.counters.reused, 1);
+            return Ok(false);
+        }
+        match self.handle.block_on(self.index.unknown_chunks(&[id])) {
+            Ok(unknown) if unknown.first() == Some(&false) => {
+                Counters::add(&self.counters.reused, 1);
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) => {
+                if !self.index_warned.swap(true, Ordering::Relaxed) {
+                    self.warn_only(format!(
+                        "index did not answer ({e}); uploading chunks it may already have"
+                    ));
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Records an unreadable source entry.
+    pub fn warn(&self, message: String) {
+        Counters::add(&self.counters.errors, 1);
+        self.warn_only(message);
+    }
+
+    fn warn_only(&self, message: String) {
+        eprintln!("warning: {message}");
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(message);
+    }
+}
+
+/// The latest snapshot of the same host and paths.
+fn find_parent(
+    snapshots: &[(SnapshotId, Snapshot)],
+    host: &str,
+    paths: &[String],
+) -> Option<SnapshotId> {
+    let mut want = paths.to_vec();
+    want.sort();
+    snapshots
+        .iter()
+        .rev()
+        .find(|(_, s)| {
+            let mut have = s.paths.clone();
+            have.sort();
+            s.host == host && have == want
+        })
+        .map(|(id, _)| *id)
+}
+
+/// Runs a backup. Blocking: call from a thread outside the runtime.
+pub fn run(
+    handle: &Handle,
+    repo: &Repository,
+    index: Arc<dyn Index>,
+    options: BackupOptions,
+) -> Result<BackupReport> {
+    let start = Instant::now();
+    let time_ns = cairn_chunk_store::now_unix_nanos();
+    let mut paths = Vec::new();
+    for p in &options.paths {
+        let abs =
+            std::path::absolute(p).with_context(|| format!("cannot back up {}", p.display()))?;
+        abs.symlink_metadata()
+            .map_err(|e| anyhow!("cannot back up {}: {e}", abs.display()))?;
+        paths.push(abs);
+    }
+    if paths.is_empty() {
+        return Err(anyhow!("nothing to back up: give at least one path"));
+    }
+    let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+
+    let snapshots = handle.block_on(repo.snapshots())?;
+    let parent = find_parent(&snapshots, &options.host, &path_strings);
+    let source = BlobSource::new(repo.clone(), Some(index.clone()));
+    let parent_root = match parent {
+        Some(id) => {
+            let snap = snapshots
+                .iter()
+                .find(|(s, _)| *s == id)
+                .map(|(_, s)| s.clone());
+            snap.and_then(|s| s.root_tree().ok())
+                .and_then(|root| source.tree_blocking(handle, &root).ok())
+        }
+        None => None,
+    };
+
+    let shared = Arc::new(Shared {
+        repo: repo.clone(),
+        index: index.clone(),
+        handle: handle.clone(),
+        claimed: Mutex::new(HashSet::new()),
+        counters: Counters::default(),
+        warnings: Mutex::new(Vec::new()),
+        index_warned: AtomicBool::new(false),
+    });
+
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (job_tx, job_rx) = bounded(workers * 4);
+    let (blob_tx, blob_rx) = bounded(workers * 4);
+    let (dir_tx, dir_rx) = bounded(4096);
+    let failure = Arc::new(Mutex::new(None));
+
+    let ticker = options.progress.then(|| {
+        let s = shared.clone();
+        Ticker::start("backup", None, move || {
+            (
+                s.counters.bytes_read(),
+                format!("{} files", s.counters.files()),
+            )
+        })
+    });
+
+    let packer = {
+        let (shared, failure) = (shared.clone(), failure.clone());
+        std::thread::Builder::new()
+            .name("packer".into())
+            .spawn(move || {
+                let r = packer::run(shared.clone(), blob_rx, failure);
+                if r.is_err() {
+                    shared.counters.abort();
+                }
+                r
+            })
+            .context("starting the packer")?
+    };
+    let mut worker_handles = Vec::new();
+    for i in 0..workers {
+        let (shared, jobs, blobs) = (shared.clone(), job_rx.clone(), blob_tx.clone());
+        worker_handles.push(
+            std::thread::Builder::new()
+                .name(format!("chunker-{i}"))
+                .spawn(move || files::worker(shared, jobs, blobs))
+                .context("starting workers")?,
+        );
+    }
+    drop(job_rx);
+    let builder = {
+        let (shared, blobs) = (shared.clone(), blob_tx.clone());
+        std::thread::Builder::new()
+            .name("trees".into())
+            .spawn(move || walk::build_trees(shared, dir_rx, blobs))
+            .context("starting the tree builder")?
+    };
+    drop(blob_tx);
+
+    let walked = {
+        let trie = walk::SourceTrie::new(&paths);
+        let mut walker = walk::Walker::new(&shared, &source, &options.excludes, job_tx, dir_tx);
+        walker.walk_root(&trie, parent_root)
+        // The walker drops its senders here, which lets the workers and
+        // the tree builder finish.
+    };
+    if walked.is_err() {
+        shared.counters.abort();
+    }
+    let trees = builder
+        .join()
+        .map_err(|_| anyhow!("tree builder panicked"))?;
+    for w in worker_handles {
+        w.join().map_err(|_| anyhow!("file worker panicked"))?;
+    }
+    let packed = packer.join().map_err(|_| anyhow!("packer panicked"))?;
+    if let Some(t) = ticker {
+        t.finish();
+    }
+    packed?;
+    let root_key = walked?;
+    let trees = trees?;
+    let root = *trees
+        .get(&root_key)
+        .ok_or_else(|| anyhow!("root tree missing"))?;
+    handle.block_on(index.flush())?;
+
+    let stats = shared.counters.stats(start.elapsed().as_millis() as u64);
+    let params = repo.config().chunker;
+    let snapshot = Snapshot {
+        root: root.as_bytes().to_vec(),
+        time_ns,
+        host: options.host.clone(),
+        user: options.user.clone(),
+        paths: path_strings,
+        tags: options.tags.clone(),
+        parent: parent.map(|p| p.as_bytes().to_vec()).unwrap_or_default(),
+        chunk_min: params.min,
+        chunk_avg: params.avg,
+        chunk_max: params.max,
+        stats: Some(stats.clone()),
+        program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+    };
+    let snapshot_id = handle.block_on(repo.save_snapshot(&snapshot))?;
+    let warnings = shared
+        .warnings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(BackupReport {
+        snapshot_id,
+        parent,
+        data_chunks_new: Counters::get(&shared.counters.data_new),
+        tree_chunks_new: Counters::get(&shared.counters.tree_new),
+        stats,
+        seconds: start.elapsed().as_secs_f64(),
+        warnings,
+    })
+}

@@ -1,0 +1,96 @@
+//! Packing: sealed chunks in, durable registered packs out.
+//!
+//! One thread owns the open data pack and the open tree pack. A full pack is
+//! uploaded on the async runtime (a bounded number in flight, so memory stays
+//! at a few packs) and registered in the index only after the store has
+//! acknowledged it: the index never points at bytes that are not durable.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, anyhow};
+use cairn_chunk_store::pack::{BlobKind, PackWriter, SealedBlob};
+use crossbeam_channel::Receiver;
+use tokio::sync::Semaphore;
+
+use super::Shared;
+
+/// Uploads in flight at once.
+const UPLOADS_IN_FLIGHT: usize = 3;
+
+/// Runs the packer until every sender is dropped; then flushes and waits for
+/// all uploads. Returns the first failure.
+pub fn run(
+    shared: Arc<Shared>,
+    blobs: Receiver<SealedBlob>,
+    failure: Arc<Mutex<Option<anyhow::Error>>>,
+) -> Result<()> {
+    let (handle, repo) = (&shared.handle, &shared.repo);
+    let target = repo.config().pack_size as usize;
+    let sem = Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT));
+    let mut uploads = Vec::new();
+    let mut data = PackWriter::new(BlobKind::Data, target + target / 8);
+    let mut trees = PackWriter::new(BlobKind::Tree, 1 << 20);
+
+    let mut ship = |pack: PackWriter| -> Result<()> {
+        if pack.is_empty() {
+            return Ok(());
+        }
+        let permit = handle
+            .block_on(sem.clone().acquire_owned())
+            .map_err(|e| anyhow!("upload queue closed: {e}"))?;
+        let (id, bytes, entries) = pack.finish(repo.keys());
+        let len = bytes.len() as u64;
+        let shared = shared.clone();
+        let failure = failure.clone();
+        uploads.push(handle.spawn(async move {
+            let _permit = permit;
+            let result: Result<()> = async {
+                shared.repo.put_pack(&id, bytes).await?;
+                shared.counters.add_stored(len);
+                shared.index.register_pack(id, &entries).await?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                shared.counters.abort();
+                let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(e.context(format!("storing pack {id}")));
+            }
+        }));
+        Ok(())
+    };
+
+    for blob in blobs {
+        let writer = match blob.kind {
+            BlobKind::Data => &mut data,
+            BlobKind::Tree => &mut trees,
+        };
+        writer.add(blob);
+        if writer.len() >= target {
+            let kind = writer.kind();
+            let full = std::mem::replace(
+                writer,
+                PackWriter::new(
+                    kind,
+                    if kind == BlobKind::Data {
+                        target + target / 8
+                    } else {
+                        1 << 20
+                    },
+                ),
+            );
+            ship(full)?;
+        }
+    }
+    ship(data)?;
+    ship(trees)?;
+    for u in uploads {
+        handle
+            .block_on(u)
+            .map_err(|e| anyhow!("upload task failed: {e}"))?;
+    }
+    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! File metadata: from `lstat` into tree nodes, and back onto restored files.
+
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use cairn_chunk_store::tree::{Node, NodeKind, Xattr};
+use filetime::FileTime;
+
+/// The kind of a file type.
+pub fn node_kind(meta: &Metadata) -> NodeKind {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else if ft.is_char_device() {
+        NodeKind::CharDevice
+    } else if ft.is_block_device() {
+        NodeKind::BlockDevice
+    } else if ft.is_socket() {
+        NodeKind::Socket
+    } else {
+        NodeKind::File
+    }
+}
+
+/// A node for `path` with metadata `meta` (no chunks, no subtree yet).
+pub fn node_from_metadata(path: &Path, name: &[u8], meta: &Metadata) -> io::Result<Node> {
+    let kind = node_kind(meta);
+    let symlink_target = if kind == NodeKind::Symlink {
+        fs::read_link(path)?.as_os_str().as_bytes().to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(Node {
+        name: name.to_vec(),
+        kind: kind as u32,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        size: if kind == NodeKind::File {
+            meta.len()
+        } else {
+            0
+        },
+        inode: meta.ino(),
+        device: meta.dev(),
+        nlink: meta.nlink(),
+        xattrs: read_xattrs(path),
+        symlink_target,
+        chunks: Vec::new(),
+        subtree: Vec::new(),
+        rdev: meta.rdev(),
+    })
+}
+
+/// Extended attributes of `path` (not following symlinks), sorted by name.
+/// Filesystems without xattr support simply yield none.
+pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Xattr> = names
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok().flatten()?;
+            Some(Xattr {
+                name: name.as_bytes().to_vec(),
+                value,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// True when a file can be reused from its parent snapshot without reading:
+/// same size, mtime, ctime and inode.
+pub fn unchanged(old: &Node, new: &Node) -> bool {
+    old.kind == new.kind
+        && old.size == new.size
+        && old.mtime_ns == new.mtime_ns
+        && old.ctime_ns == new.ctime_ns
+        && old.inode == new.inode
+}
+
+fn file_time(ns: i64) -> FileTime {
+    FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
+/// Applies ownership (when root), mode, xattrs and times to a restored entry.
+/// Times go last, since every other change touches them.
+pub fn apply_metadata(path: &Path, node: &Node, is_root: bool) -> io::Result<()> {
+    let kind = node.node_kind().unwrap_or(NodeKind::File);
+    if is_root {
+        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
+    }
+    if kind != NodeKind::Symlink {
+        fs::set_permissions(path, fs::Permissions::from_mode(node.mode))?;
+    }
+    for x in &node.xattrs {
+        let name = std::ffi::OsStr::from_bytes(&x.name);
+        if let Err(e) = xattr::set(path, name, &x.value) {
+            // Symlinks cannot carry user.* attributes on Linux.
+            if kind != NodeKind::Symlink {
+                return Err(e);
+            }
+        }
+    }
+    let t = file_time(node.mtime_ns);
+    filetime::set_symlink_file_times(path, t, t)
+}
