@@ -243,6 +243,28 @@ impl Engine {
         Ok(())
     }
 
+    /// Ids of the known chunks with keys in `[start, end)` (a partition).
+    pub fn ids_in_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<Vec<ChunkId>, IndexError> {
+        let cf = self.cf(CF_CHUNKS)?;
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            cf,
+            rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (key, _) = item.map_err(|e| self.db_err(e))?;
+            if end.is_some_and(|end| &key[..] >= end) {
+                break;
+            }
+            out.push(ChunkId::from_slice(&key).map_err(|e| self.corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
     fn count(&self, name: &str) -> Result<u64, IndexError> {
         let cf = self.cf(name)?;
         let mut n = 0;

@@ -14,7 +14,11 @@ mod engine;
 mod error;
 mod index;
 mod lock;
+pub mod metrics;
+pub mod node;
 mod record;
+pub mod server;
+pub mod service;
 
 pub use engine::{Engine, EngineOptions};
 pub use error::IndexError;

@@ -1,0 +1,110 @@
+//! Conversions between wire messages and domain types.
+
+use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression, PackEntry};
+use cairn_chunk_store::{ChunkId, PackId};
+
+use crate::v1;
+
+/// A wire value that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub String);
+
+/// Packs ids into one bytes field.
+pub fn pack_ids(ids: &[ChunkId]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * 32);
+    for id in ids {
+        out.extend_from_slice(id.as_bytes());
+    }
+    out
+}
+
+/// Unpacks ids; fails unless the length is a multiple of 32 and within `max`.
+pub fn unpack_ids(bytes: &[u8], max: usize) -> Result<Vec<ChunkId>, WireError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(WireError(format!(
+            "ids field is {} bytes, not a multiple of 32",
+            bytes.len()
+        )));
+    }
+    let n = bytes.len() / 32;
+    if n > max {
+        return Err(WireError(format!(
+            "{n} ids in one call; at most {max} are allowed"
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .filter_map(|c| ChunkId::from_slice(c).ok())
+        .collect())
+}
+
+/// A bitmap of `bits`.
+pub fn to_bitmap(bits: &[bool]) -> Vec<u8> {
+    let mut out = vec![0u8; bits.len().div_ceil(8)];
+    for (i, &b) in bits.iter().enumerate() {
+        if b {
+            out[i / 8] |= 1 << (i % 8);
+        }
+    }
+    out
+}
+
+/// Reads `n` bits from a bitmap; missing bytes read as unset.
+pub fn from_bitmap(bytes: &[u8], n: usize) -> Vec<bool> {
+    (0..n)
+        .map(|i| bytes.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+        .collect()
+}
+
+/// A pack entry on the wire.
+pub fn entry_to_wire(e: &PackEntry) -> v1::ChunkEntry {
+    v1::ChunkEntry {
+        id: e.id.as_bytes().to_vec().into(),
+        offset: e.location.offset,
+        stored_len: e.location.stored_len,
+        raw_len: e.location.raw_len,
+        kind: e.location.kind as u32,
+        compression: e.location.compression as u32,
+    }
+}
+
+/// A pack entry from the wire.
+pub fn entry_from_wire(pack: PackId, e: &v1::ChunkEntry) -> Result<PackEntry, WireError> {
+    let id = ChunkId::from_slice(&e.id).map_err(|err| WireError(err.to_string()))?;
+    let kind =
+        BlobKind::from_u32(e.kind).ok_or_else(|| WireError(format!("unknown kind {}", e.kind)))?;
+    let compression = match e.compression {
+        0 => Compression::None,
+        1 => Compression::Zstd,
+        c => return Err(WireError(format!("unknown compression {c}"))),
+    };
+    Ok(PackEntry {
+        id,
+        location: BlobLocation {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            kind,
+            compression,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_and_ids_round_trip() {
+        let bits = vec![true, false, false, true, true, false, true, false, true];
+        let map = to_bitmap(&bits);
+        assert_eq!(map, vec![0b0101_1001, 0b1]);
+        assert_eq!(from_bitmap(&map, bits.len()), bits);
+        let ids = vec![ChunkId::from_bytes([1; 32]), ChunkId::from_bytes([2; 32])];
+        assert_eq!(unpack_ids(&pack_ids(&ids), 10).unwrap(), ids);
+        assert!(unpack_ids(&[0; 33], 10).is_err());
+        assert!(unpack_ids(&[0; 64], 1).is_err());
+    }
+}
