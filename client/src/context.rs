@@ -19,6 +19,11 @@ pub struct RepoArgs {
     pub password_file: Option<PathBuf>,
     /// Seconds to wait for another process holding the index.
     pub lock_wait: u64,
+    /// `--index` / `CAIRN_INDEX`: comma-separated gRPC URLs of the index
+    /// cluster; `None` uses the embedded index at `REPO/index`.
+    pub index: Option<String>,
+    /// `CAIRN_INDEX_TOKEN`: bearer token for the cluster.
+    pub index_token: Option<String>,
 }
 
 /// The default repository: `$XDG_DATA_HOME/cairn/repo`, else `~/.local/share/cairn/repo`.
@@ -73,8 +78,57 @@ impl RepoArgs {
         Ok(self.local_path()?.join("index"))
     }
 
+    /// Opens the index a backup writes to: the cluster when `--index` is
+    /// given (with a fresh filter), else the embedded index.
+    pub async fn open_index(&self, repo: &Repository) -> Result<Arc<dyn Index>> {
+        match self.open_remote(repo).await {
+            Ok(Some(remote)) => {
+                if let Err(e) = remote.refresh_filter().await {
+                    tracing::warn!("filter not refreshed: {e}");
+                }
+                Ok(remote)
+            }
+            Ok(None) => self.open_embedded(),
+            // A cluster that is down costs uploads, never the backup.
+            Err(e)
+                if e.downcast_ref::<IndexError>()
+                    .is_some_and(|e| matches!(e, IndexError::Unavailable(_))) =>
+            {
+                eprintln!("warning: {e:#}; every chunk is treated as new and uploaded");
+                Ok(Arc::new(crate::remote::NoIndex))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn open_remote(
+        &self,
+        repo: &Repository,
+    ) -> Result<Option<Arc<crate::remote::RemoteIndex>>> {
+        let Some(urls) = &self.index else {
+            return Ok(None);
+        };
+        let seeds: Vec<String> = urls
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let token = self.index_token.clone().ok_or_else(|| {
+            anyhow!("CAIRN_INDEX_TOKEN is not set; the index cluster needs a repository token")
+        })?;
+        let remote = crate::remote::RemoteIndex::connect(
+            &seeds,
+            &token,
+            repo.config().repo_id,
+            Duration::from_secs(5),
+            crate::remote::cache_dir().map(|d| d.join("filters")),
+        )
+        .await?;
+        Ok(Some(Arc::new(remote)))
+    }
+
     /// Opens the embedded index for writing (creating it if needed).
-    pub fn open_index(&self) -> Result<Arc<dyn Index>> {
+    pub fn open_embedded(&self) -> Result<Arc<dyn Index>> {
         let path = self.index_path()?;
         let engine = Engine::open(
             &path,
@@ -88,7 +142,19 @@ impl RepoArgs {
 
     /// Opens the index for reading if it exists and is free; readers fall
     /// back to pack trailers otherwise, so they never wait for a backup.
-    pub fn open_index_for_reading(&self) -> Option<Arc<dyn Index>> {
+    pub async fn open_index_for_reading(&self, repo: &Repository) -> Option<Arc<dyn Index>> {
+        if self.index.is_some() {
+            // Restore must work with every node down: then trailers answer.
+            return match self.open_remote(repo).await {
+                Ok(r) => r.map(|r| r as Arc<dyn Index>),
+                Err(e) => {
+                    eprintln!(
+                        "warning: index cluster unavailable ({e:#}); reading pack trailers instead"
+                    );
+                    None
+                }
+            };
+        }
         let path = self.index_path().ok()?;
         if !path.join("CURRENT").exists() {
             return None;

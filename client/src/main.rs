@@ -49,6 +49,9 @@ struct Cli {
     /// No progress output.
     #[arg(long, short = 'q', global = true)]
     quiet: bool,
+    /// Index cluster (comma-separated gRPC URLs) instead of the embedded index.
+    #[arg(long, env = "CAIRN_INDEX", global = true)]
+    index: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,6 +138,12 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Remove snapshots by a keep policy (or by id); `prune` reclaims their data.
+    Forget(cairn_client::retention::ForgetArgs),
+    /// Run the backup jobs of a config file on their schedules (foreground service).
+    Agent(cairn_client::agent::AgentArgs),
+    /// Install, remove or inspect systemd timers for the config file's jobs.
+    Schedule(cairn_client::schedule::ScheduleArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,6 +217,8 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
         repo: cli.repo.clone(),
         password_file: cli.password_file.clone(),
         lock_wait: cli.lock_wait,
+        index: cli.index.clone(),
+        index_token: std::env::var("CAIRN_INDEX_TOKEN").ok(),
     };
     let show_progress = progress::wanted(cli.quiet, cli.json);
     match cli.command {
@@ -251,7 +262,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             host,
         } => {
             let repo = rt.block_on(args.open())?;
-            let index = args.open_index()?;
+            let index = rt.block_on(args.open_index(&repo))?;
             let options = BackupOptions {
                 paths,
                 excludes: Excludes::new(
@@ -264,6 +275,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
                 host: host.unwrap_or_else(hostname),
                 user: username(),
                 progress: show_progress,
+                cancel: Some(cancel_on_signal(rt)),
             };
             let report = backup::run(rt.handle(), &repo, index, options)?;
             let s = &report.stats;
@@ -439,7 +451,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
         }
         Command::Check { read_data } => {
             let repo = rt.block_on(args.open())?;
-            let index = args.open_index_for_reading();
+            let index = rt.block_on(args.open_index_for_reading(&repo));
             let report = rt.block_on(check::run(&repo, index, read_data))?;
             for p in &report.problems {
                 println!("{p}");
@@ -474,7 +486,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             command: IndexCommand::Rebuild,
         } => {
             let repo = rt.block_on(args.open())?;
-            let index = args.open_index()?;
+            let index = rt.block_on(args.open_index(&repo))?;
             let report = rt.block_on(rebuild::run(&repo, index))?;
             for (pack, reason) in &report.bad_packs {
                 eprintln!("warning: pack {pack} skipped: {reason}");
@@ -486,6 +498,11 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             Ok(0)
         }
         Command::Key { command } => key_command(rt, &args, command, cli.json),
+        Command::Forget(forget) => {
+            cairn_client::retention::forget_command(rt, &args, forget, cli.json)
+        }
+        Command::Agent(agent) => cairn_client::agent::command(rt, agent, cli.json),
+        Command::Schedule(schedule) => cairn_client::schedule::command(rt, schedule, cli.json),
     }
 }
 
@@ -542,6 +559,29 @@ fn key_command(rt: &Runtime, args: &RepoArgs, command: KeyCommand, json: bool) -
     Ok(0)
 }
 
+/// A flag raised by SIGINT or SIGTERM, so a backup stops cleanly: packs
+/// already filled are stored and registered, no snapshot is written.
+fn cancel_on_signal(rt: &Runtime) -> Arc<std::sync::atomic::AtomicBool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let raised = flag.clone();
+    rt.spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("stopping: finishing the packs in flight");
+        raised.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    flag
+}
+
 fn open_snapshot(
     rt: &Runtime,
     args: &RepoArgs,
@@ -550,7 +590,8 @@ fn open_snapshot(
     let repo = rt.block_on(args.open())?;
     let id = rt.block_on(repo.resolve_snapshot(reference))?;
     let snap = rt.block_on(repo.load_snapshot(&id))?;
-    let index: Option<Arc<dyn cairn_index::Index>> = args.open_index_for_reading();
+    let index: Option<Arc<dyn cairn_index::Index>> =
+        rt.block_on(args.open_index_for_reading(&repo));
     Ok((BlobSource::new(repo, index), id, snap))
 }
 

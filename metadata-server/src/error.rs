@@ -39,6 +39,9 @@ pub enum IndexError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The index refused our credentials (a configuration error).
+    #[error("{0}")]
+    Unauthorized(String),
     /// The index answered nothing usable (remote index down, timeout).
     #[error("index unavailable: {0}")]
     Unavailable(String),

@@ -113,7 +113,8 @@ pub fn add_token(file: &Path, repo: &RepoId) -> Result<String, String> {
     Ok(token)
 }
 
-/// A file re-read when its modification time changes (checked at most once a second).
+/// A file re-read when its modification time changes (a `stat` per use:
+/// a token added a moment ago works at once).
 struct Watched<T> {
     path: Option<PathBuf>,
     state: RwLock<(Option<SystemTime>, Instant, Arc<T>)>,
@@ -135,13 +136,10 @@ impl<T: Default> Watched<T> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        {
-            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-            if !force && st.1.elapsed() < Duration::from_secs(1) {
-                return Ok(());
-            }
-        }
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if !force && self.state.read().unwrap_or_else(|p| p.into_inner()).0 == mtime {
+            return Ok(());
+        }
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
         st.1 = Instant::now();
         if !force && mtime == st.0 {

@@ -26,6 +26,7 @@ impl From<IndexError> for Status {
         match e {
             IndexError::Locked { .. } => Status::unavailable("repository index is busy; retry"),
             IndexError::Unavailable(m) => Status::unavailable(m),
+            IndexError::Unauthorized(m) => Status::unauthenticated(m),
             other => {
                 tracing::error!("internal error: {other}");
                 Status::internal("internal index error")

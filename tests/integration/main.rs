@@ -1,1 +1,24 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! End-to-end tests of the `cairn` binary: each test runs the real command
+//! against a repository in its own temporary directory.
+//!
+//! Run: `CARGO_TARGET_DIR=/work/.cache/cairn-target cargo test -p cairn-client --test integration`
 
+mod common;
+mod inspect;
+
+mod agent;
+mod at_rest;
+mod cluster;
+mod corruption;
+mod crash;
+mod dedup;
+mod errors;
+mod excludes;
+mod fixture;
+mod index;
+mod keys;
+mod lock;
+mod roundtrip;
+mod selftest;
+mod snapshots;

@@ -50,6 +50,9 @@ pub struct BackupOptions {
     pub user: String,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Set to stop the backup early (e.g. on SIGTERM): no snapshot is
+    /// written, and what was already stored is reused by the next run.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// The outcome of a backup.
@@ -87,6 +90,7 @@ pub struct Counters {
     bytes_total: AtomicU64,
     errors: AtomicU64,
     aborted: AtomicBool,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Counters {
@@ -143,7 +147,13 @@ impl Counters {
     }
     /// True once something failed.
     pub fn aborted(&self) -> bool {
-        self.aborted.load(Ordering::Relaxed)
+        self.aborted.load(Ordering::Relaxed) || self.cancelled()
+    }
+    /// True if the caller asked the backup to stop.
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
     /// Files processed so far.
     pub fn files(&self) -> u64 {
@@ -296,7 +306,10 @@ pub fn run(
         index: index.clone(),
         handle: handle.clone(),
         claimed: Mutex::new(HashSet::new()),
-        counters: Counters::default(),
+        counters: Counters {
+            cancel: options.cancel.clone(),
+            ..Counters::default()
+        },
         warnings: Mutex::new(Vec::new()),
         index_warned: AtomicBool::new(false),
     });
@@ -369,6 +382,11 @@ pub fn run(
     let packed = packer.join().map_err(|_| anyhow!("packer panicked"))?;
     if let Some(t) = ticker {
         t.finish();
+    }
+    if shared.counters.cancelled() {
+        return Err(anyhow!(
+            "backup interrupted; no snapshot was written (the next run reuses what was stored)"
+        ));
     }
     packed?;
     let root_key = walked?;

@@ -1,0 +1,730 @@
+//! The index cluster seen from a client: routing, replication, circuit
+//! breakers and the downloadable filter.
+//!
+//! Writes (`RegisterPack`) go to every replica of a partition; reads go to
+//! the first replica whose breaker is closed and move on to the next on
+//! failure. When no replica answers, a chunk counts as unknown and is
+//! uploaded again: the index is an accelerator, never a reason for a backup
+//! to fail (DESIGN.md, "the object store is the source of truth").
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cairn_chunk_store::pack::PackEntry;
+use cairn_chunk_store::{ChunkId, PackId, RepoId};
+use cairn_index::{ChunkRecord, Index, IndexError, IndexStats, RegisterOutcome};
+use cairn_proto::MAX_BATCH;
+use cairn_proto::cluster::{PARTITIONS, owners, partition_of};
+use cairn_proto::convert::{entry_from_wire, entry_to_wire, from_bitmap, pack_ids};
+use cairn_proto::v1;
+use cairn_proto::v1::index_client::IndexClient;
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a node that failed is skipped.
+const BREAKER_OPEN: Duration = Duration::from_secs(10);
+/// Failures in a row that open a breaker.
+const BREAKER_THRESHOLD: u32 = 2;
+/// Magic and version of the client's filter cache file.
+const FILTER_CACHE_MAGIC: &[u8; 8] = b"CAIRNFLT";
+const FILTER_CACHE_VERSION: u16 = 1;
+
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+struct NodeConn {
+    id: String,
+    client: IndexClient<Channel>,
+    breaker: Mutex<Breaker>,
+}
+
+impl NodeConn {
+    fn available(&self) -> bool {
+        let b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        b.open_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn succeeded(&self) {
+        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        b.failures = 0;
+        b.open_until = None;
+    }
+
+    fn failed(&self, what: &str, status: &tonic::Status) {
+        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        b.failures += 1;
+        tracing::debug!("index node {} failed {what}: {status}", self.id);
+        if b.failures >= BREAKER_THRESHOLD {
+            b.open_until = Some(Instant::now() + BREAKER_OPEN);
+        }
+    }
+}
+
+struct Cluster {
+    nodes: Vec<NodeConn>,
+    replication: usize,
+}
+
+impl Cluster {
+    fn owners(&self, partition: u32) -> Vec<usize> {
+        let ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+        owners(&ids, partition, self.replication)
+    }
+}
+
+/// A downloaded filter partition.
+struct FilterPartition {
+    epoch: u64,
+    bloom: Option<bloomfilter::Bloom<[u8]>>,
+    raw: v1::FilterPart,
+}
+
+/// A client of the index cluster for one repository.
+pub struct RemoteIndex {
+    repo: RepoId,
+    token: String,
+    cluster: Cluster,
+    /// Filters by (partition, node id): one per replica, so a replica that
+    /// missed writes while down cannot make a known chunk look new.
+    filter: RwLock<HashMap<(u32, String), FilterPartition>>,
+    cache_path: Option<PathBuf>,
+    warned: AtomicBool,
+    /// UnknownChunks calls made (for reports and tests).
+    pub calls: AtomicU64,
+}
+
+impl std::fmt::Debug for RemoteIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteIndex({} nodes)", self.cluster.nodes.len())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> IndexError {
+    IndexError::Unavailable(e.to_string())
+}
+
+impl RemoteIndex {
+    /// Connects through any of `seeds` (gRPC URLs) and loads the cluster map.
+    pub async fn connect(
+        seeds: &[String],
+        token: &str,
+        repo: RepoId,
+        timeout: Duration,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self, IndexError> {
+        let mut last_err = String::from("no index address given");
+        let mut map = None;
+        for seed in seeds {
+            let channel = match endpoint(seed, timeout) {
+                Ok(e) => e.connect_lazy(),
+                Err(e) => {
+                    last_err = e.to_string();
+                    continue;
+                }
+            };
+            let mut client = IndexClient::new(channel);
+            match client
+                .cluster_map(authed(v1::ClusterMapRequest {}, token))
+                .await
+            {
+                Ok(r) => {
+                    map = Some((seed.clone(), r.into_inner()));
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                    return Err(IndexError::Unauthorized(format!(
+                        "index {seed} refused the token: {}",
+                        s.message()
+                    )));
+                }
+                Err(s) => last_err = format!("{seed}: {}", s.message()),
+            }
+        }
+        let (seed, map) =
+            map.ok_or_else(|| unavailable(format!("no index node answered ({last_err})")))?;
+        let mut nodes = Vec::new();
+        for n in &map.nodes {
+            let address = if n.address.is_empty() {
+                seed.clone()
+            } else {
+                n.address.clone()
+            };
+            let channel = endpoint(&address, timeout)
+                .map_err(unavailable)?
+                .connect_lazy();
+            nodes.push(NodeConn {
+                id: n.id.clone(),
+                client: IndexClient::new(channel)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+                breaker: Mutex::new(Breaker {
+                    failures: 0,
+                    open_until: None,
+                }),
+            });
+        }
+        if nodes.is_empty() {
+            return Err(unavailable("the cluster map lists no nodes"));
+        }
+        let cache_path = cache_dir.map(|d| d.join(format!("{}.filter", repo.to_hex())));
+        let index = Self {
+            repo,
+            token: token.to_string(),
+            cluster: Cluster {
+                nodes,
+                replication: map.replication.max(1) as usize,
+            },
+            filter: RwLock::new(HashMap::new()),
+            cache_path,
+            warned: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+        };
+        index.load_filter_cache();
+        Ok(index)
+    }
+
+    fn warn_once(&self, what: &str) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            eprintln!("warning: {what}; affected chunks are treated as new and uploaded again");
+        }
+    }
+
+    fn repo_bytes(&self) -> bytes::Bytes {
+        self.repo.as_bytes().to_vec().into()
+    }
+
+    /// Groups positions of `ids` by the first available owner; ids whose
+    /// owners have all failed (`tried`) get `None`.
+    fn route(&self, ids: &[ChunkId], tried: &[Vec<usize>]) -> HashMap<Option<usize>, Vec<usize>> {
+        let mut groups: HashMap<Option<usize>, Vec<usize>> = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let node = self
+                .cluster
+                .owners(partition_of(id))
+                .into_iter()
+                .find(|n| !tried[i].contains(n) && self.cluster.nodes[*n].available());
+            groups.entry(node).or_default().push(i);
+        }
+        groups
+    }
+
+    /// Downloads, from every replica, the filter partitions that changed
+    /// since the cached copy. Partitions of a replica that does not answer
+    /// keep no filter (their chunks are then asked about).
+    pub async fn refresh_filter(&self) -> Result<u64, IndexError> {
+        let mut by_node: HashMap<usize, Vec<u32>> = HashMap::new();
+        for p in 0..PARTITIONS {
+            for n in self.cluster.owners(p) {
+                if self.cluster.nodes[n].available() {
+                    by_node.entry(n).or_default().push(p);
+                }
+            }
+        }
+        let mut fetched = 0u64;
+        for (n, partitions) in by_node {
+            let node = &self.cluster.nodes[n];
+            let known: Vec<v1::PartitionEpoch> = {
+                let f = self.filter.read().unwrap_or_else(|p| p.into_inner());
+                partitions
+                    .iter()
+                    .filter_map(|p| {
+                        f.get(&(*p, node.id.clone())).map(|fp| v1::PartitionEpoch {
+                            partition: *p,
+                            epoch: fp.epoch,
+                        })
+                    })
+                    .collect()
+            };
+            let request = v1::GetFilterRequest {
+                repo_id: self.repo_bytes(),
+                first_partition: 0,
+                last_partition: 0,
+                known,
+                partitions: partitions.clone(),
+            };
+            let mut stream = match node
+                .client
+                .clone()
+                .get_filter(authed(request, &self.token))
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(s) => {
+                    node.failed("GetFilter", &s);
+                    let mut f = self.filter.write().unwrap_or_else(|p| p.into_inner());
+                    for p in &partitions {
+                        f.remove(&(*p, node.id.clone()));
+                    }
+                    continue;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(part)) => {
+                        fetched += part.filter.len() as u64;
+                        if let Some(fp) = FilterPartition::from_wire(part) {
+                            self.filter
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert((fp.raw.partition, node.id.clone()), fp);
+                        }
+                    }
+                    Ok(None) => {
+                        node.succeeded();
+                        break;
+                    }
+                    Err(s) => {
+                        node.failed("GetFilter", &s);
+                        break;
+                    }
+                }
+            }
+        }
+        self.save_filter_cache();
+        Ok(fetched)
+    }
+
+    /// True if every replica's filter proves `id` is new (no RPC needed).
+    fn certainly_new(&self, id: &ChunkId) -> bool {
+        let p = partition_of(id);
+        let f = self.filter.read().unwrap_or_else(|p| p.into_inner());
+        self.cluster.owners(p).into_iter().all(|n| {
+            match f.get(&(p, self.cluster.nodes[n].id.clone())) {
+                Some(FilterPartition { bloom: None, .. }) => true,
+                Some(FilterPartition { bloom: Some(b), .. }) => !b.check(id.as_bytes().as_slice()),
+                None => false,
+            }
+        })
+    }
+
+    fn load_filter_cache(&self) {
+        let Some(path) = &self.cache_path else { return };
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
+        if bytes.len() < 10
+            || &bytes[..8] != FILTER_CACHE_MAGIC
+            || bytes[8..10] != FILTER_CACHE_VERSION.to_le_bytes()
+        {
+            return;
+        }
+        let Ok(cache) = FilterCacheRecord::decode(&bytes[10..]) else {
+            return;
+        };
+        let mut f = self.filter.write().unwrap_or_else(|p| p.into_inner());
+        for entry in cache.entries {
+            let Some(part) = entry.part else { continue };
+            if let Some(fp) = FilterPartition::from_wire(part) {
+                f.insert((fp.raw.partition, entry.node), fp);
+            }
+        }
+    }
+
+    fn save_filter_cache(&self) {
+        let Some(path) = &self.cache_path else { return };
+        let record = FilterCacheRecord {
+            entries: self
+                .filter
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|((_, node), p)| CachedFilter {
+                    node: node.clone(),
+                    part: Some(p.raw.clone()),
+                })
+                .collect(),
+        };
+        let mut bytes = FILTER_CACHE_MAGIC.to_vec();
+        bytes.extend_from_slice(&FILTER_CACHE_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&record.encode_to_vec());
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+
+    /// Read repair: a replica that answered "unknown" for chunks another
+    /// replica knows (it missed writes while down) is sent their locations.
+    async fn repair(&self, stale: HashMap<usize, Vec<ChunkId>>, knower: HashMap<ChunkId, usize>) {
+        for (n, ids) in stale {
+            let records = {
+                let mut by_knower: HashMap<usize, Vec<ChunkId>> = HashMap::new();
+                for id in ids {
+                    if let Some(k) = knower.get(&id) {
+                        by_knower.entry(*k).or_default().push(id);
+                    }
+                }
+                let mut found = Vec::new();
+                for (k, ids) in by_knower {
+                    if let Ok(recs) = self.locate_on(k, &ids).await {
+                        found.extend(
+                            ids.into_iter()
+                                .zip(recs)
+                                .filter_map(|(id, r)| Some((id, r?))),
+                        );
+                    }
+                }
+                found
+            };
+            let mut by_pack: HashMap<PackId, Vec<v1::ChunkEntry>> = HashMap::new();
+            for (id, rec) in records {
+                by_pack
+                    .entry(rec.location.pack)
+                    .or_default()
+                    .push(entry_to_wire(&PackEntry {
+                        id,
+                        location: rec.location,
+                    }));
+            }
+            let conn = &self.cluster.nodes[n];
+            for (pack, entries) in by_pack {
+                let request = v1::RegisterPackRequest {
+                    repo_id: self.repo_bytes(),
+                    pack_id: pack.as_bytes().to_vec().into(),
+                    entries,
+                };
+                if let Err(s) = conn
+                    .client
+                    .clone()
+                    .register_pack(authed(request, &self.token))
+                    .await
+                {
+                    conn.failed("RegisterPack (repair)", &s);
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn locate_on(
+        &self,
+        n: usize,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<ChunkRecord>>, tonic::Status> {
+        let conn = &self.cluster.nodes[n];
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(MAX_BATCH) {
+            let request = v1::LocateRequest {
+                repo_id: self.repo_bytes(),
+                ids: pack_ids(batch).into(),
+            };
+            let r = conn
+                .client
+                .clone()
+                .locate(authed(request, &self.token))
+                .await?;
+            for loc in r.into_inner().locations {
+                out.push(record_from_wire(&loc));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl FilterPartition {
+    fn from_wire(part: v1::FilterPart) -> Option<Self> {
+        let bloom = if part.filter.is_empty() {
+            None
+        } else {
+            Some(bloomfilter::Bloom::from_bytes(part.filter.to_vec()).ok()?)
+        };
+        Some(Self {
+            epoch: part.epoch,
+            bloom,
+            raw: part,
+        })
+    }
+}
+
+fn record_from_wire(loc: &v1::Location) -> Option<ChunkRecord> {
+    if !loc.found {
+        return None;
+    }
+    let pack = PackId::from_slice(&loc.pack_id).ok()?;
+    let e = entry_from_wire(pack, loc.entry.as_ref()?).ok()?;
+    Some(ChunkRecord {
+        location: e.location,
+        first_seen: loc.first_seen,
+        last_seen: loc.last_seen,
+    })
+}
+
+/// One cached filter partition and the node it came from.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CachedFilter {
+    #[prost(string, tag = "1")]
+    node: String,
+    #[prost(message, optional, tag = "2")]
+    part: Option<v1::FilterPart>,
+}
+
+/// The client's filter cache file body (after magic and version).
+#[derive(Clone, PartialEq, prost::Message)]
+struct FilterCacheRecord {
+    #[prost(message, repeated, tag = "1")]
+    entries: Vec<CachedFilter>,
+}
+
+fn endpoint(url: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .tcp_nodelay(true))
+}
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+#[async_trait]
+impl Index for RemoteIndex {
+    async fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>, IndexError> {
+        // A chunk is known if any replica knows it. "Unknown" from one
+        // replica is confirmed with the next (it may have missed writes while
+        // down); with the filter in front, truly new chunks are rarely asked.
+        let mut unknown = vec![true; ids.len()];
+        let ask: Vec<usize> = (0..ids.len())
+            .filter(|&i| !self.certainly_new(&ids[i]))
+            .collect();
+        let mut tried: Vec<Vec<usize>> = vec![Vec::new(); ask.len()];
+        let mut said_unknown: Vec<Vec<usize>> = vec![Vec::new(); ask.len()];
+        let mut knower: HashMap<ChunkId, usize> = HashMap::new();
+        let mut pending: Vec<usize> = (0..ask.len()).collect();
+        while !pending.is_empty() {
+            let subset: Vec<ChunkId> = pending.iter().map(|&k| ids[ask[k]]).collect();
+            let sub_tried: Vec<Vec<usize>> = pending.iter().map(|&k| tried[k].clone()).collect();
+            let mut next = Vec::new();
+            for (node, positions) in self.route(&subset, &sub_tried) {
+                let Some(n) = node else {
+                    // Every replica tried: unknown (or unreachable) everywhere.
+                    if positions
+                        .iter()
+                        .any(|&j| said_unknown[pending[j]].is_empty())
+                    {
+                        self.warn_once("no replica of some index partitions answered");
+                    }
+                    continue;
+                };
+                let conn = &self.cluster.nodes[n];
+                for batch in positions.chunks(MAX_BATCH) {
+                    let batch_ids: Vec<ChunkId> = batch.iter().map(|&j| subset[j]).collect();
+                    self.calls.fetch_add(1, Ordering::Relaxed);
+                    let request = v1::UnknownChunksRequest {
+                        repo_id: self.repo_bytes(),
+                        ids: pack_ids(&batch_ids).into(),
+                    };
+                    let answer = conn
+                        .client
+                        .clone()
+                        .unknown_chunks(authed(request, &self.token))
+                        .await;
+                    match answer {
+                        Ok(r) => {
+                            conn.succeeded();
+                            let bits = from_bitmap(&r.into_inner().unknown, batch.len());
+                            for (&j, is_unknown) in batch.iter().zip(bits) {
+                                let k = pending[j];
+                                tried[k].push(n);
+                                if is_unknown {
+                                    said_unknown[k].push(n);
+                                    next.push(k);
+                                } else {
+                                    unknown[ask[k]] = false;
+                                    knower.insert(ids[ask[k]], n);
+                                }
+                            }
+                        }
+                        Err(s) => {
+                            conn.failed("UnknownChunks", &s);
+                            for &j in batch {
+                                tried[pending[j]].push(n);
+                                next.push(pending[j]);
+                            }
+                        }
+                    }
+                }
+            }
+            pending = next;
+        }
+        let mut stale: HashMap<usize, Vec<ChunkId>> = HashMap::new();
+        for (k, nodes) in said_unknown.iter().enumerate() {
+            if !unknown[ask[k]] {
+                for &n in nodes {
+                    stale.entry(n).or_default().push(ids[ask[k]]);
+                }
+            }
+        }
+        if !stale.is_empty() {
+            self.repair(stale, knower).await;
+        }
+        Ok(unknown)
+    }
+
+    async fn register_pack(
+        &self,
+        pack: PackId,
+        entries: &[PackEntry],
+    ) -> Result<RegisterOutcome, IndexError> {
+        // Every replica of every partition gets its entries.
+        let mut by_node: HashMap<usize, Vec<v1::ChunkEntry>> = HashMap::new();
+        for e in entries {
+            for n in self.cluster.owners(partition_of(&e.id)) {
+                by_node.entry(n).or_default().push(entry_to_wire(e));
+            }
+        }
+        let mut outcome = RegisterOutcome::default();
+        let mut any_ok = false;
+        for (n, wire) in by_node {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::RegisterPackRequest {
+                repo_id: self.repo_bytes(),
+                pack_id: pack.as_bytes().to_vec().into(),
+                entries: wire,
+            };
+            match conn
+                .client
+                .clone()
+                .register_pack(authed(request, &self.token))
+                .await
+            {
+                Ok(r) => {
+                    conn.succeeded();
+                    any_ok = true;
+                    let r = r.into_inner();
+                    outcome.new += r.new_chunks as usize;
+                    outcome.duplicates += r.duplicates as usize;
+                }
+                Err(s) => {
+                    conn.failed("RegisterPack", &s);
+                    self.warn_once(&format!(
+                        "index node {} did not record pack {}",
+                        conn.id,
+                        pack.short()
+                    ));
+                }
+            }
+        }
+        if !any_ok && !entries.is_empty() {
+            self.warn_once("no index node recorded a pack");
+        }
+        Ok(outcome)
+    }
+
+    async fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkRecord>>, IndexError> {
+        let mut out = vec![None; ids.len()];
+        let tried = vec![Vec::new(); ids.len()];
+        for (node, positions) in self.route(ids, &tried) {
+            let Some(n) = node else { continue };
+            let conn = &self.cluster.nodes[n];
+            for batch in positions.chunks(MAX_BATCH) {
+                let batch_ids: Vec<ChunkId> = batch.iter().map(|&k| ids[k]).collect();
+                let request = v1::LocateRequest {
+                    repo_id: self.repo_bytes(),
+                    ids: pack_ids(&batch_ids).into(),
+                };
+                match conn
+                    .client
+                    .clone()
+                    .locate(authed(request, &self.token))
+                    .await
+                {
+                    Ok(r) => {
+                        conn.succeeded();
+                        for (&k, loc) in batch.iter().zip(r.into_inner().locations) {
+                            out[k] = record_from_wire(&loc);
+                        }
+                    }
+                    // The caller falls back to pack trailers.
+                    Err(s) => conn.failed("Locate", &s),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn clear(&self) -> Result<(), IndexError> {
+        for conn in &self.cluster.nodes {
+            let request = v1::ClearRepositoryRequest {
+                repo_id: self.repo_bytes(),
+            };
+            conn.client
+                .clone()
+                .clear_repository(authed(request, &self.token))
+                .await
+                .map_err(|s| unavailable(format!("index node {}: {}", conn.id, s.message())))?;
+        }
+        self.filter
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<IndexStats, IndexError> {
+        Ok(IndexStats::default())
+    }
+}
+
+/// The client's cache directory: `$XDG_CACHE_HOME/cairn` or `~/.cache/cairn`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) =
+        std::env::var_os("XDG_CACHE_HOME").filter(|d| std::path::Path::new(d).is_absolute())
+    {
+        return Some(PathBuf::from(d).join("cairn"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn"))
+}
+
+/// The index used when no cluster node answers at all: every chunk is
+/// unknown (and uploaded), nothing is recorded. A backup then costs more
+/// upload, never a failure.
+#[derive(Debug, Default)]
+pub struct NoIndex;
+
+#[async_trait]
+impl Index for NoIndex {
+    async fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>, IndexError> {
+        Ok(vec![true; ids.len()])
+    }
+
+    async fn register_pack(
+        &self,
+        _: PackId,
+        _: &[PackEntry],
+    ) -> Result<RegisterOutcome, IndexError> {
+        Ok(RegisterOutcome::default())
+    }
+
+    async fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkRecord>>, IndexError> {
+        Ok(vec![None; ids.len()])
+    }
+
+    async fn clear(&self) -> Result<(), IndexError> {
+        Err(unavailable("no index node answered"))
+    }
+
+    async fn flush(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<IndexStats, IndexError> {
+        Ok(IndexStats::default())
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit, property, fixture and integration
+# tests, with the services the integration tests need.
+set -euo pipefail
+
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$CAIRN_ROOT"
+
+bash scripts/setup.sh
+
+# --- services -----------------------------------------------------------
+# Every service started here records its pid in service_pids and is stopped
+# on exit, whether the tests pass, fail or are interrupted. Tests find a
+# service through the environment variables exported next to its start.
+service_pids=()
+
+stop_services() {
+    local pid
+    for pid in "${service_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${service_pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap stop_services EXIT
+
+start_services() {
+    # No external service yet: the local store and the embedded index run in
+    # the test processes themselves.
+    :
+}
+
+start_services
+
+# --- tests --------------------------------------------------------------
+# The integration tests run the real binaries (`cairn`, `cairn-index`);
+# both packages have integration tests, so `cargo test` builds both.
+cargo test --workspace --locked

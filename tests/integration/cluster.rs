@@ -1,0 +1,553 @@
+//! The index cluster: real `cairn-index` processes on 127.0.0.1 port 0,
+//! real RocksDB, the real `cairn` client.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cairn_proto::v1;
+use cairn_proto::v1::index_client::IndexClient;
+
+use crate::common::*;
+
+fn index_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-index");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test-all.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// One running node.
+struct IndexNode {
+    id: String,
+    data: PathBuf,
+    child: Child,
+    addr: String,
+    metrics: String,
+}
+
+impl IndexNode {
+    fn start(dir: &Path, id: &str, replication: u32) -> Self {
+        Self::start_on(dir, id, replication, dir.join(id))
+    }
+
+    fn start_on(dir: &Path, id: &str, replication: u32, data: PathBuf) -> Self {
+        let mut child = Command::new(index_binary())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--node-id",
+                id,
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--tokens")
+            .arg(dir.join("tokens.toml"))
+            .arg("--members")
+            .arg(dir.join("members.toml"))
+            .args(["--replication", &replication.to_string()])
+            .env("CAIRN_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cairn-index");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut addr = String::new();
+        let mut metrics = String::new();
+        // The node prints its bound addresses first; reading them is the readiness check.
+        while addr.is_empty() || metrics.is_empty() {
+            let line = lines
+                .next()
+                .expect("cairn-index exited before listening")
+                .expect("read stdout");
+            if let Some(a) = line.split(" listening on ").nth(1) {
+                addr = format!("http://{a}");
+            } else if let Some(m) = line.split(" metrics on ").nth(1) {
+                metrics = m.to_string();
+            }
+        }
+        Self {
+            id: id.to_string(),
+            data,
+            child,
+            addr,
+            metrics,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let body = http_get(&self.metrics, "/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for IndexNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+fn write_members(dir: &Path, nodes: &[&IndexNode]) {
+    let mut text = String::new();
+    for n in nodes {
+        text.push_str(&format!(
+            "[[node]]\nid = \"{}\"\naddress = \"{}\"\n\n",
+            n.id, n.addr
+        ));
+    }
+    // Written whole then renamed, so a node never reads half a file.
+    let tmp = dir.join("members.toml.tmp");
+    fs::write(&tmp, text).expect("members");
+    fs::rename(&tmp, dir.join("members.toml")).expect("members");
+}
+
+fn add_token(dir: &Path, repo_id: &str) -> String {
+    let out = Command::new(index_binary())
+        .args(["token", "add", "--repository", repo_id])
+        .arg("--tokens")
+        .arg(dir.join("tokens.toml"))
+        .output()
+        .expect("token add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}
+
+/// A repository, a three-node cluster (R=2) and a client wired to it.
+struct ClusterFixture {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    nodes: Vec<IndexNode>,
+    cairn: Cairn,
+    repo_id: String,
+    token: String,
+}
+
+impl ClusterFixture {
+    fn new(n: usize, replication: u32) -> Self {
+        let (_dir, dir) = tempdir();
+        let cairn = Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
+        let init = cairn.run(["init", "--json"]);
+        init.expect_success();
+        let repo_id = init.json_last_line()["repo_id"]
+            .as_str()
+            .expect("repo_id")
+            .to_string();
+        let token = add_token(&dir, &repo_id);
+        let nodes: Vec<IndexNode> = (1..=n)
+            .map(|i| IndexNode::start(&dir, &format!("n{i}"), replication))
+            .collect();
+        write_members(&dir, &nodes.iter().collect::<Vec<_>>());
+        let urls: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
+        let cairn = cairn
+            .with_env("CAIRN_INDEX", &urls.join(","))
+            .with_env("CAIRN_INDEX_TOKEN", &token);
+        Self {
+            _dir,
+            dir,
+            nodes,
+            cairn,
+            repo_id,
+            token,
+        }
+    }
+
+    fn total(&self, metric: &str) -> f64 {
+        self.nodes.iter().map(|n| n.metric(metric)).sum()
+    }
+}
+
+fn small_files(dir: &Path, names: &[&str], seed: u64) {
+    fs::create_dir_all(dir).unwrap();
+    for (i, name) in names.iter().enumerate() {
+        // 100 KiB: below the chunker minimum, so exactly one chunk per file.
+        write_random_file(&dir.join(name), 100 * 1024, seed + i as u64);
+    }
+}
+
+#[test]
+fn two_clients_share_deduplication_through_the_cluster() {
+    let f = ClusterFixture::new(3, 2);
+    let a = f.dir.join("a");
+    small_files(&a, &["1", "2", "3", "4", "5"], 100);
+    let b = f.dir.join("b");
+    small_files(&b, &["1", "2", "3"], 100); // the same content as a/1..3
+    small_files(&b, &["x", "y"], 900);
+
+    let first = f.cairn.backup(&[&a], &["--host", "client-a"]);
+    assert_eq!(first.u("data_chunks_new"), 5);
+    let second = f.cairn.backup(&[&b], &["--host", "client-b"]);
+    assert_eq!(second.u("data_chunks_new"), 2, "only b/x and b/y are new");
+    // Both replicas of every partition recorded the chunks.
+    let out = f.cairn.run(["index", "rebuild"]);
+    out.expect_success();
+
+    let target = f.dir.join("restore");
+    f.cairn.restore("latest", &target);
+    assert!(compare_trees(&b, &restored(&target, &b), Compare::CONTENT).is_empty());
+}
+
+#[test]
+fn a_fresh_filter_spares_lookups_of_new_data() {
+    let f = ClusterFixture::new(3, 2);
+    let first = f.dir.join("first");
+    small_files(&first, &["1", "2", "3"], 1);
+    f.cairn.backup(&[&first], &[]);
+    let asked_before = f.total("cairn_index_fingerprints_queried_total");
+
+    let fresh = f.dir.join("fresh");
+    small_files(&fresh, &["a", "b", "c", "d", "e", "f", "g", "h"], 5000);
+    let stats = f.cairn.backup(&[&fresh], &[]);
+    assert_eq!(stats.u("data_chunks_new"), 8);
+    let asked_after = f.total("cairn_index_fingerprints_queried_total");
+    assert_eq!(
+        asked_after, asked_before,
+        "no fingerprint of entirely new data should be asked about"
+    );
+
+    // Known data is still confirmed (and deduplicated).
+    let again = f.dir.join("again");
+    small_files(&again, &["1", "2"], 1);
+    let stats = f.cairn.backup(&[&again], &[]);
+    assert_eq!(stats.u("data_chunks_new"), 0);
+    assert!(f.total("cairn_index_fingerprints_queried_total") > asked_after);
+}
+
+#[test]
+fn a_node_killed_during_backup_costs_nothing_but_uploads() {
+    let mut f = ClusterFixture::new(3, 2);
+    let src = f.dir.join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..6 {
+        write_random_file(&src.join(format!("big{i}")), 20 * MIB, 40 + i);
+    }
+    small_files(&src.join("small"), &["1", "2", "3", "4"], 77);
+    let log = f.dir.join("log");
+    let mut backup = f.cairn.spawn(["backup", s(&src), "--json"], &log);
+    // Kill a node once the backup is under way (it has stored a pack).
+    poll_until("first pack stored", Duration::from_secs(120), || {
+        !pack_files(&f.cairn.repo).is_empty()
+    });
+    let victim_data = f.nodes[1].data.clone();
+    f.nodes[1].kill();
+    let status =
+        wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup finished");
+    assert!(
+        status.success(),
+        "{}",
+        fs::read_to_string(log.join("stderr")).unwrap_or_default()
+    );
+
+    let target = f.dir.join("restore");
+    f.cairn.restore("latest", &target);
+    assert!(compare_trees(&src, &restored(&target, &src), Compare::CONTENT).is_empty());
+    f.cairn.check_clean();
+
+    // The node restarts on its data and serves again.
+    let restarted = IndexNode::start_on(&f.dir, "n2", 2, victim_data);
+    f.nodes[1] = restarted;
+    write_members(&f.dir, &f.nodes.iter().collect::<Vec<_>>());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo: Vec<u8> = hex::decode(&f.repo_id).unwrap();
+    let addr = f.nodes[1].addr.clone();
+    let token = f.token.clone();
+    let unknown = rt.block_on(async move {
+        let mut c = IndexClient::connect(addr).await.unwrap();
+        c.unknown_chunks(authed(
+            v1::UnknownChunksRequest {
+                repo_id: repo.into(),
+                ids: vec![0u8; 32].into(),
+            },
+            &token,
+        ))
+        .await
+    });
+    assert!(unknown.is_ok(), "{unknown:?}");
+    // A backup after the restart deduplicates everything.
+    let stats = f.cairn.backup(&[&src], &["--host", "other"]);
+    assert_eq!(stats.u("data_chunks_new"), 0);
+}
+
+#[test]
+fn restore_works_with_every_index_node_down() {
+    let mut f = ClusterFixture::new(3, 2);
+    let src = f.dir.join("src");
+    small_files(&src, &["1", "2", "3"], 3);
+    write_random_file(&src.join("big"), 3 * MIB, 9);
+    f.cairn.backup(&[&src], &[]);
+    for n in &mut f.nodes {
+        n.kill();
+    }
+    let target = f.dir.join("restore");
+    let out = f.cairn.run(["restore", "latest", "--target", s(&target)]);
+    out.expect_success();
+    assert!(compare_trees(&src, &restored(&target, &src), Compare::CONTENT).is_empty());
+}
+
+#[test]
+fn backup_goes_on_when_the_whole_cluster_is_down() {
+    let mut f = ClusterFixture::new(2, 1);
+    let src = f.dir.join("src");
+    small_files(&src, &["1", "2"], 11);
+    f.cairn.backup(&[&src], &[]);
+    for n in &mut f.nodes {
+        n.kill();
+    }
+    // No node answers: the backup uploads everything again and succeeds.
+    let out = f.cairn.backup_raw(&[&src], &["--host", "x"]);
+    out.expect_success();
+    assert!(
+        out.stderr
+            .contains("warning: index unavailable: no index node answered"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(Stats(out.json_last_line()).u("data_chunks_new"), 2);
+    let target = f.dir.join("restore");
+    f.cairn.restore("latest", &target);
+    assert!(compare_trees(&src, &restored(&target, &src), Compare::CONTENT).is_empty());
+    // A wrong token is a configuration error, said in one line.
+    let mut g = ClusterFixture::new(1, 1);
+    let bad = g.cairn.with_env("CAIRN_INDEX_TOKEN", "cairn_wrong");
+    bad.backup_raw(&[&src], &[])
+        .expect_clean_error(1, "refused the token");
+    g.nodes[0].kill();
+}
+
+#[test]
+fn a_fourth_node_joins_and_everything_still_works() {
+    let mut f = ClusterFixture::new(3, 2);
+    let src = f.dir.join("src");
+    small_files(&src, &["1", "2", "3", "4"], 21);
+    f.cairn.backup(&[&src], &[]);
+    let fourth = IndexNode::start(&f.dir, "n4", 2);
+    f.nodes.push(fourth);
+    write_members(&f.dir, &f.nodes.iter().collect::<Vec<_>>());
+    let moved = (0..cairn_proto::cluster::PARTITIONS)
+        .filter(|&p| {
+            let three = ["n1", "n2", "n3"];
+            let four = ["n1", "n2", "n3", "n4"];
+            let a: Vec<&str> = cairn_proto::cluster::owners(&three, p, 2)
+                .into_iter()
+                .map(|i| three[i])
+                .collect();
+            let b: Vec<&str> = cairn_proto::cluster::owners(&four, p, 2)
+                .into_iter()
+                .map(|i| four[i])
+                .collect();
+            a.iter().any(|n| !b.contains(n))
+        })
+        .count();
+    let share = moved as f64 / f64::from(cairn_proto::cluster::PARTITIONS);
+    assert!(
+        share < 0.55,
+        "{share} of partitions changed an owner (R=2, about 2/4 expected)"
+    );
+    // Wait until the nodes see the new membership.
+    poll_until("membership reloaded", Duration::from_secs(10), || {
+        f.nodes[0].metric("cairn_index_partitions_owned") < 4096.0 * 2.0 / 3.0 - 50.0
+    });
+
+    let more = f.dir.join("more");
+    small_files(&more, &["5", "6"], 500);
+    let stats = f.cairn.backup(&[&more], &[]);
+    assert_eq!(stats.u("data_chunks_new"), 2);
+    let target = f.dir.join("restore");
+    f.cairn.restore("latest", &target);
+    assert!(compare_trees(&more, &restored(&target, &more), Compare::CONTENT).is_empty());
+    let target = f.dir.join("restore-old");
+    let first = f.cairn.snapshots()[0]["id"].as_str().unwrap().to_string();
+    f.cairn.restore(&first, &target);
+    assert!(compare_trees(&src, &restored(&target, &src), Compare::CONTENT).is_empty());
+}
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if !token.is_empty() {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    r
+}
+
+#[test]
+fn auth_and_bad_input_are_refused_and_the_node_keeps_serving() {
+    let f = ClusterFixture::new(1, 1);
+    let addr = f.nodes[0].addr.clone();
+    let repo: Vec<u8> = hex::decode(&f.repo_id).unwrap();
+    let other_token = add_token(&f.dir, &"ab".repeat(32));
+    let token = f.token.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let mut c = IndexClient::connect(addr.clone()).await.unwrap();
+        let req = |ids: Vec<u8>, repo: &[u8]| v1::UnknownChunksRequest {
+            repo_id: repo.to_vec().into(),
+            ids: ids.into(),
+        };
+        let code = |r: Result<tonic::Response<v1::UnknownChunksResponse>, tonic::Status>| {
+            r.map(|_| ()).unwrap_err().code()
+        };
+        // No token, an unknown token, a token of another repository.
+        assert_eq!(
+            code(c.unknown_chunks(authed(req(vec![0; 32], &repo), "")).await),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            code(
+                c.unknown_chunks(authed(req(vec![0; 32], &repo), "cairn_nope"))
+                    .await
+            ),
+            tonic::Code::Unauthenticated
+        );
+        let denied = c
+            .unknown_chunks(authed(req(vec![0; 32], &repo), &other_token))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        // The same answer whether or not the other repository exists.
+        let denied2 = c
+            .unknown_chunks(authed(req(vec![0; 32], &[7u8; 32]), &token))
+            .await
+            .unwrap_err();
+        assert_eq!(denied2.code(), tonic::Code::PermissionDenied);
+        assert_eq!(denied.message(), denied2.message());
+        // Malformed and oversized batches.
+        assert_eq!(
+            code(
+                c.unknown_chunks(authed(req(vec![0; 33], &repo), &token))
+                    .await
+            ),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(
+                c.unknown_chunks(authed(req(vec![0; 32 * 5000], &repo), &token))
+                    .await
+            ),
+            tonic::Code::InvalidArgument
+        );
+        let bad_pack = c
+            .register_pack(authed(
+                v1::RegisterPackRequest {
+                    repo_id: repo.clone().into(),
+                    pack_id: vec![1, 2, 3].into(),
+                    entries: vec![],
+                },
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_pack.code(), tonic::Code::InvalidArgument);
+        // Still serving, and health says so.
+        let ok = c
+            .unknown_chunks(authed(req(vec![0; 64], &repo), &token))
+            .await
+            .unwrap();
+        assert_eq!(ok.into_inner().unknown.as_ref(), &[0b11]);
+        let channel = tonic::transport::Endpoint::from_shared(addr)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            status.into_inner().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    });
+}
+
+#[test]
+fn the_readme_cluster_example_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = fs::read_to_string(root.join("contrib/cluster-example.sh")).unwrap();
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let body: String = script.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert!(
+        readme.contains(&body),
+        "README.md must show contrib/cluster-example.sh verbatim"
+    );
+
+    let (_dir, dir) = tempdir();
+    // Free ports for the example's fixed-port nodes.
+    let ports: Vec<String> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port().to_string())
+        .collect();
+    let bin = Path::new(env!("CARGO_BIN_EXE_cairn"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    index_binary();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("contrib/cluster-example.sh"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CAIRN_") {
+            cmd.env_remove(&key);
+        }
+    }
+    let out = cmd
+        .env("PATH", path)
+        .env("WORK", &dir)
+        .env("CAIRN_EXAMPLE_PORTS", ports.join(" "))
+        .env("CAIRN_KDF_MEMORY_KIB", "1024")
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("cluster example: backup and restore OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,159 @@
+//! Expected failures end with one clear line and the documented exit code.
+
+use std::fs;
+
+use crate::common::*;
+
+#[test]
+fn wrong_password_is_one_clear_error() {
+    let (_tmp, dir) = tempdir();
+    let cairn = Cairn::new(dir.join("repo"));
+    cairn.init();
+
+    let out = cairn.with_password("not the password").run(["snapshots"]);
+    out.expect_clean_error(1, "wrong password");
+    assert!(
+        out.stderr.contains(s(&cairn.repo)),
+        "the error names the repository\n{}",
+        out.describe()
+    );
+
+    // Same through --password-file.
+    let pw_file = dir.join("pw");
+    fs::write(&pw_file, "also wrong\n").unwrap();
+    let out = cairn
+        .without_password()
+        .run(["--password-file", s(&pw_file), "snapshots"]);
+    out.expect_clean_error(1, "wrong password");
+
+    // And the right one through --password-file works.
+    fs::write(&pw_file, format!("{PASSWORD}\n")).unwrap();
+    cairn
+        .without_password()
+        .run(["--password-file", s(&pw_file), "snapshots"])
+        .expect_success();
+}
+
+#[test]
+fn missing_repository_is_one_clear_error() {
+    let (_tmp, dir) = tempdir();
+    let nowhere = dir.join("no-repo-here");
+    let cairn = Cairn::new(&nowhere);
+    for args in [vec!["snapshots"], vec!["backup", s(&dir)], vec!["check"]] {
+        let out = cairn.run(&args);
+        out.expect_clean_error(1, "no repository at");
+        assert!(
+            out.stderr.contains(s(&nowhere)),
+            "the error names the path\n{}",
+            out.describe()
+        );
+    }
+    // --repo overrides CAIRN_REPO.
+    let out = Cairn::new(dir.join("elsewhere")).run(["--repo", s(&nowhere), "snapshots"]);
+    out.expect_clean_error(1, "no repository at");
+    assert!(
+        out.stderr.contains(s(&nowhere)),
+        "--repo was not used\n{}",
+        out.describe()
+    );
+    assert!(
+        !nowhere.exists(),
+        "a failed command created {}",
+        nowhere.display()
+    );
+}
+
+#[test]
+fn init_over_existing_repository_is_refused() {
+    let (_tmp, dir) = tempdir();
+    let cairn = Cairn::new(dir.join("repo"));
+    let out = cairn.init();
+    assert!(
+        out.stdout_text().contains("created repository")
+            && out.stdout_text().contains(s(&cairn.repo)),
+        "init output\n{}",
+        out.describe()
+    );
+    let config = fs::read(cairn.repo.join("config")).unwrap();
+    let keys = key_files(&cairn.repo);
+    assert_eq!(keys.len(), 1);
+
+    let out = cairn.with_password("another").run(["init"]);
+    out.expect_clean_error(1, "already exists");
+    assert_eq!(
+        fs::read(cairn.repo.join("config")).unwrap(),
+        config,
+        "config was rewritten"
+    );
+    assert_eq!(key_files(&cairn.repo), keys, "keys changed");
+    cairn.run(["snapshots"]).expect_success();
+}
+
+#[test]
+fn usage_error_exits_2() {
+    let (_tmp, dir) = tempdir();
+    let out = Cairn::new(dir.join("repo")).run(["no-such-command"]);
+    out.expect_code(2);
+}
+
+/// An unreadable source file: warning, exit 3, snapshot written without it.
+///
+/// Root reads a chmod 000 file anyway, so as root the whole test runs cairn
+/// as `nobody` (uid 65534) on world-writable temporary directories.
+#[test]
+fn unreadable_source_file_warns_and_exits_3() {
+    let (_tmp, dir) = tempdir();
+    let mut cairn = Cairn::new(dir.join("repo"));
+    if running_as_root() {
+        set_mode(&dir, 0o777);
+        cairn.user = Some((65534, 65534));
+        cairn = cairn.with_env("HOME", s(&dir));
+    }
+    let src = dir.join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("ok-1.txt"), b"readable one\n").unwrap();
+    fs::write(src.join("sub/ok-2.txt"), b"readable two\n").unwrap();
+    write_random_file(&src.join("sub/ok-3.bin"), 700_000, 3);
+    let secret = src.join("sub/secret.txt");
+    fs::write(&secret, b"nobody may read this\n").unwrap();
+    set_mode(&secret, 0o000);
+
+    cairn.init();
+    let out = cairn.backup_raw(&[&src], &[]);
+    out.expect_code(3);
+    let warning = format!("warning: cannot read {}", s(&secret));
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with(&warning)),
+        "no line starting with {warning:?}\n{}",
+        out.describe()
+    );
+    let stats = Stats(out.json_last_line());
+    assert_eq!(stats.u("errors"), 1, "{:?}", stats);
+
+    let snaps = cairn.snapshots();
+    assert_eq!(snaps.len(), 1, "the snapshot was not written: {snaps:?}");
+    assert_eq!(snaps[0]["id"].as_str(), Some(stats.snapshot_id().as_str()));
+    let listed = cairn.ls("latest");
+    assert!(
+        !listed.contains(s(&secret)),
+        "the unreadable file is in the snapshot"
+    );
+    assert!(
+        listed.contains(s(&src.join("sub/ok-2.txt"))),
+        "ls: {listed:?}"
+    );
+
+    let target = dir.join("target");
+    cairn.restore("latest", &target);
+    let back = restored(&target, &src);
+    for f in ["ok-1.txt", "sub/ok-2.txt", "sub/ok-3.bin"] {
+        assert!(
+            files_equal(&src.join(f), &back.join(f)),
+            "{f} not restored exactly"
+        );
+    }
+    assert!(
+        !back.join("sub/secret.txt").exists(),
+        "the unreadable file was restored"
+    );
+}

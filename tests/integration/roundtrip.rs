@@ -1,0 +1,144 @@
+//! Backup then restore reproduces the source exactly; ls, dump and
+//! restore --include see the same tree.
+
+use std::fs;
+
+use crate::common::*;
+use crate::inspect::Inspector;
+
+#[test]
+fn full_tree_round_trip_ls_dump_and_include() {
+    let (_tmp, dir) = tempdir();
+    let tree = build_full_tree(&dir.join("src"));
+    let src = &tree.root;
+    let cairn = Cairn::new(dir.join("repo"));
+    cairn.init();
+
+    let stats = cairn.backup(&[src], &[]);
+    assert_eq!(stats.u("errors"), 0, "{:?}", stats);
+    assert!(
+        stats.u("bytes_read") >= tree.big_len,
+        "bytes_read too small: {:?}",
+        stats
+    );
+
+    // Full restore: every byte, mode, mtime, owner, xattr, link.
+    let target = dir.join("target");
+    cairn.restore("latest", &target);
+    assert_trees_equal(src, &restored(&target, src), Compare::ALL);
+
+    // ls lists exactly the source entries under the backed-up path.
+    let listed = cairn.ls("latest");
+    let prefix = format!("{}/", s(src));
+    let under_src: std::collections::BTreeSet<String> = listed
+        .iter()
+        .filter(|l| *l == s(src) || l.starts_with(&prefix))
+        .cloned()
+        .collect();
+    let expected = absolute_entries(src);
+    let missing: Vec<_> = expected.difference(&under_src).take(10).collect();
+    let extra: Vec<_> = under_src.difference(&expected).take(10).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "ls latest differs from the source: missing {missing:?}, extra {extra:?} ({} listed)",
+        under_src.len()
+    );
+    // The ancestors of the backed-up path are listed too (the tree mirrors absolute paths).
+    for ancestor in src
+        .ancestors()
+        .skip(1)
+        .filter(|a| *a != std::path::Path::new("/"))
+    {
+        assert!(
+            listed.contains(s(ancestor)),
+            "ls does not list ancestor {}",
+            ancestor.display()
+        );
+    }
+
+    // dump: exact bytes, also of an empty file.
+    let out = cairn.run(["dump", "latest", s(&tree.medium)]);
+    out.expect_success();
+    assert!(
+        out.stdout == fs::read(&tree.medium).unwrap(),
+        "dump of medium.bin differs ({} bytes)",
+        out.stdout.len()
+    );
+    let out = cairn.run(["dump", "latest", s(&tree.empty)]);
+    out.expect_success();
+    assert!(
+        out.stdout.is_empty(),
+        "dump of an empty file printed {} bytes",
+        out.stdout.len()
+    );
+
+    // restore --include: only that subtree (and the directories leading to it).
+    let target2 = dir.join("target-include");
+    let include = &tree.include_dir;
+    let out = cairn.run([
+        "restore",
+        "latest",
+        "--target",
+        s(&target2),
+        "--include",
+        s(include),
+    ]);
+    out.expect_success();
+    assert_trees_equal(include, &restored(&target2, include), Compare::ALL);
+    for (rel, m) in walk(&target2) {
+        let abs = std::path::Path::new("/").join(&rel);
+        if m.kind != Kind::Dir {
+            assert!(
+                abs.starts_with(include),
+                "restore --include restored {} outside {}",
+                abs.display(),
+                include.display()
+            );
+        } else {
+            assert!(
+                abs.starts_with(include) || include.starts_with(&abs),
+                "restore --include created directory {} that is neither inside nor above {}",
+                abs.display(),
+                include.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn sha256_repository_round_trips() {
+    let (_tmp, dir) = tempdir();
+    let src = dir.join("src");
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    write_random_file(&src.join("two-mib.bin"), 2 * MIB + 7, 0x256);
+    fs::write(src.join("sub/a.txt"), b"sha-256 repository\n").unwrap();
+    fs::write(src.join("sub/deeper/b.txt"), b"b\n").unwrap();
+    std::os::unix::fs::symlink("sub/a.txt", src.join("link")).unwrap();
+    set_mode(&src.join("sub/a.txt"), 0o640);
+
+    let cairn = Cairn::new(dir.join("repo"));
+    cairn.init_with_hash("sha256");
+    assert_eq!(
+        Inspector::open(&cairn.repo, PASSWORD)
+            .repository()
+            .config()
+            .hash
+            .name(),
+        "sha256",
+        "init --hash sha256 did not record HMAC-SHA256 in the config"
+    );
+
+    let first = cairn.backup(&[&src], &[]);
+    assert!(first.u("data_chunks_new") >= 3, "{:?}", first);
+    let target = dir.join("target");
+    cairn.restore("latest", &target);
+    assert_trees_equal(&src, &restored(&target, &src), Compare::ALL);
+
+    // Deduplication works with this fingerprint too.
+    for f in ["two-mib.bin", "sub/a.txt", "sub/deeper/b.txt"] {
+        bump_mtime(&src.join(f));
+    }
+    let second = cairn.backup(&[&src], &[]);
+    assert_eq!(second.u("data_chunks_new"), 0, "{:?}", second);
+    cairn.check_clean();
+}
