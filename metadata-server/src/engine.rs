@@ -294,6 +294,16 @@ impl Index for Engine {
         self.lookup_sync(ids)
     }
 
+    async fn unregistered_packs(&self, packs: &[PackId]) -> Result<Vec<bool>, IndexError> {
+        let cf = self.cf(CF_PACKS)?;
+        let keys: Vec<&[u8]> = packs.iter().map(|p| &p.as_bytes()[..]).collect();
+        self.db
+            .batched_multi_get_cf(cf, keys, false)
+            .into_iter()
+            .map(|r| r.map(|v| v.is_none()).map_err(|e| self.db_err(e)))
+            .collect()
+    }
+
     async fn clear(&self) -> Result<(), IndexError> {
         self.clear_sync()
     }

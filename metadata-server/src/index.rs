@@ -51,6 +51,13 @@ pub trait Index: Send + Sync {
         entries: &[PackEntry],
     ) -> Result<RegisterOutcome, IndexError>;
 
+    /// For each pack, `true` if it was never registered. Used at the start of
+    /// a backup to register packs that a killed backup stored but did not
+    /// get to record. An index that cannot tell answers `false` (nothing to do).
+    async fn unregistered_packs(&self, packs: &[PackId]) -> Result<Vec<bool>, IndexError> {
+        Ok(vec![false; packs.len()])
+    }
+
     /// Where each chunk is stored, if known.
     async fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkRecord>>, IndexError>;
 

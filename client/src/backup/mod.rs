@@ -245,6 +245,25 @@ impl Shared {
     }
 }
 
+/// Registers packs that are in the store but not in the index: a backup
+/// killed between storing a pack and recording it leaves such packs, and
+/// their chunks are then reused instead of uploaded again.
+async fn register_orphan_packs(repo: &Repository, index: &dyn Index) -> Result<()> {
+    let packs = repo.list_packs().await?;
+    let ids: Vec<cairn_chunk_store::PackId> = packs.iter().map(|(id, _)| *id).collect();
+    let unregistered = index.unregistered_packs(&ids).await?;
+    for ((id, size), missing) in packs.into_iter().zip(unregistered) {
+        if !missing {
+            continue;
+        }
+        // A pack that cannot be read is left for `check` to report.
+        if let Ok(entries) = repo.read_pack_trailer(&id, Some(size)).await {
+            index.register_pack(id, &entries).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The latest snapshot of the same host and paths.
 fn find_parent(
     snapshots: &[(SnapshotId, Snapshot)],
@@ -286,6 +305,7 @@ pub fn run(
     }
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
 
+    handle.block_on(register_orphan_packs(repo, &*index))?;
     let snapshots = handle.block_on(repo.snapshots())?;
     let parent = find_parent(&snapshots, &options.host, &path_strings);
     let source = BlobSource::new(repo.clone(), Some(index.clone()));
