@@ -80,7 +80,7 @@ fn main() {
         start.elapsed().as_secs_f64()
     );
 
-    let batch = |round: u64| -> Vec<ChunkId> {
+    let batch = move |round: u64| -> Vec<ChunkId> {
         (0..BATCH as u64)
             .map(|k| {
                 id((round
