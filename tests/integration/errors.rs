@@ -119,6 +119,13 @@ fn unreadable_source_file_warns_and_exits_3() {
     set_mode(&secret, 0o000);
 
     cairn.init();
+    if running_as_root() {
+        assert_eq!(
+            meta(&cairn.repo.join("config")).uid,
+            65534,
+            "cairn did not run as nobody"
+        );
+    }
     let out = cairn.backup_raw(&[&src], &[]);
     out.expect_code(3);
     let warning = format!("warning: cannot read {}", s(&secret));

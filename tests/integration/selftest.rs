@@ -6,6 +6,8 @@ use std::path::Path;
 
 use crate::common::*;
 
+type Mutation = Box<dyn Fn(&Path)>;
+
 fn sample(root: &Path) {
     fs::create_dir_all(root.join("d")).unwrap();
     fs::write(root.join("f"), b"content").unwrap();
@@ -36,7 +38,7 @@ fn compare_trees_detects_each_difference() {
     let a = dir.join("a");
     sample(&a);
 
-    let mutations: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let mutations: Vec<(&str, Mutation)> = vec![
         (
             "content",
             Box::new(|b| fs::write(b.join("d/g"), b"G").unwrap()),

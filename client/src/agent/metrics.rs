@@ -165,10 +165,9 @@ impl Metrics {
         self.running.get_or_create(&label(job)).set(1);
     }
 
-    /// A run finished.
-    pub fn run_finished(&self, job: &str, run: &RunRecord) {
+    /// A run's backup ended with `run` (its hooks may still be running).
+    pub fn run_recorded(&self, job: &str, run: &RunRecord) {
         let label = label(job);
-        self.running.get_or_create(&label).set(0);
         self.runs
             .get_or_create(&RunLabel {
                 job: job.into(),
@@ -190,6 +189,11 @@ impl Metrics {
                 .set(seconds(run.started));
             self.lock_refs().insert(job.into(), run.started);
         }
+    }
+
+    /// A run is over, hooks included.
+    pub fn run_ended(&self, job: &str) {
+        self.running.get_or_create(&label(job)).set(0);
     }
 
     /// The next scheduled run.
@@ -300,8 +304,8 @@ mod tests {
             bytes_stored: 600,
             forgotten: 0,
         };
-        m.run_finished("home", &run);
-        m.run_finished(
+        m.run_recorded("home", &run);
+        m.run_recorded(
             "home",
             &RunRecord {
                 result: RunResult::Failure,

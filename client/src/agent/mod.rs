@@ -540,6 +540,34 @@ async fn execute(agent: &Agent, job: &Job, due: Due, delay: Duration) -> Option<
                 forgotten: 0,
             })
     };
+    // The result is recorded before the hooks run, so that a hook that
+    // looks at the state or the metrics sees this run.
+    let record = RunRecord {
+        started,
+        finished: Timestamp::now(),
+        result: outcome.result,
+        error: outcome.error.clone(),
+        snapshot: outcome.snapshot.map(|s| s.to_hex()),
+        duration_seconds: outcome.seconds,
+        bytes_new: outcome.bytes_new,
+        bytes_stored: outcome.bytes_stored,
+        forgotten: outcome.forgotten,
+    };
+    if let Err(e) = agent.store.update(|s| {
+        let j = s.jobs.entry(name.to_string()).or_default();
+        j.runs_total += 1;
+        if matches!(record.result, RunResult::Failure | RunResult::Partial) {
+            j.failures_total += 1;
+        }
+        if record.result.wrote_snapshot() {
+            j.last_success = Some(record.started);
+            j.last_success_snapshot = record.snapshot.clone();
+        }
+        j.last_run = Some(record.clone());
+    }) {
+        log.error(Some(name), "state_error", &format!("{e:#}"), json!({}));
+    }
+    agent.metrics.run_recorded(name, &record);
     match outcome.result {
         RunResult::Success => {
             if let Some(cmd) = &job.on_success {
@@ -554,40 +582,20 @@ async fn execute(agent: &Agent, job: &Job, due: Due, delay: Duration) -> Option<
         // Stopping is not a failure of the job: no hook, retried at the next start.
         RunResult::Interrupted => {}
     }
-    let finished = Timestamp::now();
-    let record = RunRecord {
-        started,
-        finished,
-        result: outcome.result,
-        error: outcome.error.clone(),
-        snapshot: outcome.snapshot.map(|s| s.to_hex()),
-        duration_seconds: outcome.seconds,
-        bytes_new: outcome.bytes_new,
-        bytes_stored: outcome.bytes_stored,
-        forgotten: outcome.forgotten,
-    };
+    // The run, hooks included, is over.
     if let Err(e) = agent.store.update(|s| {
-        let j = s.jobs.entry(name.to_string()).or_default();
-        j.running = None;
-        j.runs_total += 1;
-        if matches!(record.result, RunResult::Failure | RunResult::Partial) {
-            j.failures_total += 1;
-        }
-        if record.result.wrote_snapshot() {
-            j.last_success = Some(record.started);
-            j.last_success_snapshot = record.snapshot.clone();
-        }
-        j.last_run = Some(record.clone());
+        s.jobs.entry(name.to_string()).or_default().running = None;
     }) {
         log.error(Some(name), "state_error", &format!("{e:#}"), json!({}));
     }
     drop(job_lock);
-    agent.metrics.run_finished(name, &record);
+    agent.metrics.run_ended(name);
+    let finished = Timestamp::now();
     let fields = json!({
         "result": record.result.as_str(),
         "reason": due.reason.as_str(),
         "started": record.started.to_string(),
-        "finished": record.finished.to_string(),
+        "finished": finished.to_string(),
         "snapshot": record.snapshot,
         "error": record.error,
         "seconds": record.duration_seconds,

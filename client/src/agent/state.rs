@@ -58,7 +58,7 @@ impl RunResult {
 pub struct RunRecord {
     /// When it started.
     pub started: Timestamp,
-    /// When it ended (hooks included).
+    /// When the backup (and retention) ended; hooks run after.
     pub finished: Timestamp,
     /// How it ended.
     pub result: RunResult,
