@@ -877,9 +877,14 @@ fn readme_example_config_loads() {
     require_systemd_analyze();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/cairn.example.toml");
     // The README shows this exact file.
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
     let text = std::fs::read_to_string(&example).unwrap();
-    assert!(readme.contains(text.trim_end()), "README.md must show contrib/cairn.example.toml verbatim");
+    assert!(
+        readme.contains(text.trim_end()),
+        "README.md must show contrib/cairn.example.toml verbatim"
+    );
     let (_dir, home) = tempdir();
     for d in ["Documents", "Pictures", ".config/cairn"] {
         std::fs::create_dir_all(home.join(d)).unwrap();
