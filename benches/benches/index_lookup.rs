@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark aborts on any setup failure
 //! Batched lookups per second: one `cairn-index` node over gRPC on
 //! loopback, next to raw RocksDB `MultiGet` on the same database, in the
 //! same run.

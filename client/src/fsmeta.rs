@@ -116,6 +116,10 @@ pub fn apply_metadata(path: &Path, node: &Node, is_root: bool) -> io::Result<()>
             }
         }
     }
+    if kind == NodeKind::Dir && node.mtime_ns == 0 && node.ctime_ns == 0 {
+        // A directory above the backed-up paths: no times were recorded.
+        return Ok(());
+    }
     let t = file_time(node.mtime_ns);
     filetime::set_symlink_file_times(path, t, t)
 }

@@ -73,6 +73,20 @@ impl SourceTrie {
     }
 }
 
+/// A directory above the sources is recorded with its stable metadata only
+/// (name, mode, owner, xattrs): its times change whenever anything else in
+/// it does (think `/tmp`), and recording them would make every backup of an
+/// unchanged source store new ancestor trees. Restore leaves the times of
+/// such directories alone (see `fsmeta::apply_metadata`).
+fn ancestor_node(mut node: Node) -> Node {
+    node.mtime_ns = 0;
+    node.ctime_ns = 0;
+    node.inode = 0;
+    node.device = 0;
+    node.nlink = 0;
+    node
+}
+
 /// Walks the sources; emits directories to `dirs` and files to `jobs`.
 pub struct Walker<'a> {
     pub shared: &'a Shared,
@@ -154,7 +168,10 @@ impl<'a> Walker<'a> {
                 }
                 let sub_parent = self.parent_subtree(parent_node);
                 let key = self.walk_virtual(&child_path, child, sub_parent)?;
-                entries.push(Pending::Dir { node, key });
+                entries.push(Pending::Dir {
+                    node: ancestor_node(node),
+                    key,
+                });
             }
         }
         let key = self.key();
