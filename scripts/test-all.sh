@@ -37,4 +37,12 @@ start_services
 # --- tests --------------------------------------------------------------
 # The integration tests run the real binaries (`cairn`, `cairn-index`);
 # both packages have integration tests, so `cargo test` builds both.
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'stop_services; rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+summary=$(awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped", p, f, i }' "$log")
+echo "$summary"
+if [[ -n "${CAIRN_TEST_SUMMARY:-}" ]]; then
+    echo "$summary" >"$CAIRN_TEST_SUMMARY"
+fi
