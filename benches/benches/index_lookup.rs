@@ -46,6 +46,8 @@ fn main() {
             tokens: dir.path().join("tokens.toml"),
             max_in_flight: 1024,
             request_timeout_secs: 60,
+            tls_cert: None,
+            tls_key: None,
         })
         .expect("node"),
     );

@@ -474,11 +474,25 @@ struct FilterCacheRecord {
     entries: Vec<CachedFilter>,
 }
 
+/// An endpoint for `url`. `https://` URLs use TLS, trusting the PEM file
+/// named by `CAIRN_INDEX_CA` when set, else the public web PKI roots.
 fn endpoint(url: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
+    let mut e = Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
-        .tcp_nodelay(true))
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        match std::env::var_os("CAIRN_INDEX_CA").map(std::fs::read) {
+            Some(Ok(pem)) => tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            Some(Err(err)) => {
+                tracing::warn!("CAIRN_INDEX_CA unreadable ({err}); using the public roots")
+            }
+            None => tls = tls.with_webpki_roots(),
+        }
+        e = e.tls_config(tls)?;
+    }
+    Ok(e)
 }
 
 fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {

@@ -59,6 +59,12 @@ struct ServeArgs {
     /// Requests handled at once before RESOURCE_EXHAUSTED.
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// PEM certificate chain: serve over TLS (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +124,8 @@ fn node_config(a: ServeArgs) -> Result<NodeConfig> {
                 .ok_or_else(|| anyhow!("--tokens is required without --config"))?,
             max_in_flight: 256,
             request_timeout_secs: 30,
+            tls_cert: None,
+            tls_key: None,
         },
     };
     if let Some(v) = a.listen {
@@ -143,6 +151,12 @@ fn node_config(a: ServeArgs) -> Result<NodeConfig> {
     }
     if let Some(v) = a.max_in_flight {
         config.max_in_flight = v;
+    }
+    if let Some(v) = a.tls_cert {
+        config.tls_cert = Some(v);
+    }
+    if let Some(v) = a.tls_key {
+        config.tls_key = Some(v);
     }
     Ok(config)
 }

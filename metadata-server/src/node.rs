@@ -39,6 +39,12 @@ pub struct NodeConfig {
     /// Longest a request may run.
     #[serde(default = "default_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// PEM certificate chain; with `tls_key`, the node serves gRPC over TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {

@@ -74,7 +74,20 @@ pub async fn serve(
     let service = IndexServer::new(IndexService::new(node.clone(), metrics))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    match (&node.config.tls_cert, &node.config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::PathBuf| {
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("TLS file {}: {e}", p.display()))
+            };
+            let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+            builder =
+                builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("TLS needs both a certificate and a key (tls_cert and tls_key)"),
+    }
+    builder
         .timeout(Duration::from_secs(node.config.request_timeout_secs))
         .add_service(health)
         .add_service(service)

@@ -37,6 +37,11 @@ impl IndexNode {
     }
 
     fn start_on(dir: &Path, id: &str, replication: u32, data: PathBuf) -> Self {
+        Self::start_with(dir, id, replication, data, &[])
+    }
+
+    fn start_with(dir: &Path, id: &str, replication: u32, data: PathBuf, extra: &[&str]) -> Self {
+        let tls = !extra.is_empty();
         let mut child = Command::new(index_binary())
             .args([
                 "serve",
@@ -54,10 +59,11 @@ impl IndexNode {
             .arg("--members")
             .arg(dir.join("members.toml"))
             .args(["--replication", &replication.to_string()])
+            .args(extra)
             .env("CAIRN_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(dir.join(format!("{id}.stderr"))).expect("log file"))
             .spawn()
             .expect("start cairn-index");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -65,12 +71,13 @@ impl IndexNode {
         let mut metrics = String::new();
         // The node prints its bound addresses first; reading them is the readiness check.
         while addr.is_empty() || metrics.is_empty() {
-            let line = lines
-                .next()
-                .expect("cairn-index exited before listening")
-                .expect("read stdout");
+            let Some(line) = lines.next() else {
+                let err = fs::read_to_string(dir.join(format!("{id}.stderr"))).unwrap_or_default();
+                panic!("cairn-index exited before listening: {err}");
+            };
+            let line = line.expect("read stdout");
             if let Some(a) = line.split(" listening on ").nth(1) {
-                addr = format!("http://{a}");
+                addr = format!("{}://{a}", if tls { "https" } else { "http" });
             } else if let Some(m) = line.split(" metrics on ").nth(1) {
                 metrics = m.to_string();
             }
@@ -554,5 +561,76 @@ fn the_readme_cluster_example_runs() {
         out.status.success() && stdout.contains("cluster example: backup and restore OK"),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_index_can_be_served_over_tls() {
+    let (_dir, dir) = tempdir();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let cairn = Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
+    let init = cairn.run(["init", "--json"]);
+    init.expect_success();
+    let repo_id = init.json_last_line()["repo_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = add_token(&dir, &repo_id);
+    let node = IndexNode::start_with(
+        &dir,
+        "n1",
+        1,
+        dir.join("n1"),
+        &[
+            "--tls-cert",
+            s(&dir.join("cert.pem")),
+            "--tls-key",
+            s(&dir.join("key.pem")),
+        ],
+    );
+    assert!(node.addr.starts_with("https://"));
+    write_members(&dir, &[&node]);
+    let src = dir.join("src");
+    small_files(&src, &["1", "2"], 31);
+
+    let secure = cairn
+        .with_env("CAIRN_INDEX", &node.addr)
+        .with_env("CAIRN_INDEX_TOKEN", &token)
+        .with_env("CAIRN_INDEX_CA", s(&dir.join("cert.pem")));
+    assert_eq!(secure.backup(&[&src], &[]).u("data_chunks_new"), 2);
+    let again = secure.backup_raw(&[&src], &["--host", "other"]);
+    again.expect_success();
+    assert!(!again.stderr.contains("warning"), "{}", again.stderr);
+    assert_eq!(
+        Stats(again.json_last_line()).u("data_chunks_new"),
+        0,
+        "deduplicated through the TLS node"
+    );
+
+    // Without trusting the certificate, or in plain text, the node is not
+    // reachable: the backup still succeeds, uploading everything.
+    let untrusted = cairn
+        .with_env("CAIRN_INDEX", &node.addr)
+        .with_env("CAIRN_INDEX_TOKEN", &token);
+    let out = untrusted.backup_raw(&[&src], &["--host", "third"]);
+    out.expect_success();
+    assert!(
+        out.stderr.contains("no index node answered"),
+        "{}",
+        out.stderr
+    );
+    let plain = cairn
+        .with_env("CAIRN_INDEX", &node.addr.replace("https://", "http://"))
+        .with_env("CAIRN_INDEX_TOKEN", &token);
+    let out = plain.backup_raw(&[&src], &["--host", "fourth"]);
+    out.expect_success();
+    assert!(
+        out.stderr.contains("no index node answered"),
+        "{}",
+        out.stderr
     );
 }
