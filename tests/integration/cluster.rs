@@ -41,7 +41,7 @@ impl IndexNode {
     }
 
     fn start_with(dir: &Path, id: &str, replication: u32, data: PathBuf, extra: &[&str]) -> Self {
-        let tls = !extra.is_empty();
+        let tls = extra.contains(&"--tls-cert");
         let mut child = Command::new(index_binary())
             .args([
                 "serve",
@@ -633,4 +633,60 @@ fn the_index_can_be_served_over_tls() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn a_saturated_node_sheds_load_with_a_retry_hint_and_recovers() {
+    let (_dir, dir) = tempdir();
+    let repo = [9u8; 32];
+    let token = add_token(&dir, &hex::encode(repo));
+    let node = IndexNode::start_with(&dir, "n1", 1, dir.join("n1"), &["--max-in-flight", "1"]);
+    let addr = node.addr.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (shed, ok, hinted) = rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(addr)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..48 {
+            let mut c = IndexClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let request = v1::GetFilterRequest {
+                    repo_id: repo.to_vec().into(),
+                    first_partition: 0,
+                    last_partition: cairn_proto::cluster::PARTITIONS,
+                    known: vec![],
+                    partitions: vec![],
+                };
+                match c.get_filter(authed(request, &token)).await {
+                    Ok(mut s) => {
+                        while s.get_mut().message().await.unwrap().is_some() {}
+                        (0, 1, 0)
+                    }
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => (
+                        1,
+                        0,
+                        usize::from(s.metadata().get("retry-after-ms").is_some()),
+                    ),
+                    Err(s) => panic!("unexpected status {s:?}"),
+                }
+            }));
+        }
+        let mut totals = (0, 0, 0);
+        for t in tasks {
+            let (a, b, c) = t.await.unwrap();
+            totals = (totals.0 + a, totals.1 + b, totals.2 + c);
+        }
+        totals
+    });
+    assert!(
+        shed > 0,
+        "48 concurrent calls against one slot: some must be shed"
+    );
+    assert!(ok > 0);
+    assert_eq!(hinted, shed, "every refusal carries retry-after-ms");
+    assert!(node.metric("cairn_index_shed_requests_total") >= shed as f64);
 }
