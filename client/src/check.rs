@@ -49,8 +49,9 @@ pub async fn run(
     read_data: bool,
 ) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    let (trailers, bad_packs) = read_all_trailers(repo).await?;
-    report.packs = repo.list_packs().await?.len();
+    let all = read_all_trailers(repo).await?;
+    let (trailers, bad_packs) = (all.map, all.bad);
+    report.packs = all.packs;
     report.chunks = trailers.len();
     // Per pack: the problem, and the files that need it.
     let mut pack_problems: BTreeMap<PackId, String> = BTreeMap::new();

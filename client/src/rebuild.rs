@@ -6,7 +6,7 @@ use anyhow::Result;
 use cairn_chunk_store::{PackId, Repository};
 use cairn_index::Index;
 
-use crate::source::bounded_map;
+use crate::source::read_trailers;
 
 /// What a rebuild found.
 #[derive(Debug, Default)]
@@ -22,12 +22,7 @@ pub struct RebuildReport {
 /// Clears `index` and registers every readable pack of `repo`.
 pub async fn run(repo: &Repository, index: Arc<dyn Index>) -> Result<RebuildReport> {
     index.clear().await?;
-    let packs = repo.list_packs().await?;
-    let results = bounded_map(packs, 16, |(id, size)| {
-        let repo = repo.clone();
-        async move { (id, repo.read_pack_trailer(&id, Some(size)).await) }
-    })
-    .await;
+    let results = read_trailers(repo).await?;
     let mut report = RebuildReport::default();
     for (id, trailer) in results {
         match trailer {

@@ -642,28 +642,16 @@ impl Index for RemoteIndex {
         let tried = vec![Vec::new(); ids.len()];
         for (node, positions) in self.route(ids, &tried) {
             let Some(n) = node else { continue };
-            let conn = &self.cluster.nodes[n];
-            for batch in positions.chunks(MAX_BATCH) {
-                let batch_ids: Vec<ChunkId> = batch.iter().map(|&k| ids[k]).collect();
-                let request = v1::LocateRequest {
-                    repo_id: self.repo_bytes(),
-                    ids: pack_ids(&batch_ids).into(),
-                };
-                match conn
-                    .client
-                    .clone()
-                    .locate(authed(request, &self.token))
-                    .await
-                {
-                    Ok(r) => {
-                        conn.succeeded();
-                        for (&k, loc) in batch.iter().zip(r.into_inner().locations) {
-                            out[k] = record_from_wire(&loc);
-                        }
+            let wanted: Vec<ChunkId> = positions.iter().map(|&k| ids[k]).collect();
+            match self.locate_on(n, &wanted).await {
+                Ok(records) => {
+                    self.cluster.nodes[n].succeeded();
+                    for (&k, rec) in positions.iter().zip(records) {
+                        out[k] = rec;
                     }
-                    // The caller falls back to pack trailers.
-                    Err(s) => conn.failed("Locate", &s),
                 }
+                // The caller falls back to pack trailers.
+                Err(s) => self.cluster.nodes[n].failed("Locate", &s),
             }
         }
         Ok(out)

@@ -5,76 +5,83 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
-use cairn_chunk_store::pack::{BlobLocation, pack_key};
+use cairn_chunk_store::pack::{BlobLocation, PackEntry, pack_key};
 use cairn_chunk_store::tree::Tree;
-use cairn_chunk_store::{ChunkId, Repository};
+use cairn_chunk_store::{ChunkId, PackId, RepoError, Repository};
 use cairn_index::Index;
 use tokio::runtime::Handle;
 
 /// Chunk locations read from every pack trailer in the store.
 pub type TrailerMap = HashMap<ChunkId, BlobLocation>;
 
-/// Reads every pack trailer. Packs whose trailer cannot be read are
-/// returned separately with the reason.
-pub async fn read_all_trailers(
+/// The trailer of every pack in the store, read with bounded concurrency.
+pub async fn read_trailers(
     repo: &Repository,
-) -> Result<(TrailerMap, Vec<(cairn_chunk_store::PackId, String)>)> {
-    use futures_lite::*;
+) -> Result<Vec<(PackId, Result<Vec<PackEntry>, RepoError>)>> {
     let packs = repo.list_packs().await?;
-    let mut map = TrailerMap::new();
-    let mut bad = Vec::new();
-    let results = bounded_map(packs, 16, |(id, size)| {
+    Ok(bounded_map(packs, 16, |(id, size)| {
         let repo = repo.clone();
         async move { (id, repo.read_pack_trailer(&id, Some(size)).await) }
     })
-    .await;
-    for (id, r) in results {
+    .await)
+}
+
+/// Where every chunk is according to the pack trailers.
+#[derive(Debug, Default)]
+pub struct Trailers {
+    /// Chunk locations (the first pack listing a chunk wins).
+    pub map: TrailerMap,
+    /// Packs whose trailer cannot be read, with the reason.
+    pub bad: Vec<(PackId, String)>,
+    /// Packs found.
+    pub packs: usize,
+}
+
+/// Reads every pack trailer into one map.
+pub async fn read_all_trailers(repo: &Repository) -> Result<Trailers> {
+    let mut out = Trailers::default();
+    for (id, r) in read_trailers(repo).await? {
+        out.packs += 1;
         match r {
             Ok(entries) => {
                 for e in entries {
-                    map.entry(e.id).or_insert(e.location);
+                    out.map.entry(e.id).or_insert(e.location);
                 }
             }
-            Err(e) => bad.push((id, e.to_string())),
+            Err(e) => out.bad.push((id, e.to_string())),
         }
     }
-    Ok((map, bad))
+    Ok(out)
 }
 
-/// Tiny helpers for bounded concurrency without another dependency.
-mod futures_lite {
-    use std::future::Future;
-
-    /// Runs `f` over `items` with at most `limit` futures in flight; results in input order.
-    pub async fn bounded_map<T, R, F, Fut>(items: Vec<T>, limit: usize, f: F) -> Vec<R>
-    where
-        T: Send + 'static,
-        R: Send + 'static,
-        F: Fn(T) -> Fut,
-        Fut: Future<Output = R> + Send + 'static,
-    {
-        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
-        let mut handles = Vec::with_capacity(items.len());
-        for item in items {
-            let fut = f(item);
-            let sem = sem.clone();
-            handles.push(tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                fut.await
-            }));
-        }
-        let mut out = Vec::with_capacity(handles.len());
-        for h in handles {
-            match h.await {
-                Ok(r) => out.push(r),
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        }
-        out
+/// Runs `f` over `items` with at most `limit` futures in flight; results in
+/// input order.
+pub async fn bounded_map<T, R, F, Fut>(items: Vec<T>, limit: usize, f: F) -> Vec<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    let mut handles = Vec::with_capacity(items.len());
+    for item in items {
+        let fut = f(item);
+        let sem = sem.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            fut.await
+        }));
     }
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(r) => out.push(r),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    out
 }
-
-pub use futures_lite::bounded_map;
 
 /// Finds and reads chunks for restore, listing and check.
 #[derive(Clone)]
@@ -110,7 +117,7 @@ impl BlobSource {
     async fn trailer_map(&self) -> Result<&TrailerMap> {
         self.trailers
             .get_or_try_init(|| async {
-                let (map, _) = read_all_trailers(&self.repo).await?;
+                let map = read_all_trailers(&self.repo).await?.map;
                 Ok::<_, anyhow::Error>(map)
             })
             .await

@@ -137,6 +137,17 @@ impl IndexService {
     /// Checks the bearer token and that it is bound to `repo_id`. A token for
     /// another repository learns nothing: not whether `repo_id` exists.
     fn authorize<T>(&self, request: &Request<T>, repo_id: &[u8]) -> Result<RepoId, Status> {
+        let bound = self.authenticate(request)?;
+        if bound.as_bytes().as_slice() != repo_id {
+            return Err(Status::permission_denied(
+                "token is not valid for this repository",
+            ));
+        }
+        Ok(bound)
+    }
+
+    /// The repository the request's bearer token is bound to.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<RepoId, Status> {
         let header = request
             .metadata()
             .get("authorization")
@@ -145,17 +156,29 @@ impl IndexService {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        let bound = self
-            .node
+        self.node
             .token_repo(token.trim())
-            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
-        if bound.as_bytes().as_slice() != repo_id {
-            return Err(Status::permission_denied(
-                "token is not valid for this repository",
-            ));
-        }
-        Ok(bound)
+            .ok_or_else(|| Status::unauthenticated("unknown token"))
     }
+}
+
+fn session_id(bytes: &Bytes) -> Result<[u8; 16], Status> {
+    bytes
+        .as_ref()
+        .try_into()
+        .map_err(|_| invalid("session id must be 16 bytes"))
+}
+
+/// The session `id` if its lease still runs; an expired or unknown session
+/// is fenced.
+fn live_session<'a>(
+    sessions: &'a mut std::collections::HashMap<[u8; 16], SessionInfo>,
+    id: &[u8; 16],
+) -> Result<&'a mut SessionInfo, Status> {
+    sessions
+        .get_mut(id)
+        .filter(|s| s.expires > now_secs())
+        .ok_or_else(|| Status::failed_precondition("session expired or unknown; it is fenced"))
 }
 
 type FilterStream =
@@ -383,26 +406,15 @@ impl IndexRpc for IndexService {
             request,
             |r| &r.repo_id,
             |_, tenant, req| async move {
-                let id: [u8; 16] = req
-                    .session_id
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| invalid("session id must be 16 bytes"))?;
+                let id = session_id(&req.session_id)?;
                 let mut sessions = tenant.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                let now = now_secs();
-                match sessions.get_mut(&id) {
-                    Some(s) if s.expires > now => {
-                        s.expires = now + s.lease;
-                        Ok(v1::Session {
-                            session_id: req.session_id.clone(),
-                            started_unix: s.started,
-                            expires_unix: s.expires,
-                        })
-                    }
-                    _ => Err(Status::failed_precondition(
-                        "session expired or unknown; it is fenced",
-                    )),
-                }
+                let s = live_session(&mut sessions, &id)?;
+                s.expires = now_secs() + s.lease;
+                Ok(v1::Session {
+                    session_id: req.session_id.clone(),
+                    started_unix: s.started,
+                    expires_unix: s.expires,
+                })
             },
         )
         .await
@@ -417,21 +429,11 @@ impl IndexRpc for IndexService {
             request,
             |r| &r.repo_id,
             |_, tenant, req| async move {
-                let id: [u8; 16] = req
-                    .session_id
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| invalid("session id must be 16 bytes"))?;
+                let id = session_id(&req.session_id)?;
                 let mut sessions = tenant.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                match sessions.get(&id) {
-                    Some(s) if s.expires > now_secs() => {
-                        sessions.remove(&id);
-                        Ok(v1::CommitManifestResponse {})
-                    }
-                    _ => Err(Status::failed_precondition(
-                        "session expired or unknown; it is fenced",
-                    )),
-                }
+                live_session(&mut sessions, &id)?;
+                sessions.remove(&id);
+                Ok(v1::CommitManifestResponse {})
             },
         )
         .await
@@ -444,16 +446,9 @@ impl IndexRpc for IndexService {
         // Membership is not secret to a token holder of any repository, but
         // it still needs a valid token.
         let start = Instant::now();
-        let header_ok = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .and_then(|t| self.node.token_repo(t.trim()))
-            .is_some();
-        if !header_ok {
-            self.record("ClusterMap", start, Some(Code::Unauthenticated));
-            return Err(Status::unauthenticated("missing or unknown bearer token"));
+        if let Err(status) = self.authenticate(&request) {
+            self.record("ClusterMap", start, Some(status.code()));
+            return Err(status);
         }
         let members = self.node.members();
         let epoch = {
