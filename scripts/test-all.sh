@@ -14,6 +14,9 @@ bash scripts/setup.sh
 # on exit, whether the tests pass, fail or are interrupted. Tests find a
 # service through the environment variables exported next to its start.
 service_pids=()
+# shellcheck source=scripts/s3-servers.sh
+source scripts/s3-servers.sh
+s3_dir="$(mktemp -d)"
 
 stop_services() {
     local pid
@@ -23,13 +26,17 @@ stop_services() {
     for pid in "${service_pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
+    stop_s3_servers "$s3_dir"
+    rm -rf "$s3_dir"
 }
 trap stop_services EXIT
 
 start_services() {
-    # No external service yet: the local store and the embedded index run in
-    # the test processes themselves.
-    :
+    # S3: a three-node Garage cluster and s3s-fs on 127.0.0.1 (built once
+    # and cached). The index cluster's nodes are started by the tests
+    # themselves, on port 0.
+    install_s3_servers
+    start_s3_servers "$s3_dir"
 }
 
 start_services
@@ -38,7 +45,7 @@ start_services
 # The integration tests run the real binaries (`cairn`, `cairn-index`);
 # both packages have integration tests, so `cargo test` builds both.
 log="$(mktemp)"
-trap 'stop_services; rm -f "$log"' EXIT
+trap 'rm -f "$log"; stop_services' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 summary=$(awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped", p, f, i }' "$log")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use cairn_chunk_store::Repository;
 use cairn_chunk_store::keys::KdfParams;
-use cairn_chunk_store::store::{LocalStore, ObjectStore};
+use cairn_chunk_store::store::{LocalStore, ObjectStore, S3Options, S3Store};
 use cairn_index::{Engine, EngineOptions, Index, IndexError, LockWait};
 
 /// How the user pointed at a repository and proved they may open it.
@@ -24,6 +24,95 @@ pub struct RepoArgs {
     pub index: Option<String>,
     /// `CAIRN_INDEX_TOKEN`: bearer token for the cluster.
     pub index_token: Option<String>,
+    /// How to reach an `s3://` repository.
+    pub s3: S3Settings,
+}
+
+/// Path-style or virtual-hosted-style S3 requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum S3Addressing {
+    /// Path style with `--s3-endpoint` (what self-hosted servers need), else virtual-hosted.
+    #[default]
+    Auto,
+    /// `ENDPOINT/BUCKET/KEY`.
+    Path,
+    /// `BUCKET.ENDPOINT/KEY`.
+    Virtual,
+}
+
+/// S3 settings from flags or `CAIRN_S3_*` variables. Credentials are not
+/// here: they come from the standard AWS chain only.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// Endpoint URL of a self-hosted server; `None` is AWS S3.
+    pub endpoint: Option<String>,
+    /// Region; `None` takes the AWS chain (`AWS_REGION`, profile), else us-east-1.
+    pub region: Option<String>,
+    /// Request addressing.
+    pub addressing: S3Addressing,
+    /// Requests in flight at most.
+    pub connections: usize,
+    /// One attempt's time limit.
+    pub attempt_timeout: Duration,
+    /// One call's time limit, retries included.
+    pub deadline: Duration,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            addressing: S3Addressing::Auto,
+            connections: 16,
+            attempt_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+impl S3Settings {
+    /// The defaults overridden by `CAIRN_S3_*` variables (for the agent,
+    /// whose jobs have no command line).
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let secs = |name: &str| var(name).and_then(|v| v.parse::<u64>().ok());
+        let mut s = Self {
+            endpoint: var("CAIRN_S3_ENDPOINT"),
+            region: var("CAIRN_S3_REGION"),
+            ..Self::default()
+        };
+        if let Some(a) = var("CAIRN_S3_ADDRESSING")
+            .and_then(|v| <S3Addressing as clap::ValueEnum>::from_str(&v, true).ok())
+        {
+            s.addressing = a;
+        }
+        if let Some(n) = var("CAIRN_S3_CONNECTIONS").and_then(|v| v.parse().ok()) {
+            s.connections = n;
+        }
+        if let Some(t) = secs("CAIRN_S3_TIMEOUT") {
+            s.attempt_timeout = Duration::from_secs(t);
+        }
+        if let Some(t) = secs("CAIRN_S3_DEADLINE") {
+            s.deadline = Duration::from_secs(t);
+        }
+        s
+    }
+
+    fn options(&self, url: &str) -> Result<S3Options> {
+        let mut o = S3Options::from_url(url).map_err(|e| anyhow!(e))?;
+        o.endpoint = self.endpoint.clone().filter(|e| !e.is_empty());
+        o.region = self.region.clone().filter(|r| !r.is_empty());
+        o.path_style = match self.addressing {
+            S3Addressing::Auto => self.endpoint.is_some(),
+            S3Addressing::Path => true,
+            S3Addressing::Virtual => false,
+        };
+        o.connections = self.connections.max(1);
+        o.attempt_timeout = self.attempt_timeout;
+        o.deadline = self.deadline;
+        Ok(o)
+    }
 }
 
 /// The default repository: `$XDG_DATA_HOME/cairn/repo`, else `~/.local/share/cairn/repo`.
@@ -37,20 +126,35 @@ pub fn default_repo_path() -> Result<PathBuf> {
 }
 
 impl RepoArgs {
+    /// The `s3://` URL of the repository, if it is in S3.
+    fn s3_url(&self) -> Option<&str> {
+        self.repo.as_deref().filter(|r| r.starts_with("s3://"))
+    }
+
     /// The repository directory (local mode).
     pub fn local_path(&self) -> Result<PathBuf> {
         match &self.repo {
             Some(r) if r.contains("://") => {
-                bail!("repository {r}: only local directories are supported by this build")
+                bail!("repository {r}: not a local directory")
             }
             Some(r) => Ok(std::path::absolute(r).with_context(|| format!("repository path {r}"))?),
             None => default_repo_path(),
         }
     }
 
-    /// The object store.
-    pub fn store(&self) -> Result<Arc<dyn ObjectStore>> {
-        Ok(Arc::new(LocalStore::new(self.local_path()?)))
+    /// The object store. An S3 store is checked first (endpoint reachable,
+    /// bucket present, credentials accepted), so a mistake there is one line
+    /// saying which.
+    pub async fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        let Some(url) = self.s3_url() else {
+            if let Some(r) = self.repo.as_deref().filter(|r| r.contains("://")) {
+                bail!("repository {r}: unknown scheme; use a directory or s3://BUCKET/PREFIX");
+            }
+            return Ok(Arc::new(LocalStore::new(self.local_path()?)));
+        };
+        let store = S3Store::new(self.s3.options(url)?).await;
+        store.check_access().await?;
+        Ok(Arc::new(store))
     }
 
     /// The password, from the environment, a file, or a prompt on a TTY.
@@ -68,13 +172,26 @@ impl RepoArgs {
 
     /// Opens the repository.
     pub async fn open(&self) -> Result<Repository> {
-        let store = self.store()?;
+        let store = self.store().await?;
         let password = self.password(false)?;
         Ok(Repository::open(store, password.as_bytes()).await?)
     }
 
-    /// The index directory of a local repository.
+    /// The embedded index: `REPO/index` for a directory; for an S3
+    /// repository, a directory in this machine's cache named after the
+    /// repository's location (the store itself holds no index).
     pub fn index_path(&self) -> Result<PathBuf> {
+        if let Some(url) = self.s3_url() {
+            let cache = crate::remote::cache_dir()
+                .ok_or_else(|| anyhow!("HOME is not set; no place for the index cache"))?;
+            let name = format!(
+                "{} {}",
+                self.s3.endpoint.as_deref().unwrap_or("aws"),
+                url.trim_end_matches('/')
+            );
+            let digest = blake3::hash(name.as_bytes()).to_hex();
+            return Ok(cache.join("index").join(&digest.as_str()[..32]));
+        }
         Ok(self.local_path()?.join("index"))
     }
 

@@ -12,7 +12,9 @@ use cairn_chunk_store::repository::InitOptions;
 use cairn_chunk_store::{KeyId, Repository, SnapshotId};
 use cairn_client::backup::{self, BackupOptions, excludes::Excludes};
 use cairn_client::browse::{self, Change};
-use cairn_client::context::{RepoArgs, hostname, kdf_params, new_password, username};
+use cairn_client::context::{
+    RepoArgs, S3Addressing, S3Settings, hostname, kdf_params, new_password, username,
+};
 use cairn_client::restore::{self, RestoreOptions};
 use cairn_client::source::BlobSource;
 use cairn_client::{check, progress, rebuild};
@@ -52,6 +54,34 @@ struct Cli {
     /// Index cluster (comma-separated gRPC URLs) instead of the embedded index.
     #[arg(long, env = "CAIRN_INDEX", global = true)]
     index: Option<String>,
+    /// S3 endpoint URL of a self-hosted server (MinIO, Garage, Ceph…); AWS S3 if unset.
+    #[arg(long, env = "CAIRN_S3_ENDPOINT", global = true, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: the AWS chain, e.g. AWS_REGION, else us-east-1).
+    #[arg(long, env = "CAIRN_S3_REGION", global = true)]
+    s3_region: Option<String>,
+    /// S3 addressing: auto is path style with --s3-endpoint, virtual-hosted on AWS.
+    #[arg(
+        long,
+        env = "CAIRN_S3_ADDRESSING",
+        global = true,
+        default_value = "auto"
+    )]
+    s3_addressing: S3Addressing,
+    /// S3 requests in flight at most.
+    #[arg(
+        long,
+        env = "CAIRN_S3_CONNECTIONS",
+        global = true,
+        default_value_t = 16
+    )]
+    s3_connections: usize,
+    /// Seconds one S3 request attempt may take.
+    #[arg(long, env = "CAIRN_S3_TIMEOUT", global = true, default_value_t = 60)]
+    s3_timeout: u64,
+    /// Seconds one S3 call may take, retries included; then the command fails.
+    #[arg(long, env = "CAIRN_S3_DEADLINE", global = true, default_value_t = 300)]
+    s3_deadline: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -180,7 +210,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error")),
         )
         .with_writer(std::io::stderr)
         .without_time()
@@ -219,11 +249,19 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
         lock_wait: cli.lock_wait,
         index: cli.index.clone(),
         index_token: std::env::var("CAIRN_INDEX_TOKEN").ok(),
+        s3: S3Settings {
+            endpoint: cli.s3_endpoint.clone(),
+            region: cli.s3_region.clone(),
+            addressing: cli.s3_addressing,
+            connections: cli.s3_connections,
+            attempt_timeout: Duration::from_secs(cli.s3_timeout),
+            deadline: Duration::from_secs(cli.s3_deadline),
+        },
     };
     let show_progress = progress::wanted(cli.quiet, cli.json);
     match cli.command {
         Command::Init { hash } => {
-            let store = args.store()?;
+            let store = rt.block_on(args.store())?;
             if rt.block_on(store.exists("config"))? {
                 bail!("a repository already exists at {}", store.location());
             }

@@ -421,7 +421,7 @@ fn remove(args: &UnitArgs) -> Result<u8> {
 
 /// The latest snapshot of a job (same host, same paths) in its repository.
 fn last_snapshot(rt: &Runtime, job: &Job) -> Result<Option<SnapshotMeta>> {
-    let store = job.repo_args().store()?;
+    let store = rt.block_on(job.repo_args().store())?;
     let password = job.password()?;
     let repo = rt.block_on(Repository::open(store, password.as_bytes()))?;
     let mut paths: Vec<String> = job.paths.iter().map(|p| p.display().to_string()).collect();

@@ -157,19 +157,26 @@ fn add_token(dir: &Path, repo_id: &str) -> String {
 }
 
 /// A repository, a three-node cluster (R=2) and a client wired to it.
-struct ClusterFixture {
+pub(crate) struct ClusterFixture {
     _dir: tempfile::TempDir,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     nodes: Vec<IndexNode>,
-    cairn: Cairn,
+    pub(crate) cairn: Cairn,
     repo_id: String,
     token: String,
 }
 
 impl ClusterFixture {
     fn new(n: usize, replication: u32) -> Self {
+        Self::with_repo(n, replication, |dir| {
+            Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")))
+        })
+    }
+
+    /// A cluster for the repository `repo` makes in the fixture's directory.
+    pub(crate) fn with_repo(n: usize, replication: u32, repo: impl FnOnce(&Path) -> Cairn) -> Self {
         let (_dir, dir) = tempdir();
-        let cairn = Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
+        let cairn = repo(&dir);
         let init = cairn.run(["init", "--json"]);
         init.expect_success();
         let repo_id = init.json_last_line()["repo_id"]

@@ -159,6 +159,7 @@ fn repo_args(repo: Option<String>, index: Option<String>) -> RepoArgs {
         lock_wait: 0,
         index,
         index_token: None,
+        s3: crate::context::S3Settings::from_env(),
     }
 }
 

@@ -80,7 +80,7 @@ fn backup_inner(
     log: &Logger,
 ) -> Result<RunOutcome> {
     let mut repo_args = job.repo_args();
-    let store = repo_args.store()?;
+    let store = handle.block_on(repo_args.store())?;
     let password = job.password()?;
     let repo = handle.block_on(Repository::open(store, password.as_bytes()))?;
     let index = if repo_args.index.is_some() {

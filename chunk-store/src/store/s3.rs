@@ -1,0 +1,804 @@
+//! [`ObjectStore`] on an S3-compatible object store (AWS S3, MinIO, Ceph, Garage, s3s).
+//!
+//! # Create-only writes
+//!
+//! Every `PutObject` carries `If-None-Match: *`, which AWS S3, MinIO and s3s
+//! honour. Correctness does not depend on it, because some servers ignore it:
+//! pack names are random 256-bit ids, so two writers never pick the same key.
+//! For the few small objects whose names are not random (`config`, key files)
+//! the store also asks `HeadObject` first, which catches `init` run twice on a
+//! server that ignores the condition.
+//!
+//! # Failures, retries and deadlines
+//!
+//! Retries happen at exactly one layer, here: the SDK's own retry is off.
+//! The SDK's layer ends when response headers arrive, so it cannot retry a
+//! body that is cut short or stalls; an attempt here covers the whole call,
+//! body included. Each attempt has a connect timeout (in the HTTP client) and
+//! a per-attempt timeout; each call has an overall deadline. Transient
+//! failures (HTTP 500/502/503/504, `SlowDown`, connection refused or reset,
+//! timeouts, bodies cut short) are retried with exponential backoff and full
+//! jitter, while a store-wide retry budget allows: every first attempt adds
+//! one token, every retry spends one, so retries can at most double the
+//! requests sent over a run, and a store that is gone makes calls fail fast
+//! once the budget is spent. Permanent failures (400, 403, a missing bucket)
+//! fail at once with one line naming the bucket and key.
+//!
+//! # Bounded concurrency
+//!
+//! At most `connections` requests are in flight per store; callers wait for a
+//! slot while holding only the bytes they already have, so memory stays bounded
+//! by what the callers queue (the backup pipeline bounds that).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region, retry::RetryConfig};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::{ObjectInfo, ObjectStore, StoreError};
+
+/// How to reach a bucket and how patiently.
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix inside the bucket (no leading or trailing `/`; may be empty).
+    pub prefix: String,
+    /// Endpoint URL for non-AWS servers (`http://127.0.0.1:3900`); `None` is AWS.
+    pub endpoint: Option<String>,
+    /// Region; `None` takes the standard AWS chain, then `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most self-hosted
+    /// servers need; virtual-hosted style otherwise.
+    pub path_style: bool,
+    /// Requests in flight at most.
+    pub connections: usize,
+    /// Time to establish a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Time one attempt may take, body included.
+    pub attempt_timeout: Duration,
+    /// Time one call may take, all attempts and backoff included.
+    pub deadline: Duration,
+    /// Attempts per call at most.
+    pub max_attempts: u32,
+}
+
+impl S3Options {
+    /// Options for `s3://BUCKET/PREFIX` with the defaults.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{url}: an S3 repository is written s3://BUCKET/PREFIX"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!(
+                "{url}: the bucket name is missing (s3://BUCKET/PREFIX)"
+            ));
+        }
+        Ok(Self {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+            connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(300),
+            max_attempts: 10,
+        })
+    }
+}
+
+/// First retry waits up to this long; each further one doubles it.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest wait between attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Retry tokens the budget starts with and holds at most.
+const BUDGET_CAPACITY: u64 = 500;
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum Failure {
+    /// Worth another attempt.
+    Transient(String),
+    /// An HTTP status with the S3 error code, if the body carried one.
+    Status {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    /// Will fail the same way again.
+    Permanent(String),
+}
+
+impl Failure {
+    fn from_sdk<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match &err {
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                let code = se.err().code().map(str::to_string);
+                let message = se
+                    .err()
+                    .message()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {status}"));
+                Failure::Status {
+                    status,
+                    code,
+                    message,
+                }
+                .normalize()
+            }
+            SdkError::TimeoutError(_) => Failure::Transient("timed out".into()),
+            SdkError::ResponseError(_) => {
+                Failure::Transient(format!("bad response: {}", DisplayErrorContext(&err)))
+            }
+            SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() || is_connection(&err) => {
+                Failure::Transient(connector_reason(&err))
+            }
+            // Anything else before a response (no credentials found, a bad
+            // endpoint URL) fails the same way on every attempt.
+            _ => Failure::Permanent(connector_reason(&err)),
+        }
+    }
+
+    /// Turns transient statuses into [`Failure::Transient`].
+    fn normalize(self) -> Self {
+        match self {
+            Failure::Status {
+                status,
+                code,
+                message,
+            } if matches!(status, 500 | 502 | 503 | 504)
+                || matches!(
+                    code.as_deref(),
+                    Some("SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable")
+                ) =>
+            {
+                Failure::Transient(format!(
+                    "HTTP {status} {}: {message}",
+                    code.as_deref().unwrap_or("")
+                ))
+            }
+            other => other,
+        }
+    }
+
+    fn status(&self) -> Option<u16> {
+        match self {
+            Failure::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> Option<&str> {
+        match self {
+            Failure::Status { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// True if the failure happened on the connection (an I/O error somewhere
+/// in the chain, or a connection closed before the answer was complete).
+fn is_connection<E: std::error::Error + 'static>(err: &E) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() || e.to_string().contains("connection closed") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The innermost cause of a connection-level failure ("Connection refused").
+fn connector_reason<E: std::error::Error + 'static>(err: &E) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut last = err.to_string();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() {
+            last = text;
+        }
+        source = e.source();
+    }
+    last
+}
+
+/// Shared retry budget: first attempts earn tokens, retries spend them.
+#[derive(Debug)]
+struct RetryBudget {
+    tokens: AtomicU64,
+}
+
+impl RetryBudget {
+    fn earn(&self) {
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t < BUDGET_CAPACITY).then_some(t + 1)
+            });
+    }
+
+    fn spend(&self) -> bool {
+        self.tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// An S3 bucket (and prefix) as an object store.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    options: Arc<S3Options>,
+    slots: Arc<Semaphore>,
+    budget: Arc<RetryBudget>,
+    requests: Arc<AtomicU64>,
+}
+
+impl S3Store {
+    /// A store for `options`, with credentials from the standard AWS chain
+    /// (environment, shared profile, web identity, container and instance
+    /// metadata). Does not contact the server; see [`S3Store::check_access`].
+    pub async fn new(options: S3Options) -> Self {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(options.connect_timeout)
+                    .operation_attempt_timeout(options.attempt_timeout)
+                    .build(),
+            );
+        // A self-hosted server rarely cares about the region, so the slow
+        // parts of the region chain (profile files, instance metadata) are
+        // asked only for AWS itself.
+        let region = options.region.clone().or_else(|| {
+            ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|r| !r.is_empty()))
+                .or_else(|| options.endpoint.as_ref().map(|_| "us-east-1".to_string()))
+        });
+        if let Some(region) = region {
+            loader = loader.region(Region::new(region));
+        }
+        if let Some(endpoint) = &options.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader.load().await;
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(options.path_style)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
+        if shared.region().is_none() {
+            config = config.region(Region::new("us-east-1"));
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(config.build()),
+            slots: Arc::new(Semaphore::new(options.connections.max(1))),
+            budget: Arc::new(RetryBudget {
+                tokens: AtomicU64::new(BUDGET_CAPACITY),
+            }),
+            requests: Arc::new(AtomicU64::new(0)),
+            options: Arc::new(options),
+        }
+    }
+
+    /// Requests sent so far, retries included.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Checks that the endpoint answers, the bucket exists and the
+    /// credentials are accepted, with one line saying which failed.
+    pub async fn check_access(&self) -> Result<(), StoreError> {
+        let options = &self.options;
+        let prefix = self.full_key("");
+        let listed = self
+            .call(
+                "",
+                Some(options.deadline.min(Duration::from_secs(20))),
+                || {
+                    let request = self
+                        .client
+                        .list_objects_v2()
+                        .bucket(&options.bucket)
+                        .prefix(&prefix)
+                        .max_keys(1);
+                    async move { request.send().await.map(|_| ()).map_err(Failure::from_sdk) }
+                },
+            )
+            .await;
+        listed.map_err(|e| match e {
+            StoreError::Unavailable { reason, .. } => StoreError::Rejected {
+                location: self.location(),
+                key: String::new(),
+                reason: format!("cannot reach S3 endpoint {}: {reason}", self.endpoint()),
+            },
+            other => other,
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        self.options
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "AWS S3".to_string())
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.options.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.options.prefix)
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or the attempts,
+    /// the deadline or the retry budget run out.
+    async fn call<T, F, Fut>(
+        &self,
+        key: &str,
+        deadline: Option<Duration>,
+        attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let deadline = deadline.unwrap_or(self.options.deadline);
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let result = {
+                let _slot = self.slots.acquire().await;
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                let budget = self
+                    .options
+                    .attempt_timeout
+                    .min(deadline.saturating_sub(started.elapsed()))
+                    .max(Duration::from_millis(1));
+                match tokio::time::timeout(budget, attempt()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Failure::Transient(format!(
+                        "no complete answer within {}",
+                        humanize(budget)
+                    ))),
+                }
+            };
+            if attempts == 1 {
+                self.budget.earn();
+            }
+            let reason = match result {
+                Ok(v) => return Ok(v),
+                Err(Failure::Transient(reason)) => reason,
+                Err(failure) => return Err(self.permanent(key, failure)),
+            };
+            let backoff = backoff(attempts);
+            let out_of_time = started.elapsed() + backoff >= deadline;
+            if attempts >= self.options.max_attempts || out_of_time || !self.budget.spend() {
+                tracing::debug!(key, attempts, "giving up: {reason}");
+                return Err(StoreError::Unavailable {
+                    location: self.location(),
+                    key: key.to_string(),
+                    attempts,
+                    elapsed: started.elapsed(),
+                    reason,
+                });
+            }
+            tracing::debug!(key, attempts, ?backoff, "retrying: {reason}");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// The error for a permanent failure, in the user's terms.
+    fn permanent(&self, key: &str, failure: Failure) -> StoreError {
+        let bucket = &self.options.bucket;
+        let reason = match (&failure, failure.status(), failure.code()) {
+            (_, _, Some("NoSuchBucket")) => format!(
+                "bucket {bucket} does not exist at {}; create it first",
+                self.endpoint()
+            ),
+            (_, _, Some(code @ ("InvalidAccessKeyId" | "SignatureDoesNotMatch"))) => format!(
+                "the S3 credentials were refused ({code}); check AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY (or the AWS profile)"
+            ),
+            (Failure::Status { message, .. }, Some(403), code) => format!(
+                "access to bucket {bucket} denied ({}: {message}); check the credentials and \
+                 the bucket policy",
+                code.unwrap_or("403")
+            ),
+            (Failure::Status { message, .. }, Some(status), code) => {
+                format!("HTTP {status} {}: {message}", code.unwrap_or(""))
+            }
+            (Failure::Permanent(reason), _, _) => reason.clone(),
+            (Failure::Transient(reason), _, _) => reason.clone(),
+            (Failure::Status { message, .. }, None, _) => message.clone(),
+        };
+        StoreError::Rejected {
+            location: self.location(),
+            key: key.to_string(),
+            reason,
+        }
+    }
+
+    fn not_found(&self, key: &str) -> StoreError {
+        StoreError::NotFound {
+            location: self.location(),
+            key: key.to_string(),
+        }
+    }
+
+    async fn put_object(&self, key: &str, data: &Bytes) -> Result<(), StoreError> {
+        let full = self.full_key(key);
+        let tries = AtomicU64::new(0);
+        let outcome = self
+            .call(key, None, || {
+                let retry = tries.fetch_add(1, Ordering::Relaxed) > 0;
+                let request = self
+                    .client
+                    .put_object()
+                    .bucket(&self.options.bucket)
+                    .key(&full)
+                    .if_none_match("*")
+                    .content_length(data.len() as i64)
+                    .body(ByteStream::from(data.clone()));
+                async move {
+                    match request.send().await {
+                        Ok(_) => Ok(PutOutcome::Stored),
+                        Err(e) => match Failure::from_sdk(e) {
+                            f if f.status() == Some(412) => Ok(PutOutcome::Exists { retry }),
+                            // A conditional write racing another one on the same key.
+                            f if f.status() == Some(409) => Ok(PutOutcome::Exists { retry }),
+                            f => Err(f),
+                        },
+                    }
+                }
+            })
+            .await?;
+        match outcome {
+            PutOutcome::Stored => Ok(()),
+            // An earlier attempt of this call stored the object and its
+            // answer was lost: the object is ours if it has our size (pack
+            // names are random, so nobody else writes this key).
+            PutOutcome::Exists { retry: true }
+                if self.head(key).await? == Some(data.len() as u64) =>
+            {
+                Ok(())
+            }
+            PutOutcome::Exists { .. } => Err(StoreError::AlreadyExists {
+                location: self.location(),
+                key: key.to_string(),
+            }),
+        }
+    }
+}
+
+enum PutOutcome {
+    Stored,
+    Exists { retry: bool },
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(cap, base·2^n)).
+fn backoff(attempts: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+fn humanize(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn location(&self) -> String {
+        if self.options.prefix.is_empty() {
+            format!("s3://{}", self.options.bucket)
+        } else {
+            format!("s3://{}/{}", self.options.bucket, self.options.prefix)
+        }
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        // See the module docs: names that are not random get a check first.
+        if !key.starts_with("packs/") && self.head(key).await?.is_some() {
+            return Err(StoreError::AlreadyExists {
+                location: self.location(),
+                key: key.to_string(),
+            });
+        }
+        self.put_object(key, &data).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let full = self.full_key(key);
+        let found = self
+            .call(key, None, || {
+                let request = self
+                    .client
+                    .get_object()
+                    .bucket(&self.options.bucket)
+                    .key(&full);
+                async move {
+                    match request.send().await {
+                        Ok(out) => {
+                            let expected = out.content_length();
+                            let body = out.body.collect().await.map_err(|e| {
+                                Failure::Transient(format!("response body cut short: {e}"))
+                            })?;
+                            let body = body.into_bytes();
+                            match expected {
+                                Some(n) if n as usize != body.len() => {
+                                    Err(Failure::Transient(format!(
+                                        "response body cut short ({} of {n} bytes)",
+                                        body.len()
+                                    )))
+                                }
+                                _ => Ok(Some(body)),
+                            }
+                        }
+                        Err(e) => match Failure::from_sdk(e) {
+                            f if f.status() == Some(404) && f.code() != Some("NoSuchBucket") => {
+                                Ok(None)
+                            }
+                            f => Err(f),
+                        },
+                    }
+                }
+            })
+            .await?;
+        found.ok_or_else(|| self.not_found(key))
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        let short = |size: u64| StoreError::ShortRead {
+            location: self.location(),
+            key: key.to_string(),
+            size,
+            wanted: offset + len,
+        };
+        if len == 0 {
+            return match self.head(key).await? {
+                None => Err(self.not_found(key)),
+                Some(size) if size < offset => Err(short(size)),
+                Some(_) => Ok(Bytes::new()),
+            };
+        }
+        let full = self.full_key(key);
+        let range = format!("bytes={}-{}", offset, offset + len - 1);
+        let found = self
+            .call(key, None, || {
+                let request = self
+                    .client
+                    .get_object()
+                    .bucket(&self.options.bucket)
+                    .key(&full)
+                    .range(&range);
+                async move {
+                    match request.send().await {
+                        Ok(out) => {
+                            let total = out.content_range().and_then(|r| {
+                                r.rsplit_once('/').and_then(|(_, t)| t.parse::<u64>().ok())
+                            });
+                            let expected = out.content_length();
+                            let body = out
+                                .body
+                                .collect()
+                                .await
+                                .map_err(|e| {
+                                    Failure::Transient(format!("response body cut short: {e}"))
+                                })?
+                                .into_bytes();
+                            if let Some(n) = expected.filter(|&n| n as usize != body.len()) {
+                                return Err(Failure::Transient(format!(
+                                    "response body cut short ({} of {n} bytes)",
+                                    body.len()
+                                )));
+                            }
+                            Ok(RangeOutcome::Bytes(body, total))
+                        }
+                        Err(e) => match Failure::from_sdk(e) {
+                            f if f.status() == Some(404) && f.code() != Some("NoSuchBucket") => {
+                                Ok(RangeOutcome::Missing)
+                            }
+                            f if f.status() == Some(416) => Ok(RangeOutcome::PastEnd),
+                            f => Err(f),
+                        },
+                    }
+                }
+            })
+            .await?;
+        match found {
+            RangeOutcome::Bytes(body, _) if body.len() as u64 == len => Ok(body),
+            RangeOutcome::Bytes(body, total) => {
+                Err(short(total.unwrap_or(offset + body.len() as u64)))
+            }
+            RangeOutcome::Missing => Err(self.not_found(key)),
+            RangeOutcome::PastEnd => {
+                let size = self.head(key).await?.ok_or_else(|| self.not_found(key))?;
+                Err(short(size))
+            }
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let full = self.full_key(key);
+        self.call(key, None, || {
+            let request = self
+                .client
+                .head_object()
+                .bucket(&self.options.bucket)
+                .key(&full);
+            async move {
+                match request.send().await {
+                    Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+                    Err(e) => match Failure::from_sdk(e) {
+                        f if f.status() == Some(404) => Ok(None),
+                        f => Err(f),
+                    },
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let full = self.full_key(prefix);
+        let strip = self.full_key("").len();
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .call(prefix, None, || {
+                    let request = self
+                        .client
+                        .list_objects_v2()
+                        .bucket(&self.options.bucket)
+                        .prefix(&full)
+                        .set_continuation_token(token.clone());
+                    async move { request.send().await.map_err(Failure::from_sdk) }
+                })
+                .await?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let Some(relative) = key.get(strip..) else {
+                    continue;
+                };
+                objects.push(ObjectInfo {
+                    key: relative.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                });
+            }
+            token = page
+                .next_continuation_token()
+                .filter(|_| page.is_truncated() == Some(true))
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok(objects);
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key);
+        self.call(key, None, || {
+            let request = self
+                .client
+                .delete_object()
+                .bucket(&self.options.bucket)
+                .key(&full);
+            async move {
+                match request.send().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => match Failure::from_sdk(e) {
+                        f if f.status() == Some(404) && f.code() != Some("NoSuchBucket") => Ok(()),
+                        f => Err(f),
+                    },
+                }
+            }
+        })
+        .await
+    }
+}
+
+enum RangeOutcome {
+    Bytes(Bytes, Option<u64>),
+    Missing,
+    PastEnd,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_repository_urls() {
+        let o = S3Options::from_url("s3://backups/fleet/a/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (o.bucket.as_str(), o.prefix.as_str()),
+            ("backups", "fleet/a")
+        );
+        let o = S3Options::from_url("s3://backups").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.bucket.as_str(), o.prefix.as_str()), ("backups", ""));
+        assert!(S3Options::from_url("s3:///x").is_err());
+        assert!(S3Options::from_url("/local/dir").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_under_the_cap() {
+        for attempt in 1..40 {
+            let d = backoff(attempt);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(BACKOFF_CAP);
+            assert!(d <= ceiling, "{attempt}: {d:?} > {ceiling:?}");
+        }
+    }
+
+    #[test]
+    fn retry_budget_caps_retries_at_the_first_attempts_earned() {
+        let budget = RetryBudget {
+            tokens: AtomicU64::new(2),
+        };
+        assert!(budget.spend());
+        assert!(budget.spend());
+        assert!(!budget.spend());
+        budget.earn();
+        assert!(budget.spend());
+        assert!(!budget.spend());
+    }
+
+    #[test]
+    fn transient_statuses_are_retried_and_others_are_not() {
+        let status = |status, code: Option<&str>| {
+            Failure::Status {
+                status,
+                code: code.map(str::to_string),
+                message: String::new(),
+            }
+            .normalize()
+        };
+        assert!(matches!(
+            status(503, Some("SlowDown")),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(status(500, None), Failure::Transient(_)));
+        assert!(matches!(
+            status(400, Some("RequestTimeout")),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            status(403, Some("AccessDenied")),
+            Failure::Status { .. }
+        ));
+        assert!(matches!(
+            status(404, Some("NoSuchBucket")),
+            Failure::Status { .. }
+        ));
+    }
+}

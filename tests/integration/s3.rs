@@ -1,0 +1,490 @@
+//! The S3 store against real servers on 127.0.0.1: a three-node Garage
+//! cluster (replication factor 3) and s3s-fs, both started by
+//! `scripts/test-all.sh` (see scripts/s3-servers.sh), which exports where
+//! they listen and the credentials (through the standard AWS variables).
+//! Every test works under its own random prefix of the shared bucket.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cairn_chunk_store::store::{ObjectInfo, ObjectStore, S3Options, S3Store};
+
+use crate::cluster::ClusterFixture;
+use crate::common::*;
+use crate::faultproxy::{Fault, FaultProxy};
+
+/// One S3 server the tests talk to.
+#[derive(Debug, Clone)]
+struct Server {
+    endpoint: String,
+    region: String,
+    bucket: String,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the S3 tests need the servers that scripts/test-all.sh \
+             starts (run the tests through it)"
+        )
+    })
+}
+
+fn garage() -> Server {
+    Server {
+        endpoint: env("CAIRN_TEST_GARAGE_ENDPOINT"),
+        region: env("CAIRN_TEST_GARAGE_REGION"),
+        bucket: env("CAIRN_TEST_GARAGE_BUCKET"),
+    }
+}
+
+fn s3s() -> Server {
+    Server {
+        endpoint: env("CAIRN_TEST_S3S_ENDPOINT"),
+        region: "us-east-1".into(),
+        bucket: env("CAIRN_TEST_S3S_BUCKET"),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A repository under a fresh prefix of a server's bucket, and a client for it.
+struct S3Repo {
+    server: Server,
+    prefix: String,
+    cairn: Cairn,
+}
+
+impl Server {
+    /// The same server reached through `proxy`.
+    fn via(&self, proxy: &FaultProxy) -> Server {
+        Server {
+            endpoint: proxy.url.clone(),
+            ..self.clone()
+        }
+    }
+
+    fn repo(&self, test: &str, dir: &Path) -> S3Repo {
+        let prefix = format!("{test}-{}", random_marker());
+        let cairn = self.client(&prefix, dir);
+        S3Repo {
+            server: self.clone(),
+            prefix,
+            cairn,
+        }
+    }
+
+    /// A client of the repository at `prefix`, with its index cache in `dir`.
+    fn client(&self, prefix: &str, dir: &Path) -> Cairn {
+        Cairn::new(format!("s3://{}/{prefix}", self.bucket))
+            .with_env("CAIRN_S3_ENDPOINT", &self.endpoint)
+            .with_env("CAIRN_S3_REGION", &self.region)
+            .with_env("XDG_CACHE_HOME", s(&dir.join("cache")))
+    }
+
+    async fn store(&self, prefix: &str) -> S3Store {
+        let mut options =
+            S3Options::from_url(&format!("s3://{}/{prefix}", self.bucket)).expect("url");
+        options.endpoint = Some(self.endpoint.clone());
+        options.region = Some(self.region.clone());
+        options.path_style = true;
+        S3Store::new(options).await
+    }
+}
+
+impl S3Repo {
+    /// Objects under `sub` (`packs/`, `manifests/`), read directly from the server.
+    fn list(&self, sub: &str) -> Vec<ObjectInfo> {
+        runtime().block_on(async {
+            let store = self.server.store(&self.prefix).await;
+            store.list(sub).await.expect("list")
+        })
+    }
+
+    /// The same repository through another endpoint (a proxy).
+    fn via(&self, proxy: &FaultProxy, dir: &Path) -> Cairn {
+        self.server.via(proxy).client(&self.prefix, dir)
+    }
+}
+
+/// A source tree: random files over several packs, small files, a symlink,
+/// an empty file.
+fn source(dir: &Path, big_mib: u64, seed: u64) -> PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("docs/deep")).unwrap();
+    write_random_file(&src.join("big.bin"), big_mib * MIB, seed);
+    for i in 0..40 {
+        let sub = if i % 2 == 0 { "docs" } else { "docs/deep" };
+        write_random_file(
+            &src.join(sub).join(format!("f{i}.txt")),
+            3000 + i * 37,
+            seed + i,
+        );
+    }
+    std::fs::write(src.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("docs/f0.txt", src.join("link")).unwrap();
+    src
+}
+
+fn assert_restores(cairn: &Cairn, snapshot: &str, src: &Path, target: &Path) {
+    cairn.restore(snapshot, target);
+    assert_trees_equal(src, &restored(target, src), Compare::CONTENT);
+}
+
+// ---------------------------------------------------------------------------
+// Conformance
+// ---------------------------------------------------------------------------
+
+fn conformance(server: Server) {
+    runtime().block_on(async {
+        let store = server
+            .store(&format!("conformance-{}", random_marker()))
+            .await;
+        cairn_chunk_store::store::conformance_suite(&store).await;
+    });
+}
+
+#[test]
+fn the_store_conformance_suite_passes_on_garage() {
+    conformance(garage());
+}
+
+#[test]
+fn the_store_conformance_suite_passes_on_s3s() {
+    conformance(s3s());
+}
+
+// ---------------------------------------------------------------------------
+// End to end
+// ---------------------------------------------------------------------------
+
+/// Backup, byte-exact restore, `check --read-data`, and `index rebuild`
+/// (after which a backup of the same data from another path uploads nothing).
+fn round_trip(server: Server) {
+    let (_t, dir) = tempdir();
+    let repo = server.repo("roundtrip", &dir);
+    let cairn = &repo.cairn;
+    cairn.init();
+    let src = source(&dir, 40, 7);
+    let first = cairn.backup(&[&src], &[]);
+    assert!(first.u("data_chunks_new") > 40, "{:?}", first.0);
+    assert!(
+        repo.list("packs/").len() >= 3,
+        "40 MiB of random data fills at least three packs"
+    );
+    assert_eq!(repo.list("manifests/").len(), 1);
+    assert_restores(cairn, &first.snapshot_id(), &src, &dir.join("restore"));
+    cairn.check_clean();
+
+    // The index lives in this machine's cache: rebuild it from the packs.
+    std::fs::remove_dir_all(dir.join("cache/cairn/index")).expect("index cache exists");
+    let rebuilt = cairn.run(["index", "rebuild"]);
+    rebuilt.expect_success();
+    assert!(
+        rebuilt.all_text().contains("rebuilt index"),
+        "{}",
+        rebuilt.describe()
+    );
+    let copy = dir.join("copy");
+    copy_dir(&src, &copy);
+    let again = cairn.backup(&[&copy], &[]);
+    assert_eq!(again.u("data_chunks_new"), 0, "{:?}", again.0);
+    assert_restores(cairn, &again.snapshot_id(), &copy, &dir.join("restore2"));
+}
+
+#[test]
+fn backup_restore_check_and_rebuild_on_garage() {
+    round_trip(garage());
+}
+
+#[test]
+fn backup_restore_check_and_rebuild_on_s3s() {
+    round_trip(s3s());
+}
+
+#[test]
+fn init_twice_is_refused_on_garage_which_ignores_if_none_match() {
+    let (_t, dir) = tempdir();
+    let repo = garage().repo("init-twice", &dir);
+    repo.cairn.init();
+    repo.cairn
+        .run(["init"])
+        .expect_clean_error(1, "a repository already exists at s3://");
+}
+
+#[test]
+fn startup_mistakes_are_named_in_one_line() {
+    let (_t, dir) = tempdir();
+    let server = s3s();
+    let repo = server.repo("startup", &dir);
+    repo.cairn.init();
+    let src = source(&dir, 1, 3);
+
+    let missing = Server {
+        bucket: "no-such-bucket".into(),
+        ..server.clone()
+    }
+    .client("x", &dir);
+    for args in [vec!["init"], vec!["backup", s(&src)]] {
+        missing
+            .run(&args)
+            .expect_clean_error(1, "bucket no-such-bucket does not exist");
+    }
+
+    let wrong_key = repo
+        .cairn
+        .with_env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    for args in [vec!["init"], vec!["backup", s(&src)], vec!["snapshots"]] {
+        wrong_key
+            .run(&args)
+            .expect_clean_error(1, "the S3 credentials were refused");
+    }
+
+    let unreachable = repo
+        .cairn
+        .with_env("CAIRN_S3_ENDPOINT", "http://127.0.0.1:9")
+        .with_env("CAIRN_S3_DEADLINE", "3");
+    for args in [vec!["init"], vec!["backup", s(&src)]] {
+        let started = Instant::now();
+        unreachable
+            .run(&args)
+            .expect_clean_error(1, "cannot reach S3 endpoint http://127.0.0.1:9");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+    assert!(repo.list("manifests/").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Faults
+// ---------------------------------------------------------------------------
+
+fn garage_node3_pid() -> u32 {
+    std::fs::read_to_string(env("CAIRN_TEST_GARAGE_NODE3_PIDFILE"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// Starts node 3 again (detached: the test script stops it through its pid file).
+#[allow(clippy::zombie_processes)]
+fn restart_garage_node3() {
+    let config = PathBuf::from(env("CAIRN_TEST_GARAGE_NODE3_CONFIG"));
+    let node_dir = config.parent().expect("node dir").to_path_buf();
+    let log = std::fs::File::create(node_dir.join("log.restarted")).expect("log");
+    let child = Command::new(env("CAIRN_TEST_GARAGE_BIN"))
+        .arg("-c")
+        .arg(&config)
+        .arg("server")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start garage node 3");
+    std::fs::write(
+        env("CAIRN_TEST_GARAGE_NODE3_PIDFILE"),
+        child.id().to_string(),
+    )
+    .unwrap();
+    let port = std::fs::read_to_string(node_dir.join("s3.port")).expect("port");
+    let addr = format!("127.0.0.1:{}", port.trim());
+    poll_until(
+        "garage node 3 to listen again",
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(&addr).is_ok(),
+    );
+}
+
+#[test]
+fn a_garage_node_stopped_during_backup_costs_nothing() {
+    let (_t, dir) = tempdir();
+    let repo = garage().repo("node-stop", &dir);
+    repo.cairn.init();
+    let src = source(&dir, 120, 11);
+    let mut backup = repo
+        .cairn
+        .spawn(["backup", s(&src), "--json"], &dir.join("logs"));
+    poll_until(
+        "the first pack in the store",
+        Duration::from_secs(120),
+        || !repo.list("packs/").is_empty(),
+    );
+    let pid = garage_node3_pid();
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ended");
+    let stderr = std::fs::read_to_string(dir.join("logs/stderr")).unwrap_or_default();
+    restart_garage_node3();
+    assert!(status.success(), "backup failed with node 3 down: {stderr}");
+    assert_eq!(repo.list("manifests/").len(), 1);
+    assert_restores(&repo.cairn, "latest", &src, &dir.join("restore"));
+    repo.cairn.check_clean();
+}
+
+/// Runs init, a backup and a restore of `src` through `proxy`; returns the
+/// requests the proxy saw.
+fn backup_and_restore_through(
+    proxy: &FaultProxy,
+    server: &Server,
+    test: &str,
+    src: &Path,
+    dir: &Path,
+) -> u64 {
+    proxy.reset_counters();
+    let repo = server.repo(test, dir);
+    let cairn = repo
+        .via(proxy, dir)
+        .with_env("CAIRN_S3_TIMEOUT", "2")
+        .with_env("CAIRN_S3_DEADLINE", "120");
+    cairn.init();
+    let stats = cairn.backup(&[src], &[]);
+    assert_restores(
+        &cairn,
+        &stats.snapshot_id(),
+        src,
+        &dir.join(format!("restore-{test}")),
+    );
+    proxy.requests()
+}
+
+#[test]
+fn backup_and_restore_succeed_with_30_percent_of_requests_failing() {
+    let (_t, dir) = tempdir();
+    let server = s3s();
+    let proxy = FaultProxy::start(&server.endpoint, Duration::from_secs(3), 42);
+    let src = source(&dir, 48, 21);
+
+    let clean = backup_and_restore_through(&proxy, &server, "faults-none", &src, &dir);
+    proxy.set_fault_rate(0.3);
+    let faulty = backup_and_restore_through(&proxy, &server, "faults-30", &src, &dir);
+    let faults = proxy.faults();
+    let amplification = faulty as f64 / clean as f64;
+    let per_fault = (faulty - clean) as f64 / faults.len() as f64;
+    eprintln!(
+        "retry amplification: {faulty} requests with 30% failing vs {clean} without \
+         ({amplification:.2}x, {per_fault:.2} extra requests per injected fault); \
+         faults: {} slowdown, {} reset, {} stall, {} cut",
+        faults.iter().filter(|f| **f == Fault::SlowDown).count(),
+        faults.iter().filter(|f| **f == Fault::Reset).count(),
+        faults.iter().filter(|f| **f == Fault::Stall).count(),
+        faults.iter().filter(|f| **f == Fault::CutBody).count(),
+    );
+    assert!(
+        faults.len() as u64 >= clean / 5,
+        "too few faults: {}",
+        faults.len()
+    );
+    for kind in [Fault::SlowDown, Fault::Reset, Fault::Stall, Fault::CutBody] {
+        assert!(faults.contains(&kind), "no {kind:?} was injected");
+    }
+    // 1/(1-0.3) = 1.43 attempts per call is the floor; the retry budget
+    // bounds it at 2.
+    assert!(
+        amplification <= 1.8,
+        "retry amplification {amplification:.2}"
+    );
+    // One retry per fault, plus a size check when a stored object's answer was lost.
+    assert!(per_fault <= 1.5, "{per_fault:.2} extra requests per fault");
+}
+
+#[test]
+fn a_store_gone_for_good_fails_the_backup_by_its_deadline_and_a_rerun_reuses_the_packs() {
+    let (_t, dir) = tempdir();
+    let server = s3s();
+    let proxy = FaultProxy::start(&server.endpoint, Duration::from_secs(3), 7);
+    let repo = server.repo("gone", &dir);
+    repo.cairn.init();
+    let src = source(&dir, 96, 5);
+    let through = repo
+        .via(&proxy, &dir)
+        .with_env("CAIRN_S3_TIMEOUT", "2")
+        .with_env("CAIRN_S3_DEADLINE", "6");
+
+    proxy.go_down_after_pack_puts(2);
+    let started = Instant::now();
+    let failed = through.backup_raw(&[&src], &[]);
+    let took = started.elapsed();
+    failed.expect_clean_error(1, "object store unavailable");
+    assert!(
+        took < Duration::from_secs(6 + 20),
+        "the backup took {took:?} with a 6 s deadline"
+    );
+    assert!(
+        repo.list("manifests/").is_empty(),
+        "no manifest may be written"
+    );
+    let stored = repo.list("packs/").len();
+    assert!(
+        stored >= 2,
+        "{stored} packs stored before the store went away"
+    );
+
+    proxy.set_down(false);
+    let rerun = through.backup(&[&src], &[]);
+    let total = repo.list("packs/").len();
+    assert!(
+        rerun.u("chunks_reused") > 0,
+        "the rerun reuses what was stored: {:?}",
+        rerun.0
+    );
+    // The rerun uploads only what the first run did not store: the data
+    // needs at least 6 packs (96 MiB random), and all packs together stay
+    // within one pack of that plus the first run's partial packs.
+    assert!(
+        total <= 96 / 16 + 2 + 1,
+        "{total} packs: the rerun uploaded everything again ({stored} were stored)"
+    );
+    assert_restores(&through, "latest", &src, &dir.join("restore"));
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency
+// ---------------------------------------------------------------------------
+
+#[test]
+fn four_clients_back_up_the_same_new_data_at_once_through_the_cluster_index() {
+    let server = garage();
+    let prefix = format!("four-{}", random_marker());
+    let f = ClusterFixture::with_repo(3, 2, |dir| server.client(&prefix, dir));
+    let src = source(&f.dir, 40, 99);
+    let logs: Vec<PathBuf> = (0..4).map(|i| f.dir.join(format!("client{i}"))).collect();
+    let mut children: Vec<_> = logs
+        .iter()
+        .enumerate()
+        .map(|(i, log)| {
+            f.cairn
+                .with_env("XDG_CACHE_HOME", s(&log.join("cache")))
+                .spawn(
+                    [
+                        "backup",
+                        s(&src),
+                        "--json",
+                        "--host",
+                        &format!("client-{i}"),
+                    ],
+                    log,
+                )
+        })
+        .collect();
+    for (child, log) in children.iter_mut().zip(&logs) {
+        let status = wait_with_deadline(child, Duration::from_secs(300)).expect("backup ended");
+        let stderr = std::fs::read_to_string(log.join("stderr")).unwrap_or_default();
+        assert!(status.success(), "a client failed: {stderr}");
+    }
+    let snapshots = f.cairn.snapshots();
+    assert_eq!(snapshots.len(), 4);
+    for (i, snap) in snapshots.iter().enumerate() {
+        let id = snap["id"].as_str().expect("id");
+        assert_restores(&f.cairn, id, &src, &f.dir.join(format!("restore{i}")));
+    }
+    f.cairn.check_clean();
+}
