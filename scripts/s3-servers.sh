@@ -81,6 +81,8 @@ metadata_dir = "$dir/garage$i/meta"
 data_dir = "$dir/garage$i/data"
 db_engine = "lmdb"
 replication_factor = 3
+# Packs are compressed and encrypted already: compressing again only costs CPU.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
 rpc_secret = "$secret"

@@ -6,6 +6,7 @@
 #   attr                 setfattr/getfattr, used by the extended-attribute tests
 #   systemd              systemd-analyze, which verifies the units `cairn schedule` writes
 #   procps               kill(1), which the tests use to send SIGTERM
+#   python3              picks free ports and random keys for the test S3 servers
 #   cargo                with rustfmt and clippy (checked; rustup installs it)
 set -euo pipefail
 
@@ -23,6 +24,7 @@ command -v setfattr >/dev/null || missing+=(attr)
 command -v c++ >/dev/null || missing+=(g++)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v kill >/dev/null || missing+=(procps)
+command -v python3 >/dev/null || missing+=(python3)
 
 if ((${#missing[@]})); then
     sudo=()
@@ -39,6 +41,9 @@ if ((${#missing[@]})); then
     fi
     if ! command -v kill >/dev/null; then
         packages+=(procps)
+    fi
+    if ! command -v python3 >/dev/null; then
+        packages+=(python3)
     fi
     log "installing ${packages[*]} (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
