@@ -94,6 +94,7 @@ root_domain = ".s3.garage.localhost"
 EOF
         echo "$s3" >"$dir/garage$i/s3.port"
         "$garage" -c "$dir/garage$i/garage.toml" server >"$dir/garage$i/log" 2>&1 &
+        disown
         echo $! >"$dir/garage$i.pid"
     done
     for i in 1 2 3; do
