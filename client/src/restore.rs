@@ -6,7 +6,7 @@
 //! that writing into a directory does not disturb its restored mtime.
 //! A file whose chunks are damaged or missing fails alone; the rest restores.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -29,6 +29,12 @@ use crate::source::BlobSource;
 const MAX_RUN_BYTES: u64 = 32 * 1024 * 1024;
 /// Block size for detecting runs of zeros to leave as holes.
 const SPARSE_BLOCK: usize = 4096;
+/// Reads in flight per file: a large file is fetched several runs ahead of
+/// the writer, which keeps a remote store busy (many ranged GETs at once).
+const READ_AHEAD: usize = 4;
+/// Bytes read ahead by all files together, in MiB: memory stays bounded
+/// whatever the number of writers and the size of the files.
+const READ_BUDGET_MIB: u32 = 256;
 
 /// What to restore where.
 #[derive(Debug, Clone)]
@@ -183,14 +189,16 @@ pub fn run(
         .map_or(2, |n| n.get())
         .clamp(2, 8)
         * 2;
+    let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_MIB as usize));
     let (tx, rx) = crossbeam_channel::bounded::<(PathBuf, Node)>(threads * 2);
     let (res_tx, res_rx) = crossbeam_channel::unbounded();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let (rx, res_tx, done) = (rx.clone(), res_tx.clone(), done.clone());
+            let budget = budget.clone();
             scope.spawn(move || {
                 for (dest, node) in rx {
-                    let r = restore_file(handle, source, &dest, &node, is_root, &done);
+                    let r = restore_file(handle, source, &budget, &dest, &node, is_root, &done);
                     if r.is_err() {
                         let _ = fs::remove_file(&dest);
                     }
@@ -257,6 +265,7 @@ fn snapshot_path(target: &Path, dest: &Path) -> PathBuf {
 fn restore_file(
     handle: &Handle,
     source: &BlobSource,
+    budget: &Arc<tokio::sync::Semaphore>,
     dest: &Path,
     node: &Node,
     is_root: bool,
@@ -280,10 +289,50 @@ fn restore_file(
         .create_new(true)
         .open(dest)
         .with_context(|| format!("cannot create {}", dest.display()))?;
+    let runs = runs(&located);
+    let mut pending = VecDeque::new();
+    let mut next_run = runs.iter();
     let mut offset = 0u64;
+    loop {
+        while pending.len() < READ_AHEAD {
+            let Some(run) = next_run.next() else { break };
+            let part = located[run.clone()].to_vec();
+            let bytes: u64 = part.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
+            let mib = (bytes.div_ceil(1 << 20) as u32).clamp(1, READ_BUDGET_MIB);
+            let permit = handle.block_on(budget.clone().acquire_many_owned(mib))?;
+            let source = source.clone();
+            let task = handle.spawn(async move {
+                let blobs = source.read_run(&part).await;
+                drop(permit);
+                (part, blobs)
+            });
+            pending.push_back(task);
+        }
+        let Some(task) = pending.pop_front() else {
+            break;
+        };
+        let (part, blobs) = handle.block_on(task)?;
+        for (k, blob) in blobs?.into_iter().enumerate() {
+            let data = blob.with_context(|| format!("chunk {}", part[k].0))?;
+            write_sparse(&file, &data, offset)?;
+            offset += data.len() as u64;
+            done.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+    }
+    // Trailing holes need the length set explicitly.
+    file.set_len(offset)?;
+    drop(file);
+    apply_metadata(dest, node, is_root)
+        .with_context(|| format!("{}: cannot set metadata", dest.display()))?;
+    Ok(())
+}
+
+/// Splits a file's chunks into runs: neighbouring chunks of one pack, read
+/// with one request of at most [`MAX_RUN_BYTES`].
+fn runs(located: &[(ChunkId, BlobLocation)]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
     let mut i = 0;
     while i < located.len() {
-        // A run: neighbouring chunks of one pack, read with one request.
         let mut j = i + 1;
         while j < located.len() {
             let (prev, next) = (&located[j - 1].1, &located[j].1);
@@ -296,21 +345,10 @@ fn restore_file(
             }
             j += 1;
         }
-        let blobs = handle.block_on(source.read_run(&located[i..j]))?;
-        for (k, blob) in blobs.into_iter().enumerate() {
-            let data = blob.with_context(|| format!("chunk {}", located[i + k].0))?;
-            write_sparse(&file, &data, offset)?;
-            offset += data.len() as u64;
-            done.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
+        runs.push(i..j);
         i = j;
     }
-    // Trailing holes need the length set explicitly.
-    file.set_len(offset)?;
-    drop(file);
-    apply_metadata(dest, node, is_root)
-        .with_context(|| format!("{}: cannot set metadata", dest.display()))?;
-    Ok(())
+    runs
 }
 
 /// Writes `data` at `offset`, leaving 4 KiB blocks of zeros as holes.
