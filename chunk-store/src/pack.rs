@@ -18,6 +18,8 @@
 //! read on every restore and listing, and keeping them apart keeps those
 //! reads small.
 
+use std::cell::RefCell;
+
 use crate::crypto::RepoKeys;
 use crate::envelope::PACK_MAGIC;
 use crate::error::FormatError;
@@ -107,6 +109,38 @@ fn blob_aad(id: &ChunkId, kind: BlobKind) -> [u8; 33] {
     aad
 }
 
+thread_local! {
+    /// One zstd context per thread and level: creating a context costs more
+    /// than compressing a small chunk, and the output is the same.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().map(|(l, _)| *l) != Some(level) {
+            *cell = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+        }
+        cell.as_mut()?.1.compress(data).ok()
+    })
+}
+
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match cell.as_mut() {
+            Some(d) => d.decompress(data, capacity),
+            None => zstd::bulk::decompress(data, capacity),
+        }
+    })
+}
+
 /// Compresses (when it helps) and seals one chunk.
 pub fn seal_blob(
     keys: &RepoKeys,
@@ -115,9 +149,7 @@ pub fn seal_blob(
     plaintext: &[u8],
     zstd_level: i32,
 ) -> SealedBlob {
-    let compressed = zstd::bulk::compress(plaintext, zstd_level)
-        .ok()
-        .filter(|z| z.len() + 16 < plaintext.len());
+    let compressed = compress(plaintext, zstd_level).filter(|z| z.len() + 16 < plaintext.len());
     let (payload, compression) = match &compressed {
         Some(z) => (&z[..], Compression::Zstd),
         None => (plaintext, Compression::None),
@@ -143,15 +175,15 @@ pub fn open_blob(
     let payload = keys
         .open(&blob_aad(id, location.kind), sealed)
         .map_err(|_| FormatError::Auth { what })?;
-    let plain =
-        match location.compression {
-            Compression::None => payload,
-            Compression::Zstd => zstd::bulk::decompress(&payload, location.raw_len as usize)
-                .map_err(|e| FormatError::Corrupt {
-                    what,
-                    detail: format!("zstd: {e}"),
-                })?,
-        };
+    let plain = match location.compression {
+        Compression::None => payload,
+        Compression::Zstd => {
+            decompress(&payload, location.raw_len as usize).map_err(|e| FormatError::Corrupt {
+                what,
+                detail: format!("zstd: {e}"),
+            })?
+        }
+    };
     if plain.len() != location.raw_len as usize {
         return Err(FormatError::Corrupt {
             what,

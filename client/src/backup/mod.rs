@@ -334,7 +334,7 @@ pub fn run(
         index_warned: AtomicBool::new(false),
     });
 
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
     let (job_tx, job_rx) = bounded(workers * 4);
     let (blob_tx, blob_rx) = bounded(workers * 4);
     let (dir_tx, dir_rx) = bounded(4096);
