@@ -18,10 +18,10 @@
 //! a per-attempt timeout; each call has an overall deadline. Transient
 //! failures (HTTP 500/502/503/504, `SlowDown`, connection refused or reset,
 //! timeouts, bodies cut short) are retried with exponential backoff and full
-//! jitter, while a store-wide retry budget allows: every first attempt adds
-//! one token, every retry spends one, so retries can at most double the
-//! requests sent over a run, and a store that is gone makes calls fail fast
-//! once the budget is spent. Permanent failures (400, 403, a missing bucket)
+//! jitter, while a store-wide retry budget allows: it starts with 500
+//! tokens (and holds no more), every first attempt adds one, every retry
+//! spends one. Past that reserve retries never outnumber first attempts, and
+//! a store that is gone makes calls fail fast once the budget is spent. Permanent failures (400, 403, a missing bucket)
 //! fail at once with one line naming the bucket and key.
 //!
 //! # Bounded concurrency
