@@ -1,0 +1,444 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of Cairn against restic, rustic and Borg.
+#
+#   benches/compare/run.sh [--runs N] [--quick] [--workloads LIST]
+#                          [--tools LIST] [--ts-count N] [--no-report]
+#
+# Fetches and caches real corpora (two consecutive Debian linux-source-6.1
+# packages, a run of consecutive TypeScript nightlies from npm, one 2 GiB
+# file), installs the peers (restic and Borg from apt, rustic from
+# crates.io), then runs every tool on the same data, in alternation, N times,
+# measuring each step with /usr/bin/time -v. Results go to a TSV file under
+# the work directory; docs/BENCHMARKS.md is rewritten from them.
+#
+# Options:
+#   --runs N          rounds of every workload (default 3)
+#   --quick           1 round and 5 TypeScript nightlies (unless given otherwise)
+#   --workloads LIST  comma-separated subset of: kernel,ts,bigfile (default all)
+#   --tools LIST      comma-separated subset of: cairn,restic,rustic,borg
+#   --ts-count N      number of TypeScript nightlies (default 30)
+#   --no-report       leave docs/BENCHMARKS.md alone
+#
+# Environment:
+#   CAIRN_BIN            cairn binary to measure (default: build it with
+#                        cargo build --release --locked --workspace --bins)
+#   CAIRN_BIN_PROFILE    free text describing how CAIRN_BIN was built, for the report
+#   CAIRN_BENCH_CACHE    corpora cache (default /work/.cache/cairn-corpora)
+#   CAIRN_BENCH_TOOLS    where rustic is installed (default /work/.cache/cairn-tools)
+#   CAIRN_BENCH_WORK     scratch space for sources, repositories and restores
+#                        (default /var/tmp/cairn-bench; must be on the disk under test)
+#   KERNEL_V1, KERNEL_V2 linux-source-6.1 package versions (default 6.1.187-1, 6.1.190-1)
+#   TS_LAST              newest TypeScript nightly of the run (default 6.0.0-dev.20260324)
+#   BORG_ENCRYPTION      (default repokey: HMAC-SHA256 ids, fast with SHA-NI)
+#   BORG_COMPRESSION     (default zstd,3)
+#   CAIRN_BENCH_NOTES    a Markdown file appended to docs/BENCHMARKS.md (observations)
+#   RUSTIC_BIN           rustic binary (default: CAIRN_BENCH_TOOLS/bin/rustic, installed if missing)
+#
+# Page caches are dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before
+# every measured step of the kernel and TypeScript workloads when the harness
+# is allowed to; the 2 GiB file is read from a warm page cache on purpose, so
+# that it measures the chunk, hash, compress and encrypt pipeline rather than
+# the disk.
+
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+COMMAND_LINE="benches/compare/run.sh${*:+ $*}"
+
+die() { echo "run.sh: error: $*" >&2; exit 1; }
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+# shellcheck source=benches/compare/tools.sh disable=SC1091
+source "$HERE/tools.sh"
+
+# ---- options -------------------------------------------------------------
+
+RUNS=""
+TS_COUNT=""
+QUICK=0
+WORKLOADS="kernel,ts,bigfile"
+TOOLS="cairn,restic,rustic,borg"
+REPORT=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --runs) RUNS="${2:?--runs needs a number}"; shift 2 ;;
+        --quick) QUICK=1; shift ;;
+        --workloads) WORKLOADS="${2:?--workloads needs a list}"; shift 2 ;;
+        --tools) TOOLS="${2:?--tools needs a list}"; shift 2 ;;
+        --ts-count) TS_COUNT="${2:?--ts-count needs a number}"; shift 2 ;;
+        --no-report) REPORT=0; shift ;;
+        -h | --help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+if [[ $QUICK == 1 ]]; then
+    RUNS="${RUNS:-1}"
+    TS_COUNT="${TS_COUNT:-5}"
+fi
+RUNS="${RUNS:-3}"
+TS_COUNT="${TS_COUNT:-30}"
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive number"
+[[ "$TS_COUNT" =~ ^[1-9][0-9]*$ ]] || die "--ts-count must be a positive number"
+IFS=, read -r -a TOOL_LIST <<<"$TOOLS"
+for t in "${TOOL_LIST[@]}"; do
+    case "$t" in cairn | restic | rustic | borg) ;; *) die "unknown tool $t" ;; esac
+done
+has_workload() { [[ ",$WORKLOADS," == *",$1,"* ]]; }
+
+CACHE="${CAIRN_BENCH_CACHE:-/work/.cache/cairn-corpora}"
+TOOLS_DIR="${CAIRN_BENCH_TOOLS:-/work/.cache/cairn-tools}"
+WORK="${CAIRN_BENCH_WORK:-/var/tmp/cairn-bench}"
+KERNEL_V1="${KERNEL_V1:-6.1.187-1}"
+KERNEL_V2="${KERNEL_V2:-6.1.190-1}"
+TS_LAST="${TS_LAST:-6.0.0-dev.20260324}"
+BORG_ENCRYPTION="${BORG_ENCRYPTION:-repokey}"
+BORG_COMPRESSION="${BORG_COMPRESSION:-zstd,3}"
+BIGFILE_BYTES=$((2 * 1024 * 1024 * 1024))
+
+mkdir -p "$CACHE" "$TOOLS_DIR" "$WORK"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="$WORK/results-$STAMP"
+mkdir -p "$OUT/logs"
+RESULTS="$OUT/results.tsv"
+META="$OUT/meta.txt"
+log "results in $OUT"
+
+# ---- peers ---------------------------------------------------------------
+
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }
+}
+
+install_tools() {
+    local need=()
+    command -v restic >/dev/null || need+=(restic)
+    command -v borg >/dev/null || need+=(borgbackup)
+    [[ -x /usr/bin/time ]] || need+=(time)
+    command -v rsync >/dev/null || need+=(rsync)
+    command -v xz >/dev/null || need+=(xz-utils)
+    if [[ ${#need[@]} -gt 0 ]]; then
+        log "installing ${need[*]} from apt"
+        apt_install "${need[@]}"
+    fi
+
+    RUSTIC_BIN="${RUSTIC_BIN:-$TOOLS_DIR/bin/rustic}"
+    if [[ ! -x "$RUSTIC_BIN" ]]; then
+        log "installing rustic-rs from crates.io into $TOOLS_DIR (compiles for a while)"
+        CARGO_TARGET_DIR="$TOOLS_DIR/rustic-target" \
+            cargo install rustic-rs --locked --root "$TOOLS_DIR"
+        rm -rf "$TOOLS_DIR/rustic-target"
+    fi
+    export RUSTIC_BIN
+}
+
+# ---- cairn ---------------------------------------------------------------
+
+build_cairn() {
+    if [[ -n "${CAIRN_BIN:-}" ]]; then
+        [[ -x "$CAIRN_BIN" ]] || die "CAIRN_BIN=$CAIRN_BIN is not executable"
+        CAIRN_BIN_PROFILE="${CAIRN_BIN_PROFILE:-unknown (given by CAIRN_BIN)}"
+    else
+        # shellcheck source=scripts/common.sh disable=SC1091
+        source "$ROOT/scripts/common.sh"
+        log "building cairn (release) in $CARGO_TARGET_DIR"
+        (cd "$ROOT" && cargo build --release --locked --workspace --bins)
+        CAIRN_BIN="$CARGO_TARGET_DIR/release/cairn"
+        CAIRN_BIN_PROFILE="release profile"
+    fi
+    export CAIRN_BIN CAIRN_BIN_PROFILE
+}
+
+# ---- corpora -------------------------------------------------------------
+
+# Unpack linux-source-6.1=VERSION into $CACHE/kernel-VERSION (once).
+fetch_kernel() {
+    local v="$1" dir="$CACHE/kernel-$1" deb
+    [[ -d "$dir" ]] && return 0
+    mkdir -p "$CACHE/debs"
+    deb="$CACHE/debs/linux-source-6.1_${v}_all.deb"
+    if [[ ! -f "$deb" ]]; then
+        log "downloading linux-source-6.1=$v"
+        (cd "$CACHE/debs" && apt-get download "linux-source-6.1=$v") ||
+            { apt-get update -q >/dev/null && (cd "$CACHE/debs" && apt-get download "linux-source-6.1=$v"); }
+    fi
+    log "unpacking linux-source-6.1=$v"
+    rm -rf "$dir.partial"
+    mkdir -p "$dir.partial"
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/src/linux-source-6.1.tar.xz |
+        xz -dc | tar -x -C "$dir.partial" --strip-components=1
+    mv "$dir.partial" "$dir"
+}
+
+# Fill TS_VERSIONS with the TS_COUNT consecutive nightlies ending at TS_LAST,
+# each unpacked under $CACHE/typescript/VERSION (once).
+fetch_typescript() {
+    local list="$CACHE/typescript/versions.txt" v
+    mkdir -p "$CACHE/typescript/tgz"
+    if [[ ! -s "$list" ]]; then
+        log "listing TypeScript versions on npm"
+        npm view typescript versions --json | tr -d ' ",[]' | grep -- '-dev\.' |
+            sort -t. -k1,1n -k2,2n -k3,3n -k5,5n >"$list.tmp"
+        mv "$list.tmp" "$list"
+    fi
+    grep -qx -- "$TS_LAST" "$list" || die "TypeScript $TS_LAST is not a known nightly"
+    mapfile -t TS_VERSIONS < <(sed "/^${TS_LAST//./\\.}\$/q" "$list" | tail -n "$TS_COUNT")
+    [[ ${#TS_VERSIONS[@]} == "$TS_COUNT" ]] || die "only ${#TS_VERSIONS[@]} nightlies up to $TS_LAST"
+    for v in "${TS_VERSIONS[@]}"; do
+        [[ -d "$CACHE/typescript/$v" ]] && continue
+        log "fetching typescript@$v"
+        (cd "$CACHE/typescript/tgz" && npm pack --silent "typescript@$v" >/dev/null)
+        rm -rf "$CACHE/typescript/$v.partial"
+        mkdir -p "$CACHE/typescript/$v.partial"
+        tar -xzf "$CACHE/typescript/tgz/typescript-$v.tgz" -C "$CACHE/typescript/$v.partial" \
+            --strip-components=1 --no-same-owner
+        mv "$CACHE/typescript/$v.partial" "$CACHE/typescript/$v"
+    done
+}
+
+# One 2 GiB file of random (incompressible, non-duplicate) bytes.
+fetch_bigfile() {
+    BIGFILE="$CACHE/bigfile-2GiB.bin"
+    [[ -f "$BIGFILE" ]] && return 0
+    log "writing $BIGFILE"
+    head -c "$BIGFILE_BYTES" /dev/urandom >"$BIGFILE.partial"
+    mv "$BIGFILE.partial" "$BIGFILE"
+}
+
+# ---- measurement ---------------------------------------------------------
+
+CACHES_DROPPED=yes
+drop_caches() {
+    sync
+    if ! { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+        CACHES_DROPPED=no
+    fi
+}
+
+repo_bytes() { du -s -B1 "$1" | cut -f1; }
+
+printf 'workload\tround\ttool\tstep\twall_s\tuser_s\tsys_s\tmaxrss_kb\trepo_bytes\n' >"$RESULTS"
+
+# measure WORKLOAD ROUND TOOL STEP REPO -- runs CMD (in CMD_DIR) with the
+# tool's environment under /usr/bin/time -v and appends one row to RESULTS.
+# A failing command fails the harness, with its log named.
+measure() {
+    local workload="$1" round="$2" tool="$3" step="$4" repo="$5" home="$6"
+    local tag="$workload-r$round-$tool-$step" tfile start end rc=0
+    tfile="$OUT/logs/$tag.time"
+    tool_env "$tool" "$home"
+    start=$(date +%s%N)
+    env -C "$CMD_DIR" "${TOOL_ENV[@]}" /usr/bin/time -v -o "$tfile" "${CMD[@]}" \
+        >"$OUT/logs/$tag.out" 2>&1 || rc=$?
+    end=$(date +%s%N)
+    if [[ $rc != 0 ]]; then
+        tail -n 20 "$OUT/logs/$tag.out" >&2
+        die "$tool failed (exit $rc) in $tag; see $OUT/logs/$tag.out"
+    fi
+    local user sys rss
+    user=$(awk -F': ' '/User time \(seconds\)/ {print $2}' "$tfile")
+    sys=$(awk -F': ' '/System time \(seconds\)/ {print $2}' "$tfile")
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tfile")
+    local wall
+    wall=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", (e - s) / 1e9 }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$round" "$tool" "$step" \
+        "$wall" "$user" "$sys" "$rss" "$(repo_bytes "$repo")" >>"$RESULTS"
+    log "  $tool $workload/$step: ${wall}s, rss ${rss} KiB"
+}
+
+# The tools of round R, rotated so no tool always goes first.
+round_tools() {
+    local r="$1" n=${#TOOL_LIST[@]} i
+    ROUND_TOOLS=()
+    for ((i = 0; i < n; i++)); do
+        ROUND_TOOLS+=("${TOOL_LIST[$(((i + r - 1) % n))]}")
+    done
+}
+
+# Fail loudly unless DIR and RESTORED hold the same tree (names, contents,
+# symlink targets, file types and permission bits).
+verify_restore() {
+    local src="$1" restored="$2" tool="$3"
+    [[ -d "$restored" ]] || die "$tool restored nothing at $restored"
+    if ! diff -r --no-dereference "$src" "$restored" >"$OUT/logs/diff-$tool.txt" 2>&1; then
+        head -n 20 "$OUT/logs/diff-$tool.txt" >&2
+        die "$tool: the restored tree differs from the source (see $OUT/logs/diff-$tool.txt)"
+    fi
+    local a b
+    a=$(cd "$src" && find . -printf '%y %m %p\n' | sort | md5sum)
+    b=$(cd "$restored" && find . -printf '%y %m %p\n' | sort | md5sum)
+    [[ "$a" == "$b" ]] || die "$tool: the restored tree's types or modes differ from the source"
+}
+
+# Make DIR hold the tree FROM the way a checkout would: only files whose
+# contents differ are rewritten (and get a new mtime); others stay untouched.
+sync_tree() {
+    local from="$1" dir="$2"
+    mkdir -p "$dir"
+    rsync -r -l -p --checksum --delete "$from/" "$dir/"
+}
+
+# ---- workloads -----------------------------------------------------------
+
+# Kernel: first backup of V1, incremental backup of V2 over it, unchanged
+# re-backup, full restore of the latest snapshot (verified).
+workload_kernel() {
+    local r="$1" src="$WORK/src/linux" t repo home target
+    round_tools "$r"
+    log "kernel round $r: copying linux $KERNEL_V1 to $src"
+    rm -rf "$WORK/src" "$WORK/kernel-r$r"
+    mkdir -p "$WORK/src"
+    cp -a "$CACHE/kernel-$KERNEL_V1" "$src"
+    for t in "${ROUND_TOOLS[@]}"; do
+        repo="$WORK/kernel-r$r/$t/repo"
+        home="$WORK/kernel-r$r/$t/home"
+        tool_init "$t" "$repo" "$home" >"$OUT/logs/kernel-r$r-$t-init.out" 2>&1 ||
+            die "$t init failed; see $OUT/logs/kernel-r$r-$t-init.out"
+        tool_cmd_backup "$t" "$repo" "$src" first
+        drop_caches
+        measure kernel "$r" "$t" first "$repo" "$home"
+    done
+    log "kernel round $r: updating $src to linux $KERNEL_V2"
+    sync_tree "$CACHE/kernel-$KERNEL_V2" "$src"
+    for t in "${ROUND_TOOLS[@]}"; do
+        repo="$WORK/kernel-r$r/$t/repo"
+        home="$WORK/kernel-r$r/$t/home"
+        tool_cmd_backup "$t" "$repo" "$src" incremental
+        drop_caches
+        measure kernel "$r" "$t" incremental "$repo" "$home"
+    done
+    for t in "${ROUND_TOOLS[@]}"; do
+        repo="$WORK/kernel-r$r/$t/repo"
+        home="$WORK/kernel-r$r/$t/home"
+        tool_cmd_backup "$t" "$repo" "$src" unchanged
+        drop_caches
+        measure kernel "$r" "$t" unchanged "$repo" "$home"
+    done
+    for t in "${ROUND_TOOLS[@]}"; do
+        repo="$WORK/kernel-r$r/$t/repo"
+        home="$WORK/kernel-r$r/$t/home"
+        target="$WORK/restore"
+        rm -rf "$target"
+        mkdir -p "$target"
+        tool_cmd_restore "$t" "$repo" "$target" unchanged
+        drop_caches
+        measure kernel "$r" "$t" restore "$repo" "$home"
+        verify_restore "$src" "$target$src" "$t"
+        rm -rf "$target"
+    done
+    rm -rf "$WORK/kernel-r$r" "$WORK/src"
+}
+
+# TypeScript: TS_COUNT nightlies as TS_COUNT daily backups of one directory.
+workload_ts() {
+    local r="$1" src="$WORK/src/typescript" t repo home i=0 v
+    round_tools "$r"
+    rm -rf "$WORK/src" "$WORK/ts-r$r"
+    for t in "${ROUND_TOOLS[@]}"; do
+        repo="$WORK/ts-r$r/$t/repo"
+        home="$WORK/ts-r$r/$t/home"
+        tool_init "$t" "$repo" "$home" >"$OUT/logs/ts-r$r-$t-init.out" 2>&1 ||
+            die "$t init failed; see $OUT/logs/ts-r$r-$t-init.out"
+    done
+    for v in "${TS_VERSIONS[@]}"; do
+        i=$((i + 1))
+        log "typescript round $r: day $i ($v)"
+        sync_tree "$CACHE/typescript/$v" "$src"
+        for t in "${ROUND_TOOLS[@]}"; do
+            repo="$WORK/ts-r$r/$t/repo"
+            home="$WORK/ts-r$r/$t/home"
+            tool_cmd_backup "$t" "$repo" "$src" "day$i"
+            drop_caches
+            measure ts "$r" "$t" "$i" "$repo" "$home"
+        done
+    done
+    local target="$WORK/restore"
+    rm -rf "$target"
+    mkdir -p "$target"
+    # Correctness of the last day, for every tool (not measured).
+    for t in "${ROUND_TOOLS[@]}"; do
+        tool_cmd_restore "$t" "$WORK/ts-r$r/$t/repo" "$target" "day$i"
+        tool_env "$t" "$WORK/ts-r$r/$t/home"
+        env -C "$CMD_DIR" "${TOOL_ENV[@]}" "${CMD[@]}" >"$OUT/logs/ts-r$r-$t-restore.out" 2>&1 ||
+            die "$t restore failed; see $OUT/logs/ts-r$r-$t-restore.out"
+        verify_restore "$src" "$target$src" "$t"
+        rm -rf "$target"
+        mkdir -p "$target"
+    done
+    rm -rf "$target" "$WORK/ts-r$r" "$WORK/src"
+}
+
+# One 2 GiB file, read from a warm page cache, into an empty repository.
+workload_bigfile() {
+    local r="$1" t repo home
+    round_tools "$r"
+    rm -rf "$WORK/big-r$r"
+    for t in "${ROUND_TOOLS[@]}"; do
+        repo="$WORK/big-r$r/$t/repo"
+        home="$WORK/big-r$r/$t/home"
+        tool_init "$t" "$repo" "$home" >"$OUT/logs/big-r$r-$t-init.out" 2>&1 ||
+            die "$t init failed; see $OUT/logs/big-r$r-$t-init.out"
+        cat "$BIGFILE" >/dev/null
+        tool_cmd_backup "$t" "$repo" "$BIGFILE" big
+        measure bigfile "$r" "$t" backup "$repo" "$home"
+        rm -rf "$WORK/big-r$r/$t"
+    done
+    rm -rf "$WORK/big-r$r"
+}
+
+# ---- main ----------------------------------------------------------------
+
+install_tools
+build_cairn
+has_workload kernel && { fetch_kernel "$KERNEL_V1"; fetch_kernel "$KERNEL_V2"; }
+has_workload ts && fetch_typescript
+has_workload bigfile && fetch_bigfile
+
+{
+    echo "command: $COMMAND_LINE"
+    echo "env: CAIRN_BIN=${CAIRN_BIN} CAIRN_BENCH_CACHE=$CACHE CAIRN_BENCH_WORK=$WORK"
+    echo "cairn_profile: $CAIRN_BIN_PROFILE"
+    echo "cairn_commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "started: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "runs: $RUNS"
+    echo "workloads: $WORKLOADS"
+    echo "kernel: linux-source-6.1 $KERNEL_V1 -> $KERNEL_V2"
+    if has_workload kernel; then
+        echo "kernel_tree: $(du -sh "$CACHE/kernel-$KERNEL_V1" | cut -f1)," \
+            "$(find "$CACHE/kernel-$KERNEL_V1" -type f | wc -l) files"
+    fi
+    if has_workload ts; then
+        echo "typescript: ${#TS_VERSIONS[@]} nightlies, ${TS_VERSIONS[0]} .. ${TS_VERSIONS[-1]}"
+    fi
+    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')," \
+        "$(awk '/MemTotal/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo)," \
+        "$(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r)"
+    echo "disk: $(df -h --output=source,fstype "$WORK" | tail -n 1 | tr -s ' ')"
+    echo "load_before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    for t in "${TOOL_LIST[@]}"; do
+        echo "version_$t: $(tool_version "$t")"
+        echo "settings_$t: $(tool_settings "$t")"
+    done
+} >"$META"
+
+for ((r = 1; r <= RUNS; r++)); do
+    has_workload kernel && workload_kernel "$r"
+    has_workload bigfile && workload_bigfile "$r"
+    has_workload ts && workload_ts "$r"
+done
+
+{
+    echo "caches_dropped: $CACHES_DROPPED"
+    echo "load_after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "finished: $(date -u '+%Y-%m-%d %H:%M UTC')"
+} >>"$META"
+
+log "done: $RESULTS"
+if [[ $REPORT == 1 ]]; then
+    mkdir -p "$ROOT/docs"
+    python3 "$HERE/report.py" "$OUT" ${CAIRN_BENCH_NOTES:+"$CAIRN_BENCH_NOTES"} \
+        >"$ROOT/docs/BENCHMARKS.md.tmp"
+    mv "$ROOT/docs/BENCHMARKS.md.tmp" "$ROOT/docs/BENCHMARKS.md"
+    log "wrote docs/BENCHMARKS.md"
+fi
