@@ -9,6 +9,83 @@
 //! [`Index`] is the seam: the embedded [`Engine`] (RocksDB in-process, used
 //! in local mode) implements it, and so does the client for the remote
 //! cluster.
+//!
+//! # Garbage collection
+//!
+//! `cairn prune` runs beside backups, without a repository lock. It relies
+//! on **sessions**: a backup begins one (a lease, renewed while it runs),
+//! and asks the index for permission (`commit_session`) before it writes
+//! its manifest; a session whose lease expired is *fenced* and may not
+//! write one. Prune, given the sessions and the index clock `now`:
+//!
+//! 1. fixes the **cutoff** `C = min(now, start of every session that may
+//!    still write a manifest) − skew margin`;
+//! 2. marks every chunk reachable from the manifests in the store and from
+//!    the parents of those sessions;
+//! 3. **condemns** each unmarked chunk whose first-seen and last-seen times
+//!    are both before `C`;
+//! 4. computes which packs hold no live chunk (on every replica), repacks
+//!    mostly-dead packs, and deletes a pack only after it has been dead for
+//!    the grace period, re-checking right before the delete.
+//!
+//! **The invariant**: every chunk that a committed manifest references, or
+//! that a backup holding a live session will reference, is live (not
+//! condemned) in a pack that is not deleted. Why it holds:
+//!
+//! - a backup references only chunks it uploaded and registered, chunks the
+//!   index confirmed as known (`unknown_chunks` → `false`), and chunks of
+//!   unchanged files from its parent, which it confirms the same way before
+//!   reusing them. Registering and confirming set last-seen to the current
+//!   time `t`, and `t` ≥ the session's start > `C` (a session that began
+//!   after prune fixed `C` started after `now`; one that began before bounds
+//!   `C` itself). So prune never condemns such a chunk;
+//! - the check "last-seen < C" and the condemnation happen under the same
+//!   lock as the refresh in `unknown_chunks` and `register_pack` (one mutex
+//!   per engine): either the backup's confirmation comes first (the chunk
+//!   is then not condemned) or the condemnation does (the index then
+//!   answers "unknown", and the backup uploads a fresh copy, which
+//!   `register_pack` revives at its new location). A duplicate registration
+//!   refreshes last-seen too, because the registering backup references
+//!   the chunk even though its own copy is the garbage one;
+//! - a committed manifest whose chunks were confirmed under a session is
+//!   either listed by prune (and marked) or was committed under a session
+//!   prune saw (and which bounds `C`): prune lists sessions *before* it
+//!   lists manifests, and a backup commits its session *before* it writes
+//!   the manifest, writing it only while its lease still has at least half
+//!   to run;
+//! - a pack is live while any replica holds a live record pointing to it;
+//!   prune acts only when every replica answered, so a confirmation that
+//!   reached one replica is never outvoted by a stale one;
+//! - packs are deleted object first, tombstone second: a backup that lists
+//!   the store and registers packs the index does not know (left by a killed
+//!   backup) either sees the tombstone or fails to read the deleted pack, so
+//!   a deleted pack never comes back into the index.
+//!
+//! A prune that is killed at any point leaves a state the next prune rolls
+//! forward: each step is one atomic index write (condemn, relocate, pack
+//! state) or an idempotent store operation (writing a new pack, deleting a
+//! dead one), in an order where every prefix is safe. A repacked copy that
+//! was stored but not yet recorded is registered like any pack a killed
+//! backup left, and then collected as a duplicate.
+//!
+//! **Grace period** (default one hour, `prune --grace`): a dead pack is
+//! deleted only after it has held no live chunk for that long. It is longer
+//! than the longest lease ([`engine::MAX_LEASE_SECS`], 30 minutes) plus the
+//! default skew margin (5 minutes), so any backup that could have read the
+//! pack's chunks as live has since renewed (and re-confirmed) or been
+//! fenced; and a restore or check that looked a chunk up before it was
+//! repacked finishes reading the old copy, or falls back to the pack
+//! trailers, which name the new one.
+//!
+//! **Local mode**. The embedded index is one RocksDB database that only one
+//! process may open; a backup holds it for its whole run, and prune opens
+//! it like any writer (waiting up to `--lock-wait`). That exclusion is a
+//! property of the embedded database, not part of the protocol above:
+//! sessions, the cutoff, condemnation and the grace rule are the same code
+//! in both modes, stored in the same column families, and prune never
+//! needs backups to stop for the repository (in a cluster they run side by
+//! side). Removing the exclusion would mean serving the embedded index from
+//! one process (a local `cairn-index`), which changes nothing here.
 
 mod engine;
 mod error;
@@ -20,7 +97,10 @@ mod record;
 pub mod server;
 pub mod service;
 
-pub use engine::{Engine, EngineOptions};
+pub use engine::{DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS};
 pub use error::IndexError;
-pub use index::{ChunkRecord, Index, IndexStats, RegisterOutcome};
+pub use index::{
+    ChunkRecord, Index, IndexStats, PackObservation, RegisterOutcome, Session, SessionId,
+    SessionList,
+};
 pub use lock::LockWait;
