@@ -238,9 +238,25 @@ impl Repository {
 
     /// Stores a manifest (create-only) and returns its id.
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
-        let (id, bytes) = snapshot.seal(&self.keys, self.keys.fingerprint_key());
-        match self.store.put(&manifest_key(&id), Bytes::from(bytes)).await {
-            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(id),
+        let (id, bytes) = self.seal_snapshot(snapshot);
+        self.put_sealed_snapshot(&id, bytes).await?;
+        Ok(id)
+    }
+
+    /// A manifest sealed but not yet stored, with its id (a backup asks the
+    /// index for permission to write it first).
+    pub fn seal_snapshot(&self, snapshot: &Snapshot) -> (SnapshotId, Vec<u8>) {
+        snapshot.seal(&self.keys, self.keys.fingerprint_key())
+    }
+
+    /// Stores a manifest sealed by [`Self::seal_snapshot`] (create-only).
+    pub async fn put_sealed_snapshot(
+        &self,
+        id: &SnapshotId,
+        bytes: Vec<u8>,
+    ) -> Result<(), RepoError> {
+        match self.store.put(&manifest_key(id), Bytes::from(bytes)).await {
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

@@ -828,6 +828,7 @@ impl Index for RemoteIndex {
             repo_id: self.repo_bytes(),
             session_id: id.to_vec().into(),
             snapshot_id: snapshot.as_bytes().to_vec().into(),
+            finished: false,
         };
         let r = conn
             .client
@@ -840,6 +841,23 @@ impl Index for RemoteIndex {
             .session
             .ok_or_else(|| unavailable("CommitManifest answered without the session"))?;
         session_from_wire(&session)
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<(), IndexError> {
+        let n = self.session_node(&id)?;
+        let conn = &self.cluster.nodes[n];
+        let request = v1::CommitManifestRequest {
+            repo_id: self.repo_bytes(),
+            session_id: id.to_vec().into(),
+            snapshot_id: Default::default(),
+            finished: true,
+        };
+        conn.client
+            .clone()
+            .commit_manifest(authed(request, &self.token))
+            .await
+            .map_err(|s| session_error(&conn.id, &s))?;
+        Ok(())
     }
 
     async fn sessions(&self) -> Result<SessionList, IndexError> {

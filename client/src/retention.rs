@@ -672,15 +672,42 @@ pub struct ForgetArgs {
     /// Show what would be removed, remove nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Then run `cairn prune` to reclaim the space.
+    #[arg(long)]
+    pub prune: bool,
+    /// Options of the prune that `--prune` runs.
+    #[command(flatten)]
+    pub prune_options: crate::prune::PruneTuning,
 }
 
-/// Runs `cairn forget`; returns the exit code.
+/// Runs `cairn forget`, then prune with `--prune`; returns the exit code.
 pub fn forget_command(
     rt: &Runtime,
     args: &RepoArgs,
     forget_args: ForgetArgs,
     json: bool,
 ) -> Result<u8> {
+    let prune = forget_args.prune.then(|| crate::prune::PruneArgs {
+        dry_run: forget_args.dry_run,
+        tuning: forget_args.prune_options.clone(),
+    });
+    if let Some(p) = &prune {
+        // Refuse bad prune options before anything is removed.
+        p.tuning.options(p.dry_run)?;
+    }
+    let code = forget_only(rt, args, forget_args, json)?;
+    match prune {
+        Some(p) if code == 0 => {
+            if !json {
+                println!();
+            }
+            crate::prune::command(rt, args, &p, json)
+        }
+        _ => Ok(code),
+    }
+}
+
+fn forget_only(rt: &Runtime, args: &RepoArgs, forget_args: ForgetArgs, json: bool) -> Result<u8> {
     let ForgetArgs {
         snapshots,
         policy,
@@ -688,6 +715,7 @@ pub fn forget_command(
         tag,
         path,
         dry_run,
+        ..
     } = forget_args;
     let repo = rt.block_on(args.open())?;
     if !snapshots.is_empty() {

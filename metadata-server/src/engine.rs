@@ -443,6 +443,14 @@ impl Engine {
         Ok(s)
     }
 
+    /// Synchronous form of [`Index::end_session`].
+    pub fn end_session_sync(&self, id: &SessionId) -> Result<(), IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.db
+            .delete_cf(self.cf(CF_SESSIONS)?, id)
+            .map_err(|e| self.db_err(e))
+    }
+
     /// Synchronous form of [`Index::sessions`]; forgets sessions that
     /// expired long ago.
     pub fn sessions_sync(&self) -> Result<SessionList, IndexError> {
@@ -567,6 +575,10 @@ impl Index for Engine {
         snapshot: SnapshotId,
     ) -> Result<Session, IndexError> {
         self.commit_session_sync(&id, snapshot)
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<(), IndexError> {
+        self.end_session_sync(&id)
     }
 
     async fn sessions(&self) -> Result<SessionList, IndexError> {
@@ -812,6 +824,9 @@ mod tests {
         let done = SnapshotId::from_bytes([6; 32]);
         let s = engine.commit_session(id, done).await.unwrap();
         assert_eq!(s.committed, Some(done));
+        let other = engine.begin_session("h", None, 60).await.unwrap();
+        engine.end_session(other.id).await.unwrap();
+        assert_eq!(engine.sessions().await.unwrap().sessions.len(), 1);
         // An expired lease is fenced.
         let mut expired = s.clone();
         expired.expires = now_secs() - 1;

@@ -147,6 +147,11 @@ pub trait Index: Send + Sync {
         Err(unsupported())
     }
 
+    /// Ends a session whose manifest is written.
+    async fn end_session(&self, _id: SessionId) -> Result<(), IndexError> {
+        Err(unsupported())
+    }
+
     /// Every session, and the index's clock.
     async fn sessions(&self) -> Result<SessionList, IndexError> {
         Err(unsupported())

@@ -441,6 +441,11 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |_, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
+                if req.finished {
+                    blocking(move || tenant.engine.end_session_sync(&id).map_err(Status::from))
+                        .await?;
+                    return Ok(v1::CommitManifestResponse { session: None });
+                }
                 let snapshot = SnapshotId::from_slice(&req.snapshot_id).map_err(invalid)?;
                 let s = blocking(move || {
                     tenant

@@ -12,7 +12,7 @@ use cairn_proto::v1::index_client::IndexClient;
 
 use crate::common::*;
 
-fn index_binary() -> PathBuf {
+pub(crate) fn index_binary() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-index");
     assert!(
         path.exists(),
@@ -156,18 +156,18 @@ fn add_token(dir: &Path, repo_id: &str) -> String {
         .to_string()
 }
 
-/// A repository, a three-node cluster (R=2) and a client wired to it.
-struct ClusterFixture {
+/// A repository, a cluster of `n` nodes and a client wired to it.
+pub(crate) struct ClusterFixture {
     _dir: tempfile::TempDir,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     nodes: Vec<IndexNode>,
-    cairn: Cairn,
+    pub(crate) cairn: Cairn,
     repo_id: String,
     token: String,
 }
 
 impl ClusterFixture {
-    fn new(n: usize, replication: u32) -> Self {
+    pub(crate) fn new(n: usize, replication: u32) -> Self {
         let (_dir, dir) = tempdir();
         let cairn = Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
         let init = cairn.run(["init", "--json"]);

@@ -19,6 +19,7 @@ mod fixture;
 mod index;
 mod keys;
 mod lock;
+mod prune;
 mod roundtrip;
 mod selftest;
 mod snapshots;

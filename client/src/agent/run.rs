@@ -109,6 +109,7 @@ fn backup_inner(
             user: username(),
             progress: false,
             cancel: Some(cancel.clone()),
+            lease_secs: cairn_index::DEFAULT_LEASE_SECS,
         },
     )?;
     let stats = &report.stats;
