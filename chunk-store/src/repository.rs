@@ -283,11 +283,16 @@ impl Repository {
         Snapshot::open(&self.keys, &bytes).map_err(|source| format_err(&*self.store, &key, source))
     }
 
-    /// All snapshots, oldest first.
+    /// All snapshots, oldest first. A snapshot removed between the listing
+    /// and its reading (`forget` running meanwhile) is left out.
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
         let mut out = Vec::new();
         for id in self.snapshot_ids().await? {
-            out.push((id, self.load_snapshot(&id).await?));
+            match self.load_snapshot(&id).await {
+                Ok(s) => out.push((id, s)),
+                Err(RepoError::Store(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by_key(|(id, s)| (s.time_ns, *id));
         Ok(out)
