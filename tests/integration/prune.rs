@@ -58,10 +58,9 @@ fn restore_equals(cairn: &Cairn, snapshot: &str, source: &Path, expected: &Path,
 /// Two snapshots of different paths sharing one file; forgetting the first
 /// frees exactly its own data.
 struct TwoSnapshots {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     dir: PathBuf,
     cairn: Cairn,
-
     b: PathBuf,
     snap_a: String,
     snap_b: String,
@@ -69,9 +68,14 @@ struct TwoSnapshots {
 
 impl TwoSnapshots {
     fn new() -> Self {
-        let (_dir, dir) = tempdir();
+        let (tmp, dir) = tempdir();
         let cairn = Cairn::new(dir.join("repo"));
         cairn.init();
+        Self::on(cairn, dir, Some(tmp))
+    }
+
+    /// In the initialized repository `dir/repo`, through `cairn`.
+    fn on(cairn: Cairn, dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Self {
         let (a, b) = (dir.join("a"), dir.join("b"));
         fs::create_dir_all(&a).unwrap();
         fs::create_dir_all(&b).unwrap();
@@ -82,10 +86,9 @@ impl TwoSnapshots {
         let snap_a = cairn.backup(&[&a], &[]).snapshot_id();
         let snap_b = cairn.backup(&[&b], &[]).snapshot_id();
         Self {
-            _dir,
+            _dir: tmp,
             dir,
             cairn,
-
             b,
             snap_a,
             snap_b,
@@ -108,7 +111,17 @@ impl TwoSnapshots {
 
 #[test]
 fn prune_frees_the_data_only_forgotten_snapshots_used() {
-    let t = TwoSnapshots::new();
+    frees_the_data_only_forgotten_snapshots_used(&TwoSnapshots::new());
+}
+
+#[test]
+fn prune_frees_the_data_only_forgotten_snapshots_used_with_the_cluster_index() {
+    let f = ClusterFixture::new(3, 2);
+    let t = TwoSnapshots::on(f.cairn.clone(), f.dir.clone(), None);
+    frees_the_data_only_forgotten_snapshots_used(&t);
+}
+
+fn frees_the_data_only_forgotten_snapshots_used(t: &TwoSnapshots) {
     let before = pack_bytes(&t.repo());
     t.forget_a();
     next_second();
@@ -440,7 +453,7 @@ fn backups_and_prunes_side_by_side(cairn: &Cairn, dir: &Path, seed: u64, rounds:
         let (cairn, committed, stop) = (cairn.clone(), committed.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut rng = XorShift::new(seed);
-            let mut prunes = 0;
+            let (mut prunes, mut freed, mut condemned) = (0, 0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // Forget about half of the snapshots committed so far.
                 let victims: Vec<String> = committed
@@ -459,17 +472,24 @@ fn backups_and_prunes_side_by_side(cairn: &Cairn, dir: &Path, seed: u64, rounds:
                 if out.code != 0 {
                     panic!("prune failed\n{}", out.describe());
                 }
+                let report = out.json_last_line();
                 prunes += 1;
+                freed += n(&report, "bytes_freed");
+                condemned += n(&report, "chunks_condemned");
                 std::thread::sleep(Duration::from_millis(rng.next_u64() % 300));
             }
-            prunes
+            (prunes, freed, condemned)
         })
     };
     let clients_ok = clients.into_iter().all(|c| c.join().is_ok());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let prunes = pruner.join().expect("pruner thread");
+    let (prunes, freed, condemned) = pruner.join().expect("pruner thread");
     assert!(clients_ok, "a client failed (see its panic above)");
+    eprintln!(
+        "seed {seed}: {prunes} prunes beside the backups condemned {condemned} chunks and freed {freed} bytes"
+    );
     assert!(prunes >= 2, "prune ran only {prunes} times");
+    assert!(freed > 0 && condemned > 0, "prune never freed anything");
     next_second();
     prune(cairn, NOW);
     let committed = committed.lock().unwrap();
@@ -493,7 +513,19 @@ fn backups_and_prunes_side_by_side(cairn: &Cairn, dir: &Path, seed: u64, rounds:
 #[test]
 fn concurrent_backups_and_repeated_prunes_with_the_cluster_index() {
     let f = ClusterFixture::new(3, 2);
+    for seed in 1..=3 {
+        backups_and_prunes_side_by_side(&f.cairn, &f.dir.join(format!("run-{seed}")), seed, 6);
+    }
+}
+
+/// The same with the embedded index. It admits one process at a time, so
+/// the backups and prunes take turns on it (`--lock-wait`), in random order.
+#[test]
+fn concurrent_backups_and_repeated_prunes_with_the_embedded_index() {
+    let (_tmp, dir) = tempdir();
+    let cairn = Cairn::new(dir.join("repo")).with_env("CAIRN_LOCK_WAIT", "300");
+    cairn.init();
     for seed in 1..=2 {
-        backups_and_prunes_side_by_side(&f.cairn, &f.dir.join(format!("run-{seed}")), seed, 5);
+        backups_and_prunes_side_by_side(&cairn, &dir.join(format!("run-{seed}")), seed, 4);
     }
 }
