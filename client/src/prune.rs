@@ -568,7 +568,13 @@ pub fn command(
 ) -> Result<u8> {
     let options = prune.tuning.options(prune.dry_run)?;
     let repo = rt.block_on(args.open())?;
-    let index = rt.block_on(args.open_index(&repo))?;
+    // Prune never runs on a partial view: the cluster must answer (unlike
+    // a backup, which carries on without it).
+    let index: Arc<dyn Index> = match rt.block_on(args.open_remote(&repo)) {
+        Ok(Some(remote)) => remote,
+        Ok(None) => args.open_embedded()?,
+        Err(e) => return Err(e.context("prune needs the index cluster")),
+    };
     let report = rt.block_on(run(&repo, index, &options))?;
     print_report(&report, json);
     Ok(0)

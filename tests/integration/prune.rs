@@ -332,8 +332,57 @@ fn prune_killed_at_each_step_loses_nothing_and_a_rerun_frees_the_space() {
     }
 }
 
+/// Real SIGKILLs at random moments of a prune with a lot to do.
+#[test]
+fn prune_killed_at_random_moments_loses_nothing() {
+    let t = TwoSnapshots::new();
+    let extra = t.dir.join("extra");
+    fs::create_dir_all(&extra).unwrap();
+    for i in 0..6u64 {
+        write_random_file(&extra.join(format!("f{i}")), 2 * MIB, 100 + i);
+        let snap = t.cairn.backup(&[&extra], &[]).snapshot_id();
+        t.cairn.run(["forget", &snap]).expect_success();
+    }
+    t.forget_a();
+    next_second();
+    let mut rng = XorShift::new(77);
+    for round in 0..6 {
+        let log = t.dir.join(format!("kill-{round}"));
+        let mut child = t
+            .cairn
+            .spawn(["prune", "--grace", "0s", "--clock-skew", "0s"], &log);
+        std::thread::sleep(Duration::from_millis(rng.next_u64() % 250));
+        let _ = child.kill();
+        let _ = child.wait();
+        t.b_is_whole();
+    }
+    prune(&t.cairn, NOW);
+    prune(&t.cairn, NOW);
+    let left = prune(
+        &t.cairn,
+        &["--dry-run", "--grace", "0s", "--clock-skew", "0s"],
+    );
+    assert_eq!(
+        n(&left, "packs_deleted") + n(&left, "packs_waiting"),
+        0,
+        "{left}"
+    );
+    assert_eq!(t.cairn.snapshots().len(), 1);
+    t.b_is_whole();
+}
+
 /// A backup whose lease runs out while it is stopped is fenced: it writes
 /// no snapshot, says why in one line, and nothing points at deleted data.
+#[test]
+fn prune_refuses_to_run_without_the_whole_cluster() {
+    let f = ClusterFixture::new(1, 1);
+    let out = f
+        .cairn
+        .with_env("CAIRN_INDEX", "http://127.0.0.1:9")
+        .run(["prune"]);
+    out.expect_clean_error(1, "prune needs the index cluster");
+}
+
 #[test]
 fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data() {
     let f = ClusterFixture::new(1, 1);
