@@ -311,6 +311,9 @@ pub async fn run(
                     .cloned()
                     .collect();
                 let (copied, written) = repack(repo, &*index, *pack, &keep).await?;
+                if written == 0 {
+                    continue;
+                }
                 report.packs_repacked += 1;
                 report.chunks_repacked += copied;
                 report.bytes_repacked += written;
@@ -464,11 +467,12 @@ async fn repack(
     pack: PackId,
     keep: &[PackEntry],
 ) -> Result<(u64, u64)> {
-    let bytes = repo
-        .store()
-        .get(&pack_key(&pack))
-        .await
-        .with_context(|| format!("reading pack {pack} to repack it"))?;
+    let bytes = match repo.store().get(&pack_key(&pack)).await {
+        Ok(b) => b,
+        // Another prune repacked and deleted it meanwhile.
+        Err(e) if e.is_not_found() => return Ok((0, 0)),
+        Err(e) => return Err(anyhow!(e).context(format!("reading pack {pack} to repack it"))),
+    };
     let kind = keep.first().map_or(BlobKind::Data, |e| e.location.kind);
     let target = repo.config().pack_size as usize;
     let mut writer = PackWriter::new(kind, target + target / 8);

@@ -276,8 +276,12 @@ impl Engine {
         }
     }
 
-    /// Synchronous form of [`Index::condemn`].
+    /// Synchronous form of [`Index::condemn`]. The index enforces the
+    /// cutoff it can check: never later than its own clock, nor than the
+    /// start of any session it holds whose lease still runs (whatever a
+    /// client asks).
     pub fn condemn_sync(&self, ids: &[ChunkId], cutoff: i64) -> Result<Vec<bool>, IndexError> {
+        let cutoff = self.enforced_cutoff(cutoff)?;
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let records = self.get_records(ids)?;
         let cf = self.cf(CF_CHUNKS)?;
@@ -298,6 +302,19 @@ impl Engine {
             self.db.write(batch).map_err(|e| self.db_err(e))?;
         }
         Ok(out)
+    }
+
+    fn enforced_cutoff(&self, asked: i64) -> Result<i64, IndexError> {
+        let now = now_secs();
+        let oldest_live = self
+            .sessions_sync()?
+            .sessions
+            .iter()
+            .filter(|s| s.expires > now)
+            .map(|s| s.started)
+            .min()
+            .unwrap_or(now);
+        Ok(asked.min(now).min(oldest_live))
     }
 
     /// Synchronous form of [`Index::relocate`].
@@ -751,7 +768,28 @@ mod tests {
         let ids = [ChunkId::from_bytes([1; 32]), ChunkId::from_bytes([2; 32])];
         // Seen now: a cutoff at now condemns nothing (strictly before).
         assert_eq!(engine.condemn(&ids, now_secs()).await.unwrap(), 0);
-        // A cutoff in the future condemns both.
+        // The index never condemns past its own clock or a live session's start.
+        assert_eq!(engine.condemn(&ids, now_secs() + 10).await.unwrap(), 0);
+        let mut old = engine.lookup(&ids).await.unwrap();
+        for (id, rec) in ids.iter().zip(old.iter_mut()) {
+            let rec = rec.as_mut().unwrap();
+            rec.first_seen -= 100;
+            rec.last_seen -= 100;
+            engine
+                .db
+                .put_cf(
+                    engine.cf(CF_CHUNKS).unwrap(),
+                    id.as_bytes(),
+                    encode_chunk(rec),
+                )
+                .unwrap();
+        }
+        let running = engine.begin_session("h", None, 60).await.unwrap();
+        let mut started_early = running.clone();
+        started_early.started -= 200;
+        engine.put_session(&started_early).unwrap();
+        assert_eq!(engine.condemn(&ids, now_secs()).await.unwrap(), 0);
+        engine.end_session(running.id).await.unwrap();
         assert_eq!(engine.condemn(&ids, now_secs() + 10).await.unwrap(), 2);
         assert_eq!(engine.unknown_chunks(&ids).await.unwrap(), vec![true, true]);
         let rec = engine.lookup(&ids).await.unwrap()[0].unwrap();

@@ -39,6 +39,10 @@
 //!   time `t`, and `t` ≥ the session's start > `C` (a session that began
 //!   after prune fixed `C` started after `now`; one that began before bounds
 //!   `C` itself). So prune never condemns such a chunk;
+//! - the index enforces the cutoff it can check: a node never condemns a
+//!   chunk seen at or after its own clock or the start of a live session it
+//!   holds, whatever cutoff a client sends (in local mode that is every
+//!   session; in a cluster, sessions live on the owners of partition 0);
 //! - the check "last-seen < C" and the condemnation happen under the same
 //!   lock as the refresh in `unknown_chunks` and `register_pack` (one mutex
 //!   per engine): either the backup's confirmation comes first (the chunk
