@@ -81,6 +81,9 @@ pub struct PruneReport {
     pub chunks_used: u64,
     /// Chunks condemned by this run.
     pub chunks_condemned: u64,
+    /// Condemned chunks that a snapshot turned out to need (written by a
+    /// backup that ran without a session), made live again.
+    pub chunks_revived: u64,
     /// Packs in the store.
     pub packs: usize,
     /// Bytes of packs in the store before this run.
@@ -198,16 +201,6 @@ pub async fn run(
             Err(_) => report.packs_unreadable += 1,
         }
     }
-    let ids: Vec<PackId> = views.keys().copied().collect();
-    let unregistered = index.unregistered_packs(&ids).await?;
-    for (id, missing) in ids.iter().zip(unregistered) {
-        if missing && !options.dry_run {
-            index.register_pack(*id, &views[id].entries).await?;
-            report.packs_registered += 1;
-        }
-    }
-
-    // 4. Condemn.
     let mut all_chunks: Vec<ChunkId> = views
         .values()
         .flat_map(|v| v.entries.iter().map(|e| e.id))
@@ -215,12 +208,38 @@ pub async fn run(
         .into_iter()
         .collect();
     all_chunks.sort_unstable();
+    let mut records = lookup_everywhere(&*index, &all_chunks).await?;
+    // Packs the index does not know (a killed backup's, or a backup's that
+    // ran without the index): registered, so they are accounted for.
+    let ids: Vec<PackId> = views.keys().copied().collect();
+    let unregistered = index.unregistered_packs(&ids).await?;
+    let mut orphans: Vec<PackId> = ids
+        .iter()
+        .zip(unregistered)
+        .filter(|(id, missing)| {
+            *missing
+                || views[*id]
+                    .entries
+                    .iter()
+                    .any(|e| records.get(&e.id).is_none_or(Vec::is_empty))
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    orphans.sort_unstable();
+    if !options.dry_run && !orphans.is_empty() {
+        for id in &orphans {
+            index.register_pack(*id, &views[id].entries).await?;
+            report.packs_registered += 1;
+        }
+        records = lookup_everywhere(&*index, &all_chunks).await?;
+    }
+
+    // 4. Condemn.
     let candidates: Vec<ChunkId> = all_chunks
         .iter()
         .filter(|id| !used.contains(id))
         .copied()
         .collect();
-    let mut records = lookup_everywhere(&*index, &all_chunks).await?;
     if options.dry_run {
         // What the index would condemn, from the same records.
         let unused: HashSet<ChunkId> = candidates.iter().copied().collect();
@@ -230,11 +249,11 @@ pub async fn run(
                     .iter()
                     .all(|r| r.condemned || (r.first_seen < cutoff && r.last_seen < cutoff))
             {
+                if recs.iter().any(|r| !r.condemned) {
+                    report.chunks_condemned += 1;
+                }
                 for r in recs.iter_mut() {
-                    if !r.condemned {
-                        r.condemned = true;
-                        report.chunks_condemned += 1;
-                    }
+                    r.condemned = true;
                 }
             }
         }
@@ -244,6 +263,7 @@ pub async fn run(
         report.chunks_condemned = after.saturating_sub(before);
         fault("after-condemn");
         records = lookup_everywhere(&*index, &all_chunks).await?;
+        report.chunks_revived = revive(&*index, &views, &used, &mut records).await?;
     }
 
     // 5. Liveness per pack.
@@ -385,6 +405,54 @@ pub async fn run(
     }
     index.flush().await?;
     Ok(report)
+}
+
+/// Makes live again every condemned chunk that a snapshot needs, at a copy
+/// still in the store. Only a backup that ran without a session (its index
+/// was unreachable when it began) can leave such a snapshot: it confirmed
+/// nothing and uploaded everything, and its packs entered the index before
+/// its manifest was written. Their packs are then not deleted.
+async fn revive(
+    index: &dyn Index,
+    views: &HashMap<PackId, PackView>,
+    used: &HashSet<ChunkId>,
+    records: &mut HashMap<ChunkId, Vec<ChunkRecord>>,
+) -> Result<u64> {
+    let needs: HashSet<ChunkId> = records
+        .iter()
+        .filter(|(id, recs)| {
+            used.contains(*id) && !recs.is_empty() && recs.iter().all(|r| r.condemned)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    if needs.is_empty() {
+        return Ok(0);
+    }
+    let mut by_pack: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+    let mut placed: HashSet<ChunkId> = HashSet::new();
+    let mut packs: Vec<&PackId> = views.keys().collect();
+    packs.sort_unstable();
+    for pack in packs {
+        for e in &views[pack].entries {
+            if needs.contains(&e.id) && placed.insert(e.id) {
+                by_pack.entry(*pack).or_default().push(*e);
+            }
+        }
+    }
+    let mut revived = 0;
+    for (pack, entries) in by_pack {
+        index.register_pack(pack, &entries).await?;
+        for e in &entries {
+            if let Some(recs) = records.get_mut(&e.id) {
+                for r in recs.iter_mut() {
+                    r.location = e.location;
+                    r.condemned = false;
+                }
+            }
+            revived += 1;
+        }
+    }
+    Ok(revived)
 }
 
 /// Every chunk reachable from the snapshots' root trees.
@@ -599,6 +667,12 @@ pub fn print_report(r: &PruneReport, json: bool) {
         r.snapshots, r.chunks_used, r.running_backups
     );
     println!("chunks condemned: {would}{}", r.chunks_condemned);
+    if r.chunks_revived > 0 {
+        println!(
+            "chunks revived: {} (needed by a snapshot written without a session)",
+            r.chunks_revived
+        );
+    }
     if r.packs_registered > 0 {
         println!("packs registered: {}", r.packs_registered);
     }

@@ -65,6 +65,17 @@
 //!   backup) either sees the tombstone or fails to read the deleted pack, so
 //!   a deleted pack never comes back into the index.
 //!
+//! - a backup that began while no index node answered runs without a
+//!   session: it confirms nothing (every chunk counts as unknown, every
+//!   file is read and uploaded), and its packs enter the index only when a
+//!   later backup or prune registers them. If prune registered and condemned
+//!   them before the manifest appeared, the next prune finds the manifest
+//!   and makes its condemned chunks live again at a copy still in the store
+//!   (revival), so their packs are not deleted. The remaining exposure is a
+//!   session-less backup that takes longer than the grace period after a
+//!   prune registered its first pack; a backup that did hold a session and
+//!   lost it is fenced instead.
+//!
 //! A prune that is killed at any point leaves a state the next prune rolls
 //! forward: each step is one atomic index write (condemn, relocate, pack
 //! state) or an idempotent store operation (writing a new pack, deleting a

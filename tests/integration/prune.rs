@@ -332,6 +332,40 @@ fn prune_killed_at_each_step_loses_nothing_and_a_rerun_frees_the_space() {
     }
 }
 
+/// A backup that ran without a session (its index was unreachable) may
+/// write its manifest after prune registered and condemned its packs: the
+/// next prune revives what the manifest needs instead of deleting it.
+#[test]
+fn a_snapshot_written_without_a_session_is_revived_not_deleted() {
+    let f = ClusterFixture::new(1, 1);
+    let src = f.dir.join("src");
+    fs::create_dir_all(&src).unwrap();
+    write_random_file(&src.join("data.bin"), 2 * MIB, 31);
+    // Every index node unreachable: no session, everything uploaded.
+    let out = f
+        .cairn
+        .with_env("CAIRN_INDEX", "http://127.0.0.1:9")
+        .backup_raw(&[&src], &[]);
+    out.expect_success();
+    let snap = Stats(out.json_last_line()).snapshot_id();
+    // Stage a slow writer: the manifest appears only after two prunes.
+    let manifest = f.dir.join("repo/manifests").join(&snap);
+    let parked = f.dir.join("parked-manifest");
+    fs::rename(&manifest, &parked).unwrap();
+    let registered = prune(&f.cairn, &["--clock-skew", "0s"]);
+    assert!(n(&registered, "packs_registered") >= 1, "{registered}");
+    next_second();
+    let condemned = prune(&f.cairn, &["--clock-skew", "0s"]);
+    assert!(n(&condemned, "chunks_condemned") >= 2, "{condemned}");
+    fs::rename(&parked, &manifest).unwrap();
+    next_second();
+    let report = prune(&f.cairn, NOW);
+    assert!(n(&report, "chunks_revived") >= 2, "{report}");
+    assert_eq!(n(&report, "packs_deleted"), 0, "{report}");
+    restore_equals(&f.cairn, &snap, &src, &src, &f.dir);
+    f.cairn.check_clean();
+}
+
 /// Real SIGKILLs at random moments of a prune with a lot to do.
 #[test]
 fn prune_killed_at_random_moments_loses_nothing() {
