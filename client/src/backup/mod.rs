@@ -309,7 +309,9 @@ async fn register_orphan_packs(repo: &Repository, index: &dyn Index) -> Result<(
 /// so it uploads everything, and its packs enter the index only when a
 /// later backup or prune registers them.
 struct SessionGuard {
+    handle: Handle,
     index: Arc<dyn Index>,
+    ended: bool,
     session: Option<(cairn_index::SessionId, u32)>,
     /// Raised to stop the pipeline: by the caller (signal) or by fencing.
     stop: Arc<AtomicBool>,
@@ -358,7 +360,9 @@ impl SessionGuard {
             })
         });
         Self {
+            handle: handle.clone(),
             index: index.clone(),
+            ended: false,
             session,
             stop,
             fenced,
@@ -397,11 +401,18 @@ impl SessionGuard {
         Ok(())
     }
 
-    /// Ends the session once the manifest is stored. If the index does not
-    /// hear it, the session simply expires one lease later.
-    fn end(&self, handle: &Handle) {
+    /// Ends the session: once the manifest is stored, or when the backup
+    /// stops without one (what it stored is then unreferenced, and garbage
+    /// collection need not wait for it). If the index does not hear it, the
+    /// session simply expires one lease later.
+    fn end(&mut self) {
+        self.finish();
+        if self.ended {
+            return;
+        }
+        self.ended = true;
         if let Some((id, _)) = self.session
-            && let Err(e) = handle.block_on(self.index.end_session(id))
+            && let Err(e) = self.handle.block_on(self.index.end_session(id))
         {
             tracing::warn!("session not ended: {e}");
         }
@@ -416,7 +427,8 @@ impl SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.finish();
+        // `run` is called outside the runtime, so blocking here is allowed.
+        self.end();
     }
 }
 
@@ -597,8 +609,7 @@ pub fn run(
     let (snapshot_id, sealed) = repo.seal_snapshot(&snapshot);
     session.commit(handle, snapshot_id)?;
     handle.block_on(repo.put_sealed_snapshot(&snapshot_id, sealed))?;
-    session.finish();
-    session.end(handle);
+    session.end();
     let warnings = shared
         .warnings
         .lock()
