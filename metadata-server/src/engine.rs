@@ -818,6 +818,83 @@ mod tests {
         assert_eq!(recs[1].unwrap().location.pack, a);
     }
 
+    /// The race of the GC invariant: a backup (holding a session) confirms
+    /// chunks while prune condemns with the most aggressive cutoff it may
+    /// ask for. A chunk the backup was told is known is never condemned; a
+    /// condemned chunk is answered "unknown" from then on.
+    #[test]
+    fn condemnation_is_atomic_with_confirmation() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = std::sync::Arc::new(
+            Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap(),
+        );
+        let p = PackId::random();
+        let entries: Vec<PackEntry> = (0..=255u8).map(|i| entry(i, p)).collect();
+        engine.register_pack_sync(p, &entries).unwrap();
+        // Every chunk was last seen long ago.
+        let cf = engine.cf(CF_CHUNKS).unwrap();
+        for e in &entries {
+            let mut rec = engine.lookup_sync(&[e.id]).unwrap()[0].unwrap();
+            rec.first_seen = 1;
+            rec.last_seen = 1;
+            engine
+                .db
+                .put_cf(cf, e.id.as_bytes(), encode_chunk(&rec))
+                .unwrap();
+        }
+        let session = engine.begin_session_sync("h", None, 60).unwrap();
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let backup = {
+            let (engine, ids) = (engine.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let mut known = Vec::new();
+                // The backup uses the even chunks only.
+                for round in 0..64usize {
+                    let batch: Vec<ChunkId> = ids
+                        .iter()
+                        .skip(2 * (round % 2))
+                        .step_by(4)
+                        .copied()
+                        .collect();
+                    let unknown = engine.unknown_chunks_sync(&batch).unwrap();
+                    known.extend(
+                        batch
+                            .into_iter()
+                            .zip(unknown)
+                            .filter(|(_, u)| !u)
+                            .map(|(id, _)| id),
+                    );
+                }
+                known
+            })
+        };
+        // Prune asks for "now" (and the index holds it to the session's start).
+        let mut condemned = Vec::new();
+        for chunk in ids.chunks(16) {
+            let c = engine.condemn_sync(chunk, now_secs() + 3600).unwrap();
+            condemned.extend(chunk.iter().zip(c).filter(|(_, c)| *c).map(|(id, _)| *id));
+        }
+        let known = backup.join().unwrap();
+        let condemned: std::collections::HashSet<ChunkId> = condemned.into_iter().collect();
+        for id in &known {
+            assert!(
+                !condemned.contains(id),
+                "chunk {id} was confirmed to a running backup and condemned"
+            );
+        }
+        for id in &condemned {
+            assert_eq!(engine.unknown_chunks_sync(&[*id]).unwrap(), vec![true]);
+        }
+        // The odd chunks, which no backup confirmed, are all condemned.
+        assert!(
+            ids.iter()
+                .skip(1)
+                .step_by(2)
+                .all(|id| condemned.contains(id))
+        );
+        assert!(session.started <= now_secs());
+    }
+
     #[tokio::test]
     async fn a_duplicate_registration_refreshes_last_seen() {
         let dir = tempfile::tempdir().unwrap();
