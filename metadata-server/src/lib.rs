@@ -56,7 +56,9 @@
 //!   prune saw (and which bounds `C`): prune lists sessions *before* it
 //!   lists manifests, and a backup commits its session *before* it writes
 //!   the manifest, writing it only while its lease still has at least half
-//!   to run;
+//!   to run (if the node holding the session cannot be reached at all, the
+//!   backup writes its manifest anyway: prune cannot run without that node,
+//!   and whatever it condemned meanwhile is revived, see below);
 //! - a pack is live while any replica holds a live record pointing to it;
 //!   prune acts only when every replica answered, so a confirmation that
 //!   reached one replica is never outvoted by a stale one;

@@ -23,7 +23,7 @@ pub(crate) fn index_binary() -> PathBuf {
 }
 
 /// One running node.
-struct IndexNode {
+pub(crate) struct IndexNode {
     id: String,
     data: PathBuf,
     child: Child,
@@ -91,7 +91,7 @@ impl IndexNode {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -160,7 +160,7 @@ fn add_token(dir: &Path, repo_id: &str) -> String {
 pub(crate) struct ClusterFixture {
     _dir: tempfile::TempDir,
     pub(crate) dir: PathBuf,
-    nodes: Vec<IndexNode>,
+    pub(crate) nodes: Vec<IndexNode>,
     pub(crate) cairn: Cairn,
     repo_id: String,
     token: String,

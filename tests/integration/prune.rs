@@ -476,6 +476,31 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
     restore_equals(&cairn, &snap, &small, &small, &f.dir);
 }
 
+/// The index is an accelerator: losing the node that holds a backup's
+/// session costs the backup nothing (prune cannot run without that node).
+#[test]
+fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
+    let mut f = ClusterFixture::new(1, 1);
+    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "3");
+    let log = f.dir.join("log");
+    let repo = f.dir.join("repo");
+    let mut backup = cairn.spawn(["backup", s(big_source()), "--json"], &log);
+    poll_until(
+        "the backup to store a pack",
+        Duration::from_secs(60),
+        || !pack_files(&repo).is_empty(),
+    );
+    f.nodes[0].kill();
+    let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
+    let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+    assert!(status.success(), "{stderr}");
+    let snaps = f
+        .cairn
+        .with_env("CAIRN_INDEX", "http://127.0.0.1:9")
+        .snapshots();
+    assert_eq!(snaps.len(), 1);
+}
+
 /// What one client of the concurrency test put in a snapshot.
 struct Committed {
     client: usize,
