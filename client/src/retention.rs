@@ -335,6 +335,11 @@ pub struct Policy {
     #[arg(long, value_name = "FIELDS", default_value = "host,paths")]
     #[serde(default)]
     pub group_by: GroupBy,
+    /// Agent jobs only (`prune = true`): run `cairn prune` (default options)
+    /// after the policy removed snapshots. `cairn forget` has `--prune`.
+    #[arg(skip)]
+    #[serde(default)]
+    pub prune: bool,
 }
 
 /// The period rules, newest-first bucketing as restic does it.
@@ -1086,7 +1091,7 @@ mod tests {
     #[test]
     fn policy_deserializes_from_toml() {
         let p: Policy = toml::from_str(
-            "keep_daily = 7\nkeep_weekly = -1\nkeep_within = \"30d\"\nkeep_tag = [\"a,b\"]\ngroup_by = \"host\"\n",
+            "keep_daily = 7\nkeep_weekly = -1\nkeep_within = \"30d\"\nkeep_tag = [\"a,b\"]\ngroup_by = \"host\"\nprune = true\n",
         )
         .unwrap();
         assert_eq!(p.keep_daily, Some(KeepCount::Count(7)));
@@ -1097,6 +1102,7 @@ mod tests {
         );
         assert_eq!(p.keep_tag, [TagList(vec!["a".into(), "b".into()])]);
         assert!(!p.group_by.paths);
+        assert!(p.prune);
         assert_eq!(
             p.to_string(),
             "keep 7 daily, all weekly, all within 30d of the latest, all tagged a,b"
