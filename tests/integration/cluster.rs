@@ -12,7 +12,7 @@ use cairn_proto::v1::index_client::IndexClient;
 
 use crate::common::*;
 
-pub(crate) fn index_binary() -> PathBuf {
+fn index_binary() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-index");
     assert!(
         path.exists(),
@@ -23,7 +23,7 @@ pub(crate) fn index_binary() -> PathBuf {
 }
 
 /// One running node.
-pub(crate) struct IndexNode {
+struct IndexNode {
     id: String,
     data: PathBuf,
     child: Child,
@@ -91,7 +91,7 @@ impl IndexNode {
         }
     }
 
-    pub(crate) fn kill(&mut self) {
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -156,20 +156,27 @@ fn add_token(dir: &Path, repo_id: &str) -> String {
         .to_string()
 }
 
-/// A repository, a cluster of `n` nodes and a client wired to it.
+/// A repository, a three-node cluster (R=2) and a client wired to it.
 pub(crate) struct ClusterFixture {
     _dir: tempfile::TempDir,
     pub(crate) dir: PathBuf,
-    pub(crate) nodes: Vec<IndexNode>,
+    nodes: Vec<IndexNode>,
     pub(crate) cairn: Cairn,
     repo_id: String,
     token: String,
 }
 
 impl ClusterFixture {
-    pub(crate) fn new(n: usize, replication: u32) -> Self {
+    fn new(n: usize, replication: u32) -> Self {
+        Self::with_repo(n, replication, |dir| {
+            Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")))
+        })
+    }
+
+    /// A cluster for the repository `repo` makes in the fixture's directory.
+    pub(crate) fn with_repo(n: usize, replication: u32, repo: impl FnOnce(&Path) -> Cairn) -> Self {
         let (_dir, dir) = tempdir();
-        let cairn = Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
+        let cairn = repo(&dir);
         let init = cairn.run(["init", "--json"]);
         init.expect_success();
         let repo_id = init.json_last_line()["repo_id"]
@@ -690,4 +697,19 @@ fn a_saturated_node_sheds_load_with_a_retry_hint_and_recovers() {
     assert!(ok > 0);
     assert_eq!(hinted, shed, "every refusal carries retry-after-ms");
     assert!(node.metric("cairn_index_shed_requests_total") >= shed as f64);
+}
+
+/// What the garbage-collection tests (`prune.rs`) need of the fixture.
+impl ClusterFixture {
+    /// A repository and a cluster of `n` nodes with `replication` replicas.
+    pub(crate) fn start(n: usize, replication: u32) -> Self {
+        Self::with_repo(n, replication, |dir| {
+            Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")))
+        })
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub(crate) fn kill_node(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
 }

@@ -116,7 +116,7 @@ fn prune_frees_the_data_only_forgotten_snapshots_used() {
 
 #[test]
 fn prune_frees_the_data_only_forgotten_snapshots_used_with_the_cluster_index() {
-    let f = ClusterFixture::new(3, 2);
+    let f = ClusterFixture::start(3, 2);
     let t = TwoSnapshots::on(f.cairn.clone(), f.dir.clone(), None);
     frees_the_data_only_forgotten_snapshots_used(&t);
 }
@@ -337,7 +337,7 @@ fn prune_killed_at_each_step_loses_nothing_and_a_rerun_frees_the_space() {
 /// next prune revives what the manifest needs instead of deleting it.
 #[test]
 fn a_snapshot_written_without_a_session_is_revived_not_deleted() {
-    let f = ClusterFixture::new(1, 1);
+    let f = ClusterFixture::start(1, 1);
     let src = f.dir.join("src");
     fs::create_dir_all(&src).unwrap();
     write_random_file(&src.join("data.bin"), 2 * MIB, 31);
@@ -409,7 +409,7 @@ fn prune_killed_at_random_moments_loses_nothing() {
 /// no snapshot, says why in one line, and nothing points at deleted data.
 #[test]
 fn prune_refuses_to_run_without_the_whole_cluster() {
-    let f = ClusterFixture::new(1, 1);
+    let f = ClusterFixture::start(1, 1);
     let out = f
         .cairn
         .with_env("CAIRN_INDEX", "http://127.0.0.1:9")
@@ -419,7 +419,7 @@ fn prune_refuses_to_run_without_the_whole_cluster() {
 
 #[test]
 fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data() {
-    let f = ClusterFixture::new(1, 1);
+    let f = ClusterFixture::start(1, 1);
     let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "2");
     let small = f.dir.join("small");
     fs::create_dir_all(&small).unwrap();
@@ -480,7 +480,7 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
 /// session costs the backup nothing (prune cannot run without that node).
 #[test]
 fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
-    let mut f = ClusterFixture::new(1, 1);
+    let mut f = ClusterFixture::start(1, 1);
     let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "3");
     let log = f.dir.join("log");
     let repo = f.dir.join("repo");
@@ -490,7 +490,7 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
         Duration::from_secs(60),
         || !pack_files(&repo).is_empty(),
     );
-    f.nodes[0].kill();
+    f.kill_node(0);
     let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
     let stderr = fs::read_to_string(log.join("stderr")).unwrap();
     assert!(status.success(), "{stderr}");
@@ -620,7 +620,7 @@ fn backups_and_prunes_side_by_side(cairn: &Cairn, dir: &Path, seed: u64, rounds:
 
 #[test]
 fn concurrent_backups_and_repeated_prunes_with_the_cluster_index() {
-    let f = ClusterFixture::new(3, 2);
+    let f = ClusterFixture::start(3, 2);
     for seed in 1..=3 {
         backups_and_prunes_side_by_side(&f.cairn, &f.dir.join(format!("run-{seed}")), seed, 6);
     }
