@@ -504,6 +504,7 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
 /// What one client of the concurrency test put in a snapshot.
 struct Committed {
     client: usize,
+    round: usize,
     source: PathBuf,
     expected: PathBuf,
 }
@@ -520,7 +521,7 @@ fn backups_and_prunes_side_by_side(cairn: &Cairn, dir: &Path, seed: u64, rounds:
     for c in 0..4usize {
         let (cairn, committed, dir) = (cairn.clone(), committed.clone(), dir.to_path_buf());
         clients.push(std::thread::spawn(move || {
-            let mut rng = XorShift::new(seed * 31 + c as u64 + 1);
+            let mut rng = XorShift::new(seed.wrapping_mul(31).wrapping_add(c as u64 + 1));
             let src = dir.join(format!("client-{c}"));
             for round in 0..rounds {
                 if Instant::now() > deadline {
@@ -549,6 +550,7 @@ fn backups_and_prunes_side_by_side(cairn: &Cairn, dir: &Path, seed: u64, rounds:
                     snap,
                     Committed {
                         client: c,
+                        round,
                         source: src.clone(),
                         expected,
                     },
@@ -563,14 +565,22 @@ fn backups_and_prunes_side_by_side(cairn: &Cairn, dir: &Path, seed: u64, rounds:
             let mut rng = XorShift::new(seed);
             let (mut prunes, mut freed, mut condemned) = (0, 0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Forget about half of the snapshots committed so far.
-                let victims: Vec<String> = committed
-                    .lock()
-                    .unwrap()
-                    .keys()
-                    .filter(|_| rng.next_u64().is_multiple_of(2))
-                    .cloned()
-                    .collect();
+                // Forget about half of the snapshots committed so far, never
+                // a client's latest (the parent of its next backup).
+                let victims: Vec<String> = {
+                    let committed = committed.lock().unwrap();
+                    let mut latest: BTreeMap<usize, usize> = BTreeMap::new();
+                    for c in committed.values() {
+                        let l = latest.entry(c.client).or_default();
+                        *l = (*l).max(c.round);
+                    }
+                    committed
+                        .iter()
+                        .filter(|(_, c)| latest.get(&c.client) != Some(&c.round))
+                        .filter(|_| rng.next_u64().is_multiple_of(2))
+                        .map(|(id, _)| id.clone())
+                        .collect()
+                };
                 for v in &victims {
                     let out = cairn.run(["forget", v]);
                     out.expect_success();
@@ -618,10 +628,26 @@ fn backups_and_prunes_side_by_side(cairn: &Cairn, dir: &Path, seed: u64, rounds:
     cairn.check_clean();
 }
 
+/// The seed of the randomized tests: `CAIRN_TEST_SEED` to replay a run,
+/// else the clock (printed, so a failure can be replayed).
+fn test_seed() -> u64 {
+    let seed = std::env::var("CAIRN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("CAIRN_TEST_SEED={seed}");
+    seed
+}
+
 #[test]
 fn concurrent_backups_and_repeated_prunes_with_the_cluster_index() {
     let f = ClusterFixture::start(3, 2);
-    for seed in 1..=3 {
+    let base = test_seed();
+    for seed in base..base + 3 {
         backups_and_prunes_side_by_side(&f.cairn, &f.dir.join(format!("run-{seed}")), seed, 6);
     }
 }
@@ -633,7 +659,8 @@ fn concurrent_backups_and_repeated_prunes_with_the_embedded_index() {
     let (_tmp, dir) = tempdir();
     let cairn = Cairn::new(dir.join("repo")).with_env("CAIRN_LOCK_WAIT", "300");
     cairn.init();
-    for seed in 1..=2 {
+    let base = test_seed();
+    for seed in base..base + 2 {
         backups_and_prunes_side_by_side(&cairn, &dir.join(format!("run-{seed}")), seed, 4);
     }
 }
