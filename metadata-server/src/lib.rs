@@ -56,17 +56,17 @@
 //!   prune saw (and which bounds `C`): prune lists sessions *before* it
 //!   lists manifests, and a backup commits its session *before* it writes
 //!   the manifest, writing it only while its lease still has at least half
-//!   to run (if the node holding the session cannot be reached at all, the
-//!   backup writes its manifest anyway: prune cannot run without that node,
-//!   and whatever it condemned meanwhile is revived, see below);
+//!   to run (if the node holding the session cannot be reached, the backup
+//!   writes its manifest only while the lease that node last confirmed has
+//!   at least half to run, by the backup's own monotonic clock: until then
+//!   prune still counts the session as running);
 //! - a pack is live while any replica holds a live record pointing to it;
 //!   prune acts only when every replica answered, so a confirmation that
 //!   reached one replica is never outvoted by a stale one;
 //! - packs are deleted object first, tombstone second: a backup that lists
 //!   the store and registers packs the index does not know (left by a killed
 //!   backup) either sees the tombstone or fails to read the deleted pack, so
-//!   a deleted pack never comes back into the index.
-//!
+//!   a deleted pack never comes back into the index;
 //! - a backup that began while no index node answered runs without a
 //!   session: it confirms nothing (every chunk counts as unknown, every
 //!   file is read and uploaded), and its packs enter the index only when a
@@ -86,13 +86,16 @@
 //! backup left, and then collected as a duplicate.
 //!
 //! **Grace period** (default one hour, `prune --grace`): a dead pack is
-//! deleted only after it has held no live chunk for that long. It is longer
-//! than the longest lease ([`engine::MAX_LEASE_SECS`], 30 minutes) plus the
-//! default skew margin (5 minutes), so any backup that could have read the
-//! pack's chunks as live has since renewed (and re-confirmed) or been
-//! fenced; and a restore or check that looked a chunk up before it was
-//! repacked finishes reading the old copy, or falls back to the pack
-//! trailers, which name the new one.
+//! deleted only after it has held no live chunk for that long. Sessions
+//! protect what backups write; the grace period protects what they cannot
+//! see: a reader (restore, check, a backup reading its parent's trees) that
+//! looked a chunk up before it was repacked finishes reading the old copy
+//! (or falls back to the pack trailers, which name the new one), and a
+//! session-less backup's manifest still finds its packs for revival. One
+//! hour is longer than the longest lease ([`engine::MAX_LEASE_SECS`],
+//! 30 minutes) plus the default skew margin (5 minutes), so every session
+//! that could have been running when a pack died has ended or been fenced
+//! before the pack goes, whatever the clocks say.
 //!
 //! **Local mode**. The embedded index is one RocksDB database that only one
 //! process may open; a backup holds it for its whole run, and prune opens

@@ -477,11 +477,11 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
 }
 
 /// The index is an accelerator: losing the node that holds a backup's
-/// session costs the backup nothing (prune cannot run without that node).
+/// session costs the backup nothing while the lease it last confirmed runs.
 #[test]
 fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
     let mut f = ClusterFixture::start(1, 1);
-    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "3");
+    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "600");
     let log = f.dir.join("log");
     let repo = f.dir.join("repo");
     let mut backup = cairn.spawn(["backup", s(big_source()), "--json"], &log);
@@ -494,6 +494,7 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
     let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
     let stderr = fs::read_to_string(log.join("stderr")).unwrap();
     assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("its lease still runs"), "{stderr}");
     let snaps = f
         .cairn
         .with_env("CAIRN_INDEX", "http://127.0.0.1:9")

@@ -316,6 +316,8 @@ struct SessionGuard {
     /// Raised to stop the pipeline: by the caller (signal) or by fencing.
     stop: Arc<AtomicBool>,
     fenced: Arc<Mutex<Option<String>>>,
+    /// When the index last confirmed the lease (begin or renew).
+    confirmed: Arc<Mutex<Instant>>,
     renewer: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -331,6 +333,7 @@ impl SessionGuard {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let fenced = Arc::new(Mutex::new(None));
+        let confirmed = Arc::new(Mutex::new(Instant::now()));
         let session = match handle.block_on(index.begin_session(host, parent, lease_secs)) {
             Ok(s) => Some((s.id, u32::try_from(s.lease).unwrap_or(lease_secs).max(1))),
             Err(e) => {
@@ -340,12 +343,14 @@ impl SessionGuard {
         };
         let renewer = session.map(|(id, lease)| {
             let (index, stop, fenced) = (index.clone(), stop.clone(), fenced.clone());
+            let confirmed = confirmed.clone();
             handle.spawn(async move {
                 let every = std::time::Duration::from_millis(u64::from(lease) * 1000 / 3);
                 loop {
                     tokio::time::sleep(every).await;
+                    let asked = Instant::now();
                     match index.renew_session(id).await {
-                        Ok(_) => {}
+                        Ok(_) => *confirmed.lock().unwrap_or_else(|p| p.into_inner()) = asked,
                         Err(cairn_index::IndexError::Fenced(_)) => {
                             *fenced.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some(FENCED.to_string());
@@ -366,6 +371,7 @@ impl SessionGuard {
             session,
             stop,
             fenced,
+            confirmed,
             renewer,
         }
     }
@@ -389,15 +395,27 @@ impl SessionGuard {
         match handle.block_on(self.index.commit_session(id, snapshot)) {
             Ok(_) => {}
             Err(cairn_index::IndexError::Fenced(_)) => return Err(anyhow!("{FENCED}")),
-            // The node holding the session is unreachable: prune cannot run
-            // without it either (it needs every node), and should it run
-            // later, the manifest written now is listed and marked. So an
-            // unreachable index costs nothing here, as everywhere else.
+            // The node holding the session is unreachable. While the lease it
+            // last confirmed still runs (half of it, for clock rates and the
+            // write itself), prune treats the session as running, so writing
+            // is safe and an unreachable index costs nothing. Past that, the
+            // session may have expired and prune acted: no snapshot.
             Err(e) => {
-                eprintln!(
-                    "warning: the index did not confirm the backup session ({e}); writing the snapshot"
-                );
-                return Ok(());
+                let since = self
+                    .confirmed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed();
+                if since.as_secs_f64() < f64::from(lease) / 2.0 {
+                    eprintln!(
+                        "warning: the index did not confirm the backup session ({e}); its lease still runs, writing the snapshot"
+                    );
+                    return Ok(());
+                }
+                return Err(anyhow!(
+                    "the index has not confirmed the backup session for {}s, more than half its {lease}s lease ({e}); no snapshot was written, run the backup again",
+                    since.as_secs()
+                ));
             }
         }
         if asked.elapsed().as_secs_f64() > f64::from(lease) / 2.0 {
