@@ -210,6 +210,16 @@ fn a_condemned_chunk_is_uploaded_again_not_reused() {
     let (_dir, dir) = tempdir();
     let cairn = Cairn::new(dir.join("repo"));
     cairn.init();
+    condemned_chunks_are_uploaded_again(&cairn, &dir);
+}
+
+#[test]
+fn a_condemned_chunk_is_uploaded_again_not_reused_with_the_cluster_index() {
+    let f = ClusterFixture::start(3, 2);
+    condemned_chunks_are_uploaded_again(&f.cairn, &f.dir);
+}
+
+fn condemned_chunks_are_uploaded_again(cairn: &Cairn, dir: &Path) {
     let src = dir.join("src");
     fs::create_dir_all(&src).unwrap();
     write_random_file(&src.join("data.bin"), 3 * MIB, 7);
@@ -217,7 +227,7 @@ fn a_condemned_chunk_is_uploaded_again_not_reused() {
     cairn.run(["forget", &first.snapshot_id()]).expect_success();
     next_second();
     // The default grace period keeps the packs, but the chunks are condemned.
-    let report = prune(&cairn, &["--clock-skew", "0s"]);
+    let report = prune(cairn, &["--clock-skew", "0s"]);
     assert!(
         n(&report, "chunks_condemned") >= first.u("data_chunks_new"),
         "{report}"
@@ -238,9 +248,9 @@ fn a_condemned_chunk_is_uploaded_again_not_reused() {
 
     // Deleting the old copies leaves the new snapshot whole.
     next_second();
-    let report = prune(&cairn, NOW);
+    let report = prune(cairn, NOW);
     assert!(n(&report, "bytes_freed") >= 3 * MIB, "{report}");
-    restore_equals(&cairn, &second.snapshot_id(), &src, &src, &dir);
+    restore_equals(cairn, &second.snapshot_id(), &src, &src, dir);
     cairn.check_clean();
 }
 
