@@ -302,8 +302,9 @@ async fn register_orphan_packs(repo: &Repository, index: &dyn Index) -> Result<(
     Ok(())
 }
 
-/// A backup's session: begun before the parent is read, renewed in the
-/// background, committed before the manifest is written (the GC protocol of
+/// A backup's session: begun once the parent is chosen (before its trees
+/// are read), renewed in the background, committed before the manifest is
+/// written (the GC protocol of
 /// the `cairn_index` crate docs). Without an index that keeps sessions (the
 /// cluster is down) the backup runs without one: it then confirms no chunk,
 /// so it uploads everything, and its packs enter the index only when a
@@ -313,7 +314,7 @@ struct SessionGuard {
     index: Arc<dyn Index>,
     ended: bool,
     session: Option<(cairn_index::SessionId, u32)>,
-    /// Raised to stop the pipeline: by the caller (signal) or by fencing.
+    /// Raised to stop the pipeline when the session is fenced.
     stop: Arc<AtomicBool>,
     fenced: Arc<Mutex<Option<String>>>,
     /// When the index last confirmed the lease (begin or renew).
