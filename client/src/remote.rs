@@ -100,8 +100,8 @@ pub struct RemoteIndex {
     warned: AtomicBool,
     /// UnknownChunks calls made (for reports and tests).
     pub calls: AtomicU64,
-    /// The node that holds each session this client began.
-    session_nodes: Mutex<HashMap<SessionId, usize>>,
+    /// The nodes that hold each session this client began.
+    session_nodes: Mutex<HashMap<SessionId, Vec<usize>>>,
 }
 
 impl std::fmt::Debug for RemoteIndex {
@@ -488,6 +488,40 @@ fn session_from_wire(s: &v1::Session) -> Result<Session, IndexError> {
     })
 }
 
+/// The answers of a session's replicas: any success is a success; fenced
+/// only when every replica that answered says so.
+#[derive(Default)]
+struct SessionCall {
+    session: Option<Session>,
+    fenced: Option<IndexError>,
+    unreachable: Option<IndexError>,
+}
+
+impl SessionCall {
+    fn add(&mut self, node: &str, answer: Result<Option<v1::Session>, tonic::Status>) {
+        match answer {
+            Ok(Some(s)) => {
+                if let Ok(s) = session_from_wire(&s) {
+                    self.session.get_or_insert(s);
+                }
+            }
+            Ok(None) => {}
+            Err(status) => match session_error(node, &status) {
+                e @ IndexError::Fenced(_) => self.fenced = Some(e),
+                e => self.unreachable = Some(e),
+            },
+        }
+    }
+
+    fn finish(self) -> Result<Session, IndexError> {
+        match (self.session, self.fenced, self.unreachable) {
+            (Some(s), _, _) => Ok(s),
+            (None, Some(e), _) | (None, None, Some(e)) => Err(e),
+            (None, None, None) => Err(unavailable("no node holds the session")),
+        }
+    }
+}
+
 /// A failed session call: an expired lease is fencing, anything else means
 /// the index could not be reached.
 fn session_error(node: &str, s: &tonic::Status) -> IndexError {
@@ -521,12 +555,12 @@ impl RemoteIndex {
         by_node
     }
 
-    fn session_node(&self, id: &SessionId) -> Result<usize, IndexError> {
+    fn session_nodes(&self, id: &SessionId) -> Result<Vec<usize>, IndexError> {
         self.session_nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .copied()
+            .cloned()
             .ok_or_else(|| IndexError::Fenced("unknown backup session".into()))
     }
 }
@@ -763,34 +797,37 @@ impl Index for RemoteIndex {
         parent: Option<SnapshotId>,
         lease_secs: u32,
     ) -> Result<Session, IndexError> {
-        // Sessions live on the owners of partition 0; the first that answers
-        // holds this one (prune asks every node).
+        // Sessions live on the owners of partition 0: the first that answers
+        // begins it, the others keep replicas, so the session survives one
+        // of them going down (prune asks every node and merges).
+        let request = |replica_of: Option<&Session>| v1::BeginSessionRequest {
+            repo_id: self.repo_bytes(),
+            host: host.to_string(),
+            parent_snapshot: parent
+                .map(|p| p.as_bytes().to_vec())
+                .unwrap_or_default()
+                .into(),
+            lease_seconds: lease_secs,
+            session_id: replica_of.map(|s| s.id.to_vec()).unwrap_or_default().into(),
+            started_unix: replica_of.map_or(0, |s| s.started),
+        };
         let mut last = String::from("no node owns partition 0");
+        let mut begun: Option<Session> = None;
+        let mut holders = Vec::new();
         for n in self.cluster.owners(0) {
             let conn = &self.cluster.nodes[n];
-            let request = v1::BeginSessionRequest {
-                repo_id: self.repo_bytes(),
-                host: host.to_string(),
-                parent_snapshot: parent
-                    .map(|p| p.as_bytes().to_vec())
-                    .unwrap_or_default()
-                    .into(),
-                lease_seconds: lease_secs,
-            };
             match conn
                 .client
                 .clone()
-                .begin_session(authed(request, &self.token))
+                .begin_session(authed(request(begun.as_ref()), &self.token))
                 .await
             {
                 Ok(r) => {
                     conn.succeeded();
-                    let session = session_from_wire(&r.into_inner())?;
-                    self.session_nodes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(session.id, n);
-                    return Ok(session);
+                    holders.push(n);
+                    if begun.is_none() {
+                        begun = Some(session_from_wire(&r.into_inner())?);
+                    }
                 }
                 Err(s) => {
                     conn.failed("BeginSession", &s);
@@ -798,23 +835,31 @@ impl Index for RemoteIndex {
                 }
             }
         }
-        Err(unavailable(format!("no node began a session ({last})")))
+        let session =
+            begun.ok_or_else(|| unavailable(format!("no node began a session ({last})")))?;
+        self.session_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.id, holders);
+        Ok(session)
     }
 
     async fn renew_session(&self, id: SessionId) -> Result<Session, IndexError> {
-        let n = self.session_node(&id)?;
-        let conn = &self.cluster.nodes[n];
-        let request = v1::RenewSessionRequest {
-            repo_id: self.repo_bytes(),
-            session_id: id.to_vec().into(),
-        };
-        let r = conn
-            .client
-            .clone()
-            .renew_session(authed(request, &self.token))
-            .await
-            .map_err(|s| session_error(&conn.id, &s))?;
-        session_from_wire(&r.into_inner())
+        let mut outcome = SessionCall::default();
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::RenewSessionRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+            };
+            let r = conn
+                .client
+                .clone()
+                .renew_session(authed(request, &self.token))
+                .await;
+            outcome.add(&conn.id, r.map(|r| Some(r.into_inner())));
+        }
+        outcome.finish()
     }
 
     async fn commit_session(
@@ -822,42 +867,45 @@ impl Index for RemoteIndex {
         id: SessionId,
         snapshot: SnapshotId,
     ) -> Result<Session, IndexError> {
-        let n = self.session_node(&id)?;
-        let conn = &self.cluster.nodes[n];
-        let request = v1::CommitManifestRequest {
-            repo_id: self.repo_bytes(),
-            session_id: id.to_vec().into(),
-            snapshot_id: snapshot.as_bytes().to_vec().into(),
-            finished: false,
-        };
-        let r = conn
-            .client
-            .clone()
-            .commit_manifest(authed(request, &self.token))
-            .await
-            .map_err(|s| session_error(&conn.id, &s))?;
-        let session = r
-            .into_inner()
-            .session
-            .ok_or_else(|| unavailable("CommitManifest answered without the session"))?;
-        session_from_wire(&session)
+        let mut outcome = SessionCall::default();
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::CommitManifestRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+                snapshot_id: snapshot.as_bytes().to_vec().into(),
+                finished: false,
+            };
+            let r = conn
+                .client
+                .clone()
+                .commit_manifest(authed(request, &self.token))
+                .await;
+            outcome.add(&conn.id, r.map(|r| r.into_inner().session));
+        }
+        outcome.finish()
     }
 
     async fn end_session(&self, id: SessionId) -> Result<(), IndexError> {
-        let n = self.session_node(&id)?;
-        let conn = &self.cluster.nodes[n];
-        let request = v1::CommitManifestRequest {
-            repo_id: self.repo_bytes(),
-            session_id: id.to_vec().into(),
-            snapshot_id: Default::default(),
-            finished: true,
-        };
-        conn.client
-            .clone()
-            .commit_manifest(authed(request, &self.token))
-            .await
-            .map_err(|s| session_error(&conn.id, &s))?;
-        Ok(())
+        let mut last = Ok(());
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::CommitManifestRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+                snapshot_id: Default::default(),
+                finished: true,
+            };
+            if let Err(s) = conn
+                .client
+                .clone()
+                .commit_manifest(authed(request, &self.token))
+                .await
+            {
+                last = Err(session_error(&conn.id, &s));
+            }
+        }
+        last
     }
 
     async fn sessions(&self) -> Result<SessionList, IndexError> {
@@ -878,7 +926,16 @@ impl Index for RemoteIndex {
                 .into_inner();
             list.now = list.now.min(r.now_unix);
             for s in &r.sessions {
-                list.sessions.push(session_from_wire(s)?);
+                let s = session_from_wire(s)?;
+                // Replicas of one session: the latest lease and any commit.
+                match list.sessions.iter_mut().find(|have| have.id == s.id) {
+                    Some(have) => {
+                        have.started = have.started.min(s.started);
+                        have.expires = have.expires.max(s.expires);
+                        have.committed = have.committed.or(s.committed);
+                    }
+                    None => list.sessions.push(s),
+                }
             }
         }
         Ok(list)

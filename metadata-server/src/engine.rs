@@ -411,6 +411,35 @@ impl Engine {
         Ok(session)
     }
 
+    /// Records a replica of a session another node began (same id and
+    /// start), with a fresh lease on this node's clock.
+    pub fn adopt_session_sync(
+        &self,
+        id: SessionId,
+        host: &str,
+        parent: Option<SnapshotId>,
+        started: i64,
+        lease_secs: u32,
+    ) -> Result<Session, IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = i64::from(match lease_secs {
+            0 => DEFAULT_LEASE_SECS,
+            n => n.min(MAX_LEASE_SECS),
+        });
+        let now = now_secs();
+        let session = Session {
+            id,
+            host: host.to_string(),
+            parent,
+            started: started.min(now),
+            expires: now + lease,
+            lease,
+            committed: None,
+        };
+        self.put_session(&session)?;
+        Ok(session)
+    }
+
     fn put_session(&self, s: &Session) -> Result<(), IndexError> {
         self.db
             .put_cf(self.cf(CF_SESSIONS)?, s.id, encode_session(s))
@@ -956,6 +985,12 @@ mod tests {
         // Lease requests are bounded.
         let s = engine.begin_session("h", None, 999_999).await.unwrap();
         assert_eq!(s.lease, i64::from(MAX_LEASE_SECS));
+        // A replica keeps the id and start another node gave it.
+        let r = engine
+            .adopt_session_sync([7; 16], "h", None, s.started - 5, 60)
+            .unwrap();
+        assert_eq!((r.id, r.started), ([7; 16], s.started - 5));
+        engine.renew_session([7; 16]).await.unwrap();
     }
 
     #[tokio::test]

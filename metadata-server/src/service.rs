@@ -399,11 +399,27 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |_, tenant, req| async move {
                 let parent = optional_snapshot(&req.parent_snapshot)?;
+                let replica_of = if req.session_id.is_empty() {
+                    None
+                } else {
+                    Some(session_id(&req.session_id)?)
+                };
                 let s = blocking(move || {
-                    tenant
-                        .engine
-                        .begin_session_sync(&req.host, parent, req.lease_seconds)
-                        .map_err(Status::from)
+                    match replica_of {
+                        Some(id) => tenant.engine.adopt_session_sync(
+                            id,
+                            &req.host,
+                            parent,
+                            req.started_unix,
+                            req.lease_seconds,
+                        ),
+                        None => {
+                            tenant
+                                .engine
+                                .begin_session_sync(&req.host, parent, req.lease_seconds)
+                        }
+                    }
+                    .map_err(Status::from)
                 })
                 .await?;
                 Ok(session_to_wire(&s))

@@ -155,6 +155,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(hex(&|b| commit.encode(b).unwrap()), "2001");
+        let replica = v1::BeginSessionRequest {
+            session_id: vec![1].into(),
+            started_unix: 2,
+            ..Default::default()
+        };
+        assert_eq!(hex(&|b| replica.encode(b).unwrap()), "2a01013002");
         let location = v1::Location {
             condemned: true,
             ..Default::default()

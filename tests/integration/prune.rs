@@ -512,6 +512,33 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
     assert_eq!(snaps.len(), 1);
 }
 
+/// With two owners of the session's partition, losing either one leaves
+/// the session renewable and committable on the other.
+#[test]
+fn a_session_survives_one_of_its_replicas() {
+    for victim in 0..2 {
+        let mut f = ClusterFixture::start(2, 2);
+        let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "2");
+        let log = f.dir.join("log");
+        let repo = f.dir.join("repo");
+        let mut backup = cairn.spawn(["backup", s(big_source()), "--json"], &log);
+        poll_until(
+            "the backup to store a pack",
+            Duration::from_secs(60),
+            || !pack_files(&repo).is_empty(),
+        );
+        f.kill_node(victim);
+        let status =
+            wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
+        let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+        assert!(status.success(), "node {victim} killed: {stderr}");
+        assert!(
+            !stderr.contains("did not confirm the backup session"),
+            "node {victim} killed: {stderr}"
+        );
+    }
+}
+
 /// What one client of the concurrency test put in a snapshot.
 struct Committed {
     client: usize,
