@@ -32,6 +32,10 @@
 //! 5. **Ciphertext at rest**: only ids, sizes and sealed bytes are visible
 //!    without a key; fingerprints are keyed, and chunk boundaries depend on
 //!    the key ([`chunker`]).
+//! 6. **Garbage collection** deletes packs (the only objects besides
+//!    manifests and keys that are ever removed) under the protocol written
+//!    in the `cairn_index` crate docs: a chunk a committed manifest needs is
+//!    never in a deleted pack.
 
 pub mod chunker;
 pub mod config;

@@ -238,9 +238,25 @@ impl Repository {
 
     /// Stores a manifest (create-only) and returns its id.
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId, RepoError> {
-        let (id, bytes) = snapshot.seal(&self.keys, self.keys.fingerprint_key());
-        match self.store.put(&manifest_key(&id), Bytes::from(bytes)).await {
-            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(id),
+        let (id, bytes) = self.seal_snapshot(snapshot);
+        self.put_sealed_snapshot(&id, bytes).await?;
+        Ok(id)
+    }
+
+    /// A manifest sealed but not yet stored, with its id (a backup asks the
+    /// index for permission to write it first).
+    pub fn seal_snapshot(&self, snapshot: &Snapshot) -> (SnapshotId, Vec<u8>) {
+        snapshot.seal(&self.keys, self.keys.fingerprint_key())
+    }
+
+    /// Stores a manifest sealed by [`Self::seal_snapshot`] (create-only).
+    pub async fn put_sealed_snapshot(
+        &self,
+        id: &SnapshotId,
+        bytes: Vec<u8>,
+    ) -> Result<(), RepoError> {
+        match self.store.put(&manifest_key(id), Bytes::from(bytes)).await {
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -267,11 +283,16 @@ impl Repository {
         Snapshot::open(&self.keys, &bytes).map_err(|source| format_err(&*self.store, &key, source))
     }
 
-    /// All snapshots, oldest first.
+    /// All snapshots, oldest first. A snapshot removed between the listing
+    /// and its reading (`forget` running meanwhile) is left out.
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
         let mut out = Vec::new();
         for id in self.snapshot_ids().await? {
-            out.push((id, self.load_snapshot(&id).await?));
+            match self.load_snapshot(&id).await {
+                Ok(s) => out.push((id, s)),
+                Err(RepoError::Store(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by_key(|(id, s)| (s.time_ns, *id));
         Ok(out)

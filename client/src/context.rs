@@ -218,7 +218,8 @@ impl RepoArgs {
         }
     }
 
-    async fn open_remote(
+    /// The index cluster when `--index` is given (no filter download).
+    pub async fn open_remote(
         &self,
         repo: &Repository,
     ) -> Result<Option<Arc<crate::remote::RemoteIndex>>> {

@@ -11,6 +11,7 @@ pub mod check;
 pub mod context;
 pub mod fsmeta;
 pub mod progress;
+pub mod prune;
 pub mod rebuild;
 pub mod remote;
 pub mod restore;

@@ -117,6 +117,10 @@ enum Command {
         /// Host name to record (default: this machine's).
         #[arg(long)]
         host: Option<String>,
+        /// Lease of the backup's session in seconds (renewed every third of it;
+        /// a backup that cannot renew it in time stops without a snapshot).
+        #[arg(long, env = "CAIRN_SESSION_LEASE", default_value_t = cairn_index::DEFAULT_LEASE_SECS, value_name = "SECS")]
+        session_lease: u32,
     },
     /// List snapshots.
     Snapshots,
@@ -170,6 +174,8 @@ enum Command {
     },
     /// Remove snapshots by a keep policy (or by id); `prune` reclaims their data.
     Forget(cairn_client::retention::ForgetArgs),
+    /// Reclaim the space of data that no snapshot needs (safe beside running backups).
+    Prune(cairn_client::prune::PruneArgs),
     /// Run the backup jobs of a config file on their schedules (foreground service).
     Agent(cairn_client::agent::AgentArgs),
     /// Install, remove or inspect systemd timers for the config file's jobs.
@@ -298,6 +304,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             one_file_system,
             tag,
             host,
+            session_lease,
         } => {
             let repo = rt.block_on(args.open())?;
             let index = rt.block_on(args.open_index(&repo))?;
@@ -314,6 +321,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
                 user: username(),
                 progress: show_progress,
                 cancel: Some(cancel_on_signal(rt)),
+                lease_secs: session_lease,
             };
             let report = backup::run(rt.handle(), &repo, index, options)?;
             let s = &report.stats;
@@ -539,6 +547,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
         Command::Forget(forget) => {
             cairn_client::retention::forget_command(rt, &args, forget, cli.json)
         }
+        Command::Prune(prune) => cairn_client::prune::command(rt, &args, &prune, cli.json),
         Command::Agent(agent) => cairn_client::agent::command(rt, agent, cli.json),
         Command::Schedule(schedule) => cairn_client::schedule::command(rt, schedule, cli.json),
     }

@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cairn_chunk_store::pack::PackEntry;
-use cairn_chunk_store::{ChunkId, PackId, RepoId};
-use cairn_index::{ChunkRecord, Index, IndexError, IndexStats, RegisterOutcome};
+use cairn_chunk_store::{ChunkId, PackId, RepoId, SnapshotId};
+use cairn_index::{
+    ChunkRecord, Index, IndexError, IndexStats, PackObservation, RegisterOutcome, Session,
+    SessionId, SessionList,
+};
 use cairn_proto::MAX_BATCH;
 use cairn_proto::cluster::{PARTITIONS, owners, partition_of};
 use cairn_proto::convert::{entry_from_wire, entry_to_wire, from_bitmap, pack_ids};
@@ -97,6 +100,8 @@ pub struct RemoteIndex {
     warned: AtomicBool,
     /// UnknownChunks calls made (for reports and tests).
     pub calls: AtomicU64,
+    /// The nodes that hold each session this client began.
+    session_nodes: Mutex<HashMap<SessionId, Vec<usize>>>,
 }
 
 impl std::fmt::Debug for RemoteIndex {
@@ -184,6 +189,7 @@ impl RemoteIndex {
             cache_path,
             warned: AtomicBool::new(false),
             calls: AtomicU64::new(0),
+            session_nodes: Mutex::new(HashMap::new()),
         };
         index.load_filter_cache();
         Ok(index)
@@ -391,6 +397,7 @@ impl RemoteIndex {
                     repo_id: self.repo_bytes(),
                     pack_id: pack.as_bytes().to_vec().into(),
                     entries,
+                    relocate: false,
                 };
                 if let Err(s) = conn
                     .client
@@ -455,7 +462,107 @@ fn record_from_wire(loc: &v1::Location) -> Option<ChunkRecord> {
         location: e.location,
         first_seen: loc.first_seen,
         last_seen: loc.last_seen,
+        condemned: loc.condemned,
     })
+}
+
+fn session_from_wire(s: &v1::Session) -> Result<Session, IndexError> {
+    let bad = |what: &str| IndexError::Unavailable(format!("index sent a bad session: {what}"));
+    let snapshot = |b: &[u8]| -> Result<Option<SnapshotId>, IndexError> {
+        if b.is_empty() {
+            Ok(None)
+        } else {
+            SnapshotId::from_slice(b)
+                .map(Some)
+                .map_err(|_| bad("snapshot id"))
+        }
+    };
+    Ok(Session {
+        id: s.session_id.as_ref().try_into().map_err(|_| bad("id"))?,
+        host: s.host.clone(),
+        parent: snapshot(&s.parent_snapshot)?,
+        started: s.started_unix,
+        expires: s.expires_unix,
+        lease: s.lease_seconds,
+        committed: snapshot(&s.committed_snapshot)?,
+    })
+}
+
+/// The answers of a session's replicas: any success is a success; fenced
+/// only when every replica that answered says so.
+#[derive(Default)]
+struct SessionCall {
+    session: Option<Session>,
+    fenced: Option<IndexError>,
+    unreachable: Option<IndexError>,
+}
+
+impl SessionCall {
+    fn add(&mut self, node: &str, answer: Result<Option<v1::Session>, tonic::Status>) {
+        match answer {
+            Ok(Some(s)) => {
+                if let Ok(s) = session_from_wire(&s) {
+                    self.session.get_or_insert(s);
+                }
+            }
+            Ok(None) => {}
+            Err(status) => match session_error(node, &status) {
+                e @ IndexError::Fenced(_) => self.fenced = Some(e),
+                e => self.unreachable = Some(e),
+            },
+        }
+    }
+
+    fn finish(self) -> Result<Session, IndexError> {
+        match (self.session, self.fenced, self.unreachable) {
+            (Some(s), _, _) => Ok(s),
+            (None, Some(e), _) | (None, None, Some(e)) => Err(e),
+            (None, None, None) => Err(unavailable("no node holds the session")),
+        }
+    }
+}
+
+/// A failed session call: an expired lease is fencing, anything else means
+/// the index could not be reached.
+fn session_error(node: &str, s: &tonic::Status) -> IndexError {
+    if s.code() == tonic::Code::FailedPrecondition {
+        IndexError::Fenced(s.message().to_string())
+    } else {
+        unavailable(format!("index node {node}: {}", s.message()))
+    }
+}
+
+impl RemoteIndex {
+    /// Every node must answer a garbage-collection call.
+    fn gc_error(&self, n: usize, what: &str, s: &tonic::Status) -> IndexError {
+        let conn = &self.cluster.nodes[n];
+        conn.failed(what, s);
+        unavailable(format!(
+            "index node {} did not answer {what} ({}); garbage collection needs every node",
+            conn.id,
+            s.message()
+        ))
+    }
+
+    /// Positions of `ids` grouped by every owner (each id appears once per replica).
+    fn by_every_owner(&self, ids: &[ChunkId]) -> HashMap<usize, Vec<usize>> {
+        let mut by_node: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            for n in self.cluster.owners(partition_of(id)) {
+                by_node.entry(n).or_default().push(i);
+            }
+        }
+        by_node
+    }
+
+    fn session_nodes(&self, id: &SessionId) -> Result<Vec<usize>, IndexError> {
+        self.session_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| IndexError::Fenced("unknown backup session".into()))
+    }
 }
 
 /// One cached filter partition and the node it came from.
@@ -607,6 +714,7 @@ impl Index for RemoteIndex {
                 repo_id: self.repo_bytes(),
                 pack_id: pack.as_bytes().to_vec().into(),
                 entries: wire,
+                relocate: false,
             };
             match conn
                 .client
@@ -681,6 +789,275 @@ impl Index for RemoteIndex {
 
     async fn stats(&self) -> Result<IndexStats, IndexError> {
         Ok(IndexStats::default())
+    }
+
+    async fn begin_session(
+        &self,
+        host: &str,
+        parent: Option<SnapshotId>,
+        lease_secs: u32,
+    ) -> Result<Session, IndexError> {
+        // Sessions live on the owners of partition 0: the first that answers
+        // begins it, the others keep replicas, so the session survives one
+        // of them going down (prune asks every node and merges).
+        let request = |replica_of: Option<&Session>| v1::BeginSessionRequest {
+            repo_id: self.repo_bytes(),
+            host: host.to_string(),
+            parent_snapshot: parent
+                .map(|p| p.as_bytes().to_vec())
+                .unwrap_or_default()
+                .into(),
+            lease_seconds: lease_secs,
+            session_id: replica_of.map(|s| s.id.to_vec()).unwrap_or_default().into(),
+            started_unix: replica_of.map_or(0, |s| s.started),
+        };
+        let mut last = String::from("no node owns partition 0");
+        let mut begun: Option<Session> = None;
+        let mut holders = Vec::new();
+        for n in self.cluster.owners(0) {
+            let conn = &self.cluster.nodes[n];
+            match conn
+                .client
+                .clone()
+                .begin_session(authed(request(begun.as_ref()), &self.token))
+                .await
+            {
+                Ok(r) => {
+                    conn.succeeded();
+                    holders.push(n);
+                    if begun.is_none() {
+                        begun = Some(session_from_wire(&r.into_inner())?);
+                    }
+                }
+                Err(s) => {
+                    conn.failed("BeginSession", &s);
+                    last = format!("{}: {}", conn.id, s.message());
+                }
+            }
+        }
+        let session =
+            begun.ok_or_else(|| unavailable(format!("no node began a session ({last})")))?;
+        self.session_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.id, holders);
+        Ok(session)
+    }
+
+    async fn renew_session(&self, id: SessionId) -> Result<Session, IndexError> {
+        let mut outcome = SessionCall::default();
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::RenewSessionRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+            };
+            let r = conn
+                .client
+                .clone()
+                .renew_session(authed(request, &self.token))
+                .await;
+            outcome.add(&conn.id, r.map(|r| Some(r.into_inner())));
+        }
+        outcome.finish()
+    }
+
+    async fn commit_session(
+        &self,
+        id: SessionId,
+        snapshot: SnapshotId,
+    ) -> Result<Session, IndexError> {
+        let mut outcome = SessionCall::default();
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::CommitManifestRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+                snapshot_id: snapshot.as_bytes().to_vec().into(),
+                finished: false,
+            };
+            let r = conn
+                .client
+                .clone()
+                .commit_manifest(authed(request, &self.token))
+                .await;
+            outcome.add(&conn.id, r.map(|r| r.into_inner().session));
+        }
+        outcome.finish()
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<(), IndexError> {
+        let mut last = Ok(());
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::CommitManifestRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+                snapshot_id: Default::default(),
+                finished: true,
+            };
+            if let Err(s) = conn
+                .client
+                .clone()
+                .commit_manifest(authed(request, &self.token))
+                .await
+            {
+                last = Err(session_error(&conn.id, &s));
+            }
+        }
+        last
+    }
+
+    async fn sessions(&self) -> Result<SessionList, IndexError> {
+        let mut list = SessionList {
+            sessions: Vec::new(),
+            now: i64::MAX,
+        };
+        for (n, conn) in self.cluster.nodes.iter().enumerate() {
+            let request = v1::ListSessionsRequest {
+                repo_id: self.repo_bytes(),
+            };
+            let r = conn
+                .client
+                .clone()
+                .list_sessions(authed(request, &self.token))
+                .await
+                .map_err(|s| self.gc_error(n, "ListSessions", &s))?
+                .into_inner();
+            list.now = list.now.min(r.now_unix);
+            for s in &r.sessions {
+                let s = session_from_wire(s)?;
+                // Replicas of one session: the latest lease and any commit.
+                match list.sessions.iter_mut().find(|have| have.id == s.id) {
+                    Some(have) => {
+                        have.started = have.started.min(s.started);
+                        have.expires = have.expires.max(s.expires);
+                        have.committed = have.committed.or(s.committed);
+                    }
+                    None => list.sessions.push(s),
+                }
+            }
+        }
+        Ok(list)
+    }
+
+    async fn condemn(&self, ids: &[ChunkId], cutoff: i64) -> Result<u64, IndexError> {
+        // A chunk is condemned when every replica condemned it; a replica
+        // that refused keeps it live (prune reads every replica).
+        let mut all = vec![true; ids.len()];
+        for (n, positions) in self.by_every_owner(ids) {
+            let conn = &self.cluster.nodes[n];
+            for batch in positions.chunks(MAX_BATCH) {
+                let batch_ids: Vec<ChunkId> = batch.iter().map(|&i| ids[i]).collect();
+                let request = v1::CondemnRequest {
+                    repo_id: self.repo_bytes(),
+                    ids: pack_ids(&batch_ids).into(),
+                    cutoff_unix: cutoff,
+                };
+                let r = conn
+                    .client
+                    .clone()
+                    .condemn(authed(request, &self.token))
+                    .await
+                    .map_err(|s| self.gc_error(n, "Condemn", &s))?;
+                let bits = from_bitmap(&r.into_inner().condemned, batch.len());
+                for (&i, c) in batch.iter().zip(bits) {
+                    all[i] &= c;
+                }
+            }
+        }
+        Ok(all.into_iter().filter(|c| *c).count() as u64)
+    }
+
+    async fn records_everywhere(
+        &self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Vec<ChunkRecord>>, IndexError> {
+        let mut out = vec![Vec::new(); ids.len()];
+        for (n, positions) in self.by_every_owner(ids) {
+            let wanted: Vec<ChunkId> = positions.iter().map(|&i| ids[i]).collect();
+            let records = self
+                .locate_on(n, &wanted)
+                .await
+                .map_err(|s| self.gc_error(n, "Locate", &s))?;
+            for (&i, rec) in positions.iter().zip(records) {
+                out[i].extend(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn relocate(&self, pack: PackId, entries: &[PackEntry]) -> Result<u64, IndexError> {
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let mut moved = 0u64;
+        for (n, positions) in self.by_every_owner(&ids) {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::RegisterPackRequest {
+                repo_id: self.repo_bytes(),
+                pack_id: pack.as_bytes().to_vec().into(),
+                entries: positions
+                    .iter()
+                    .map(|&i| entry_to_wire(&entries[i]))
+                    .collect(),
+                relocate: true,
+            };
+            let r = conn
+                .client
+                .clone()
+                .register_pack(authed(request, &self.token))
+                .await
+                .map_err(|s| self.gc_error(n, "RegisterPack (relocate)", &s))?;
+            moved += u64::from(r.into_inner().relocated);
+        }
+        Ok(moved / self.cluster.replication.max(1) as u64)
+    }
+
+    async fn pack_states(
+        &self,
+        packs: &[(PackId, PackObservation)],
+    ) -> Result<Vec<i64>, IndexError> {
+        // Pack states live on the owners of the pack id's partition; the
+        // latest answer wins (a replica that lost the state restarts the clock).
+        let keys: Vec<ChunkId> = packs
+            .iter()
+            .map(|(p, _)| ChunkId::from_bytes(*p.as_bytes()))
+            .collect();
+        let mut out = vec![0i64; packs.len()];
+        for (n, positions) in self.by_every_owner(&keys) {
+            let conn = &self.cluster.nodes[n];
+            for batch in positions.chunks(MAX_BATCH) {
+                let request = v1::PackStatesRequest {
+                    repo_id: self.repo_bytes(),
+                    packs: batch
+                        .iter()
+                        .map(|&i| {
+                            let (pack, seen) = &packs[i];
+                            let (observed, since) = match seen {
+                                PackObservation::Live => (0, 0),
+                                PackObservation::Dead { since } => (1, *since),
+                                PackObservation::Deleted => (2, 0),
+                            };
+                            v1::PackState {
+                                pack_id: pack.as_bytes().to_vec().into(),
+                                observed,
+                                dead_since_unix: since,
+                            }
+                        })
+                        .collect(),
+                };
+                let r = conn
+                    .client
+                    .clone()
+                    .pack_states(authed(request, &self.token))
+                    .await
+                    .map_err(|s| self.gc_error(n, "PackStates", &s))?
+                    .into_inner();
+                for (&i, since) in batch.iter().zip(r.dead_since_unix) {
+                    out[i] = out[i].max(since);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

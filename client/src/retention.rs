@@ -335,6 +335,11 @@ pub struct Policy {
     #[arg(long, value_name = "FIELDS", default_value = "host,paths")]
     #[serde(default)]
     pub group_by: GroupBy,
+    /// Agent jobs only (`prune = true`): run `cairn prune` (default options)
+    /// after the policy removed snapshots. `cairn forget` has `--prune`.
+    #[arg(skip)]
+    #[serde(default)]
+    pub prune: bool,
 }
 
 /// The period rules, newest-first bucketing as restic does it.
@@ -672,15 +677,42 @@ pub struct ForgetArgs {
     /// Show what would be removed, remove nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Then run `cairn prune` to reclaim the space.
+    #[arg(long)]
+    pub prune: bool,
+    /// Options of the prune that `--prune` runs.
+    #[command(flatten)]
+    pub prune_options: crate::prune::PruneTuning,
 }
 
-/// Runs `cairn forget`; returns the exit code.
+/// Runs `cairn forget`, then prune with `--prune`; returns the exit code.
 pub fn forget_command(
     rt: &Runtime,
     args: &RepoArgs,
     forget_args: ForgetArgs,
     json: bool,
 ) -> Result<u8> {
+    let prune = forget_args.prune.then(|| crate::prune::PruneArgs {
+        dry_run: forget_args.dry_run,
+        tuning: forget_args.prune_options.clone(),
+    });
+    if let Some(p) = &prune {
+        // Refuse bad prune options before anything is removed.
+        p.tuning.options(p.dry_run)?;
+    }
+    let code = forget_only(rt, args, forget_args, json)?;
+    match prune {
+        Some(p) if code == 0 => {
+            if !json {
+                println!();
+            }
+            crate::prune::command(rt, args, &p, json)
+        }
+        _ => Ok(code),
+    }
+}
+
+fn forget_only(rt: &Runtime, args: &RepoArgs, forget_args: ForgetArgs, json: bool) -> Result<u8> {
     let ForgetArgs {
         snapshots,
         policy,
@@ -688,6 +720,7 @@ pub fn forget_command(
         tag,
         path,
         dry_run,
+        ..
     } = forget_args;
     let repo = rt.block_on(args.open())?;
     if !snapshots.is_empty() {
@@ -1058,7 +1091,7 @@ mod tests {
     #[test]
     fn policy_deserializes_from_toml() {
         let p: Policy = toml::from_str(
-            "keep_daily = 7\nkeep_weekly = -1\nkeep_within = \"30d\"\nkeep_tag = [\"a,b\"]\ngroup_by = \"host\"\n",
+            "keep_daily = 7\nkeep_weekly = -1\nkeep_within = \"30d\"\nkeep_tag = [\"a,b\"]\ngroup_by = \"host\"\nprune = true\n",
         )
         .unwrap();
         assert_eq!(p.keep_daily, Some(KeepCount::Count(7)));
@@ -1069,6 +1102,7 @@ mod tests {
         );
         assert_eq!(p.keep_tag, [TagList(vec!["a".into(), "b".into()])]);
         assert!(!p.group_by.paths);
+        assert!(p.prune);
         assert_eq!(
             p.to_string(),
             "keep 7 daily, all weekly, all within 30d of the latest, all tagged a,b"

@@ -153,7 +153,18 @@ impl BlobSource {
                 self.repo.location()
             )
         })?;
-        Ok(self.repo.read_blob(id, &loc).await?)
+        match self.repo.read_blob(id, &loc).await {
+            Ok(plain) => Ok(plain),
+            // The index may name a copy that prune has since repacked and
+            // deleted: the pack trailers name the current one.
+            Err(e) if self.index.is_some() => {
+                match self.trailer_map().await?.get(id).filter(|l| **l != loc) {
+                    Some(other) => Ok(self.repo.read_blob(id, other).await?),
+                    None => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads a run of chunks, coalescing neighbours in one pack into one read.

@@ -2,8 +2,16 @@
 //!
 //! Column families:
 //! - `chunks`: chunk id (32 bytes) → chunk record ([`crate::record`]);
-//! - `packs`: pack id (32 bytes) → `[version 1, kind, count u32 LE, registered i64 LE]`;
+//! - `packs`: pack id (32 bytes) → pack record ([`crate::record`]): when it
+//!   was registered, since when it holds no live chunk, whether prune
+//!   deleted it;
+//! - `sessions`: session id (16 bytes) → session record ([`crate::record`]);
 //! - `meta`: `format` → u32 LE format version of this database.
+//!
+//! Every read-modify-write of chunk records (`unknown_chunks`,
+//! `register_pack`, `condemn`, `relocate`) runs under one mutex, which is
+//! what makes condemnation atomic with respect to last-seen refreshes (the
+//! GC invariant in the crate docs).
 //!
 //! Chunk ids are uniformly random, so they are used as keys directly; point
 //! lookups go through `MultiGet` in one call per batch.
@@ -14,16 +22,30 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_chunk_store::pack::PackEntry;
-use cairn_chunk_store::{ChunkId, PackId};
+use cairn_chunk_store::{ChunkId, PackId, SnapshotId};
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch};
 
 use crate::lock::IndexLock;
-use crate::record::{decode_chunk, encode_chunk};
-use crate::{ChunkRecord, Index, IndexError, IndexStats, LockWait, RegisterOutcome};
+use crate::record::{
+    PackRecord, decode_chunk, decode_pack, decode_session, encode_chunk, encode_pack,
+    encode_session,
+};
+use crate::{
+    ChunkRecord, Index, IndexError, IndexStats, LockWait, PackObservation, RegisterOutcome,
+    Session, SessionId, SessionList,
+};
 
 const CF_CHUNKS: &str = "chunks";
 const CF_PACKS: &str = "packs";
+const CF_SESSIONS: &str = "sessions";
 const CF_META: &str = "meta";
+/// Longest lease a session may ask for.
+pub const MAX_LEASE_SECS: u32 = 1800;
+/// Lease of a session that does not ask for one.
+pub const DEFAULT_LEASE_SECS: u32 = 300;
+/// Expired sessions are listed this long after their lease ended (so that
+/// prune sees a session that just expired), then forgotten.
+const SESSION_MEMORY_SECS: i64 = 86_400;
 /// Version of the database layout.
 const FORMAT_VERSION: u32 = 1;
 
@@ -49,6 +71,8 @@ pub struct Engine {
     /// Serialises register/refresh read-modify-writes so that "first writer
     /// wins" holds between threads of this process.
     write_lock: Mutex<()>,
+    /// Serialises session read-modify-writes.
+    session_lock: Mutex<()>,
     _lock: IndexLock,
 }
 
@@ -82,7 +106,7 @@ impl Engine {
         table.set_bloom_filter(10.0, false);
         cf_opts.set_block_based_table_factory(&table);
         cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let cfs = [CF_CHUNKS, CF_PACKS, CF_META]
+        let cfs = [CF_CHUNKS, CF_PACKS, CF_SESSIONS, CF_META]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| IndexError::Db {
@@ -93,6 +117,7 @@ impl Engine {
             path: path.to_path_buf(),
             db,
             write_lock: Mutex::new(()),
+            session_lock: Mutex::new(()),
             _lock: lock,
         };
         engine.check_format()?;
@@ -162,6 +187,8 @@ impl Engine {
             .iter()
             .zip(&records)
             .map(|(id, rec)| match rec {
+                // Condemned: the caller uploads a fresh copy (GC invariant).
+                Some(rec) if rec.condemned => true,
                 Some(rec) => {
                     if rec.last_seen != now {
                         let mut rec = *rec;
@@ -179,40 +206,321 @@ impl Engine {
         Ok(unknown)
     }
 
-    /// Synchronous form of [`Index::register_pack`].
+    /// Synchronous form of [`Index::register_pack`]. A chunk already known
+    /// and live stays where it is (first writer wins) but its last-seen time
+    /// is refreshed, because the registering backup is about to reference
+    /// it; a condemned chunk is revived at this new copy. A pack prune
+    /// deleted is never registered again.
     pub fn register_pack_sync(
         &self,
         pack: PackId,
         entries: &[PackEntry],
     ) -> Result<RegisterOutcome, IndexError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outcome = RegisterOutcome::default();
+        if self.pack_record(&pack)?.is_some_and(|r| r.deleted) {
+            outcome.duplicates = entries.len();
+            return Ok(outcome);
+        }
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
         let existing = self.get_records(&ids)?;
         let now = now_secs();
         let chunks = self.cf(CF_CHUNKS)?;
         let mut batch = WriteBatch::default();
-        let mut outcome = RegisterOutcome::default();
         let mut seen = std::collections::HashSet::new();
         for (entry, old) in entries.iter().zip(existing) {
-            if old.is_some() || !seen.insert(entry.id) {
+            if !seen.insert(entry.id) {
                 outcome.duplicates += 1;
                 continue;
             }
-            let rec = ChunkRecord {
-                location: entry.location,
-                first_seen: now,
-                last_seen: now,
-            };
-            batch.put_cf(chunks, entry.id.as_bytes(), encode_chunk(&rec));
-            outcome.new += 1;
+            match old {
+                Some(mut rec) if !rec.condemned => {
+                    outcome.duplicates += 1;
+                    if rec.last_seen != now {
+                        rec.last_seen = now;
+                        batch.put_cf(chunks, entry.id.as_bytes(), encode_chunk(&rec));
+                    }
+                }
+                _ => {
+                    let rec = ChunkRecord {
+                        location: entry.location,
+                        first_seen: now,
+                        last_seen: now,
+                        condemned: false,
+                    };
+                    batch.put_cf(chunks, entry.id.as_bytes(), encode_chunk(&rec));
+                    outcome.new += 1;
+                }
+            }
         }
-        let kind = entries.first().map_or(0, |e| e.location.kind as u8);
-        let mut pack_rec = vec![1u8, kind];
-        pack_rec.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        pack_rec.extend_from_slice(&now.to_le_bytes());
-        batch.put_cf(self.cf(CF_PACKS)?, pack.as_bytes(), pack_rec);
+        let pack_rec = PackRecord {
+            kind: entries.first().map_or(0, |e| e.location.kind as u8),
+            count: entries.len() as u32,
+            registered: now,
+            dead_since: 0,
+            deleted: false,
+        };
+        batch.put_cf(self.cf(CF_PACKS)?, pack.as_bytes(), encode_pack(&pack_rec));
         self.db.write(batch).map_err(|e| self.db_err(e))?;
         Ok(outcome)
+    }
+
+    fn pack_record(&self, pack: &PackId) -> Result<Option<PackRecord>, IndexError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_PACKS)?, pack.as_bytes())
+            .map_err(|e| self.db_err(e))?
+        {
+            None => Ok(None),
+            Some(v) => decode_pack(&v).map(Some).map_err(|d| self.corrupt(d)),
+        }
+    }
+
+    /// Synchronous form of [`Index::condemn`]. The index enforces the
+    /// cutoff it can check: never later than its own clock, nor than the
+    /// start of any session it holds whose lease still runs (whatever a
+    /// client asks).
+    pub fn condemn_sync(&self, ids: &[ChunkId], cutoff: i64) -> Result<Vec<bool>, IndexError> {
+        let cutoff = self.enforced_cutoff(cutoff)?;
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let records = self.get_records(ids)?;
+        let cf = self.cf(CF_CHUNKS)?;
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, rec) in ids.iter().zip(records) {
+            match rec {
+                Some(rec) if rec.condemned => out.push(true),
+                Some(mut rec) if rec.last_seen < cutoff && rec.first_seen < cutoff => {
+                    rec.condemned = true;
+                    batch.put_cf(cf, id.as_bytes(), encode_chunk(&rec));
+                    out.push(true);
+                }
+                _ => out.push(false),
+            }
+        }
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(|e| self.db_err(e))?;
+        }
+        Ok(out)
+    }
+
+    fn enforced_cutoff(&self, asked: i64) -> Result<i64, IndexError> {
+        let now = now_secs();
+        let oldest_live = self
+            .sessions_sync()?
+            .sessions
+            .iter()
+            .filter(|s| s.expires > now)
+            .map(|s| s.started)
+            .min()
+            .unwrap_or(now);
+        Ok(asked.min(now).min(oldest_live))
+    }
+
+    /// Synchronous form of [`Index::relocate`].
+    pub fn relocate_sync(&self, pack: PackId, entries: &[PackEntry]) -> Result<u64, IndexError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let records = self.get_records(&ids)?;
+        let now = now_secs();
+        let cf = self.cf(CF_CHUNKS)?;
+        let mut batch = WriteBatch::default();
+        let mut moved = 0;
+        for (entry, rec) in entries.iter().zip(records) {
+            if let Some(mut rec) = rec.filter(|r| !r.condemned) {
+                rec.location = entry.location;
+                batch.put_cf(cf, entry.id.as_bytes(), encode_chunk(&rec));
+                moved += 1;
+            }
+        }
+        if self.pack_record(&pack)?.is_none() {
+            let rec = PackRecord {
+                kind: entries.first().map_or(0, |e| e.location.kind as u8),
+                count: entries.len() as u32,
+                registered: now,
+                dead_since: 0,
+                deleted: false,
+            };
+            batch.put_cf(self.cf(CF_PACKS)?, pack.as_bytes(), encode_pack(&rec));
+        }
+        self.db.write(batch).map_err(|e| self.db_err(e))?;
+        Ok(moved)
+    }
+
+    /// Synchronous form of [`Index::pack_states`].
+    pub fn pack_states_sync(
+        &self,
+        packs: &[(PackId, PackObservation)],
+    ) -> Result<Vec<i64>, IndexError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_secs();
+        let cf = self.cf(CF_PACKS)?;
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::with_capacity(packs.len());
+        for (pack, seen) in packs {
+            let mut rec = self.pack_record(pack)?.unwrap_or(PackRecord {
+                kind: 0,
+                count: 0,
+                registered: now,
+                dead_since: 0,
+                deleted: false,
+            });
+            match seen {
+                PackObservation::Live => rec.dead_since = 0,
+                PackObservation::Dead { since } => {
+                    if rec.dead_since == 0 {
+                        rec.dead_since = (*since).clamp(1, now);
+                    }
+                }
+                PackObservation::Deleted => {
+                    rec.deleted = true;
+                    if rec.dead_since == 0 {
+                        rec.dead_since = now;
+                    }
+                }
+            }
+            out.push(rec.dead_since);
+            batch.put_cf(cf, pack.as_bytes(), encode_pack(&rec));
+        }
+        self.db.write(batch).map_err(|e| self.db_err(e))?;
+        Ok(out)
+    }
+
+    /// Synchronous form of [`Index::begin_session`].
+    pub fn begin_session_sync(
+        &self,
+        host: &str,
+        parent: Option<SnapshotId>,
+        lease_secs: u32,
+    ) -> Result<Session, IndexError> {
+        let lease = i64::from(match lease_secs {
+            0 => DEFAULT_LEASE_SECS,
+            n => n.min(MAX_LEASE_SECS),
+        });
+        let now = now_secs();
+        let session = Session {
+            id: cairn_chunk_store::crypto::random_bytes::<16>(),
+            host: host.to_string(),
+            parent,
+            started: now,
+            expires: now + lease,
+            lease,
+            committed: None,
+        };
+        self.put_session(&session)?;
+        Ok(session)
+    }
+
+    /// Records a replica of a session another node began (same id and
+    /// start), with a fresh lease on this node's clock.
+    pub fn adopt_session_sync(
+        &self,
+        id: SessionId,
+        host: &str,
+        parent: Option<SnapshotId>,
+        started: i64,
+        lease_secs: u32,
+    ) -> Result<Session, IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = i64::from(match lease_secs {
+            0 => DEFAULT_LEASE_SECS,
+            n => n.min(MAX_LEASE_SECS),
+        });
+        let now = now_secs();
+        let session = Session {
+            id,
+            host: host.to_string(),
+            parent,
+            started: started.min(now),
+            expires: now + lease,
+            lease,
+            committed: None,
+        };
+        self.put_session(&session)?;
+        Ok(session)
+    }
+
+    fn put_session(&self, s: &Session) -> Result<(), IndexError> {
+        self.db
+            .put_cf(self.cf(CF_SESSIONS)?, s.id, encode_session(s))
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// The session `id` if its lease still runs, for an update under the
+    /// session lock.
+    fn live_session(&self, id: &SessionId) -> Result<Session, IndexError> {
+        let fenced = || {
+            IndexError::Fenced(
+                "the backup session expired (its lease was not renewed in time), so garbage collection may have removed data it relies on; no snapshot was written".into(),
+            )
+        };
+        let bytes = self
+            .db
+            .get_cf(self.cf(CF_SESSIONS)?, id)
+            .map_err(|e| self.db_err(e))?
+            .ok_or_else(fenced)?;
+        let s = decode_session(*id, &bytes).map_err(|d| self.corrupt(d))?;
+        if s.expires <= now_secs() {
+            return Err(fenced());
+        }
+        Ok(s)
+    }
+
+    /// Synchronous form of [`Index::renew_session`].
+    pub fn renew_session_sync(&self, id: &SessionId) -> Result<Session, IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.live_session(id)?;
+        s.expires = now_secs() + s.lease;
+        self.put_session(&s)?;
+        Ok(s)
+    }
+
+    /// Synchronous form of [`Index::commit_session`].
+    pub fn commit_session_sync(
+        &self,
+        id: &SessionId,
+        snapshot: SnapshotId,
+    ) -> Result<Session, IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.live_session(id)?;
+        s.expires = now_secs() + s.lease;
+        s.committed = Some(snapshot);
+        self.put_session(&s)?;
+        Ok(s)
+    }
+
+    /// Synchronous form of [`Index::end_session`].
+    pub fn end_session_sync(&self, id: &SessionId) -> Result<(), IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.db
+            .delete_cf(self.cf(CF_SESSIONS)?, id)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Synchronous form of [`Index::sessions`]; forgets sessions that
+    /// expired long ago.
+    pub fn sessions_sync(&self) -> Result<SessionList, IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_secs();
+        let cf = self.cf(CF_SESSIONS)?;
+        let mut sessions = Vec::new();
+        let mut stale = WriteBatch::default();
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| self.db_err(e))?;
+            let id: SessionId = key[..]
+                .try_into()
+                .map_err(|_| self.corrupt(format!("session key of {} bytes", key.len())))?;
+            let s = decode_session(id, &value).map_err(|d| self.corrupt(d))?;
+            if s.expires + SESSION_MEMORY_SECS < now {
+                stale.delete_cf(cf, key);
+            } else {
+                sessions.push(s);
+            }
+        }
+        if !stale.is_empty() {
+            self.db.write(stale).map_err(|e| self.db_err(e))?;
+        }
+        Ok(SessionList { sessions, now })
     }
 
     /// Synchronous form of [`Index::lookup`].
@@ -235,7 +543,7 @@ impl Engine {
     /// Synchronous form of [`Index::flush`].
     pub fn flush_sync(&self) -> Result<(), IndexError> {
         self.db.flush_wal(true).map_err(|e| self.db_err(e))?;
-        for name in [CF_CHUNKS, CF_PACKS, CF_META] {
+        for name in [CF_CHUNKS, CF_PACKS, CF_SESSIONS, CF_META] {
             self.db
                 .flush_cf(self.cf(name)?)
                 .map_err(|e| self.db_err(e))?;
@@ -292,6 +600,65 @@ impl Index for Engine {
 
     async fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkRecord>>, IndexError> {
         self.lookup_sync(ids)
+    }
+
+    async fn begin_session(
+        &self,
+        host: &str,
+        parent: Option<SnapshotId>,
+        lease_secs: u32,
+    ) -> Result<Session, IndexError> {
+        self.begin_session_sync(host, parent, lease_secs)
+    }
+
+    async fn renew_session(&self, id: SessionId) -> Result<Session, IndexError> {
+        self.renew_session_sync(&id)
+    }
+
+    async fn commit_session(
+        &self,
+        id: SessionId,
+        snapshot: SnapshotId,
+    ) -> Result<Session, IndexError> {
+        self.commit_session_sync(&id, snapshot)
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<(), IndexError> {
+        self.end_session_sync(&id)
+    }
+
+    async fn sessions(&self) -> Result<SessionList, IndexError> {
+        self.sessions_sync()
+    }
+
+    async fn condemn(&self, ids: &[ChunkId], cutoff: i64) -> Result<u64, IndexError> {
+        Ok(self
+            .condemn_sync(ids, cutoff)?
+            .into_iter()
+            .filter(|c| *c)
+            .count() as u64)
+    }
+
+    async fn records_everywhere(
+        &self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Vec<ChunkRecord>>, IndexError> {
+        Ok(self
+            .get_records(ids)?
+            .into_iter()
+            .map(|r| r.into_iter().collect())
+            .collect())
+    }
+
+    async fn relocate(&self, pack: PackId, entries: &[PackEntry]) -> Result<u64, IndexError> {
+        self.relocate_sync(pack, entries)
+    }
+
+    async fn pack_states(
+        &self,
+        packs: &[(PackId, PackObservation)],
+    ) -> Result<Vec<i64>, IndexError> {
+        self.pack_states_sync(packs)
     }
 
     async fn unregistered_packs(&self, packs: &[PackId]) -> Result<Vec<bool>, IndexError> {
@@ -415,6 +782,247 @@ mod tests {
         assert!(
             msg.contains(&format!("pid {}", std::process::id())),
             "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn condemned_chunks_answer_unknown_and_a_fresh_copy_revives_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap();
+        let (a, b) = (PackId::random(), PackId::random());
+        engine
+            .register_pack(a, &[entry(1, a), entry(2, a)])
+            .await
+            .unwrap();
+        let ids = [ChunkId::from_bytes([1; 32]), ChunkId::from_bytes([2; 32])];
+        // Seen now: a cutoff at now condemns nothing (strictly before).
+        assert_eq!(engine.condemn(&ids, now_secs()).await.unwrap(), 0);
+        // The index never condemns past its own clock or a live session's start.
+        assert_eq!(engine.condemn(&ids, now_secs() + 10).await.unwrap(), 0);
+        let mut old = engine.lookup(&ids).await.unwrap();
+        for (id, rec) in ids.iter().zip(old.iter_mut()) {
+            let rec = rec.as_mut().unwrap();
+            rec.first_seen -= 100;
+            rec.last_seen -= 100;
+            engine
+                .db
+                .put_cf(
+                    engine.cf(CF_CHUNKS).unwrap(),
+                    id.as_bytes(),
+                    encode_chunk(rec),
+                )
+                .unwrap();
+        }
+        let running = engine.begin_session("h", None, 60).await.unwrap();
+        let mut started_early = running.clone();
+        started_early.started -= 200;
+        engine.put_session(&started_early).unwrap();
+        assert_eq!(engine.condemn(&ids, now_secs()).await.unwrap(), 0);
+        engine.end_session(running.id).await.unwrap();
+        assert_eq!(engine.condemn(&ids, now_secs() + 10).await.unwrap(), 2);
+        assert_eq!(engine.unknown_chunks(&ids).await.unwrap(), vec![true, true]);
+        let rec = engine.lookup(&ids).await.unwrap()[0].unwrap();
+        assert!(rec.condemned);
+        // A backup uploads chunk 1 again into pack b: it is live there.
+        let out = engine.register_pack(b, &[entry(1, b)]).await.unwrap();
+        assert_eq!(out.new, 1);
+        let rec = engine.lookup(&ids).await.unwrap()[0].unwrap();
+        assert!(!rec.condemned);
+        assert_eq!(rec.location.pack, b);
+        assert_eq!(
+            engine.unknown_chunks(&ids).await.unwrap(),
+            vec![false, true]
+        );
+        // Relocation moves live chunks only.
+        let c = PackId::random();
+        assert_eq!(
+            engine
+                .relocate(c, &[entry(1, c), entry(2, c)])
+                .await
+                .unwrap(),
+            1
+        );
+        let recs = engine.lookup(&ids).await.unwrap();
+        assert_eq!(recs[0].unwrap().location.pack, c);
+        assert_eq!(recs[1].unwrap().location.pack, a);
+    }
+
+    /// The race of the GC invariant: a backup (holding a session) confirms
+    /// chunks while prune condemns with the most aggressive cutoff it may
+    /// ask for. A chunk the backup was told is known is never condemned; a
+    /// condemned chunk is answered "unknown" from then on.
+    #[test]
+    fn condemnation_is_atomic_with_confirmation() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = std::sync::Arc::new(
+            Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap(),
+        );
+        let p = PackId::random();
+        let entries: Vec<PackEntry> = (0..=255u8).map(|i| entry(i, p)).collect();
+        engine.register_pack_sync(p, &entries).unwrap();
+        // Every chunk was last seen long ago.
+        let cf = engine.cf(CF_CHUNKS).unwrap();
+        for e in &entries {
+            let mut rec = engine.lookup_sync(&[e.id]).unwrap()[0].unwrap();
+            rec.first_seen = 1;
+            rec.last_seen = 1;
+            engine
+                .db
+                .put_cf(cf, e.id.as_bytes(), encode_chunk(&rec))
+                .unwrap();
+        }
+        let session = engine.begin_session_sync("h", None, 60).unwrap();
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let backup = {
+            let (engine, ids) = (engine.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let mut known = Vec::new();
+                // The backup uses the even chunks only.
+                for round in 0..64usize {
+                    let batch: Vec<ChunkId> = ids
+                        .iter()
+                        .skip(2 * (round % 2))
+                        .step_by(4)
+                        .copied()
+                        .collect();
+                    let unknown = engine.unknown_chunks_sync(&batch).unwrap();
+                    known.extend(
+                        batch
+                            .into_iter()
+                            .zip(unknown)
+                            .filter(|(_, u)| !u)
+                            .map(|(id, _)| id),
+                    );
+                }
+                known
+            })
+        };
+        // Prune asks for "now" (and the index holds it to the session's start).
+        let mut condemned = Vec::new();
+        for chunk in ids.chunks(16) {
+            let c = engine.condemn_sync(chunk, now_secs() + 3600).unwrap();
+            condemned.extend(chunk.iter().zip(c).filter(|(_, c)| *c).map(|(id, _)| *id));
+        }
+        let known = backup.join().unwrap();
+        let condemned: std::collections::HashSet<ChunkId> = condemned.into_iter().collect();
+        for id in &known {
+            assert!(
+                !condemned.contains(id),
+                "chunk {id} was confirmed to a running backup and condemned"
+            );
+        }
+        for id in &condemned {
+            assert_eq!(engine.unknown_chunks_sync(&[*id]).unwrap(), vec![true]);
+        }
+        // The odd chunks, which no backup confirmed, are all condemned.
+        assert!(
+            ids.iter()
+                .skip(1)
+                .step_by(2)
+                .all(|id| condemned.contains(id))
+        );
+        assert!(session.started <= now_secs());
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_registration_refreshes_last_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap();
+        let (a, b) = (PackId::random(), PackId::random());
+        engine.register_pack(a, &[entry(1, a)]).await.unwrap();
+        let id = ChunkId::from_bytes([1; 32]);
+        // Make the record old, as if last seen long ago.
+        let mut rec = engine.lookup(&[id]).await.unwrap()[0].unwrap();
+        rec.first_seen = 100;
+        rec.last_seen = 100;
+        engine
+            .db
+            .put_cf(
+                engine.cf(CF_CHUNKS).unwrap(),
+                id.as_bytes(),
+                encode_chunk(&rec),
+            )
+            .unwrap();
+        engine.register_pack(b, &[entry(1, b)]).await.unwrap();
+        let rec = engine.lookup(&[id]).await.unwrap()[0].unwrap();
+        assert_eq!(rec.location.pack, a);
+        assert!(rec.last_seen >= now_secs() - 1);
+        assert_eq!(engine.condemn(&[id], 1000).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn sessions_persist_renew_commit_and_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = SnapshotId::from_bytes([5; 32]);
+        let id = {
+            let engine = Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap();
+            let s = engine.begin_session("h", Some(parent), 60).await.unwrap();
+            assert_eq!(s.expires - s.started, 60);
+            s.id
+        };
+        let engine = Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap();
+        let list = engine.sessions().await.unwrap();
+        assert_eq!(list.sessions.len(), 1);
+        assert_eq!(list.sessions[0].parent, Some(parent));
+        engine.renew_session(id).await.unwrap();
+        let done = SnapshotId::from_bytes([6; 32]);
+        let s = engine.commit_session(id, done).await.unwrap();
+        assert_eq!(s.committed, Some(done));
+        let other = engine.begin_session("h", None, 60).await.unwrap();
+        engine.end_session(other.id).await.unwrap();
+        assert_eq!(engine.sessions().await.unwrap().sessions.len(), 1);
+        // An expired lease is fenced.
+        let mut expired = s.clone();
+        expired.expires = now_secs() - 1;
+        engine.put_session(&expired).unwrap();
+        let err = engine.commit_session(id, done).await.unwrap_err();
+        assert!(matches!(err, IndexError::Fenced(_)), "{err}");
+        assert!(err.to_string().contains("session expired"), "{err}");
+        assert!(matches!(
+            engine.renew_session([0; 16]).await.unwrap_err(),
+            IndexError::Fenced(_)
+        ));
+        // Lease requests are bounded.
+        let s = engine.begin_session("h", None, 999_999).await.unwrap();
+        assert_eq!(s.lease, i64::from(MAX_LEASE_SECS));
+        // A replica keeps the id and start another node gave it.
+        let r = engine
+            .adopt_session_sync([7; 16], "h", None, s.started - 5, 60)
+            .unwrap();
+        assert_eq!((r.id, r.started), ([7; 16], s.started - 5));
+        engine.renew_session([7; 16]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pack_states_keep_the_first_dead_time_and_tombstones_block_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), EngineOptions::default(), &|_| {}).unwrap();
+        let p = PackId::random();
+        engine.register_pack(p, &[entry(1, p)]).await.unwrap();
+        let dead = |since| (p, PackObservation::Dead { since });
+        assert_eq!(engine.pack_states(&[dead(50)]).await.unwrap(), vec![50]);
+        assert_eq!(engine.pack_states(&[dead(70)]).await.unwrap(), vec![50]);
+        assert_eq!(
+            engine
+                .pack_states(&[(p, PackObservation::Live)])
+                .await
+                .unwrap(),
+            vec![0]
+        );
+        assert_eq!(engine.pack_states(&[dead(70)]).await.unwrap(), vec![70]);
+        engine
+            .pack_states(&[(p, PackObservation::Deleted)])
+            .await
+            .unwrap();
+        assert_eq!(engine.unregistered_packs(&[p]).await.unwrap(), vec![false]);
+        let out = engine.register_pack(p, &[entry(9, p)]).await.unwrap();
+        assert_eq!(out.new, 0);
+        assert_eq!(
+            engine
+                .unknown_chunks(&[ChunkId::from_bytes([9; 32])])
+                .await
+                .unwrap(),
+            vec![true]
         );
     }
 

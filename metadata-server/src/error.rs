@@ -45,4 +45,7 @@ pub enum IndexError {
     /// The index answered nothing usable (remote index down, timeout).
     #[error("index unavailable: {0}")]
     Unavailable(String),
+    /// A backup session whose lease expired: it may not write a snapshot.
+    #[error("{0}")]
+    Fenced(String),
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use cairn_chunk_store::pack::{BlobLocation, PackEntry};
-use cairn_chunk_store::{ChunkId, PackId};
+use cairn_chunk_store::{ChunkId, PackId, SnapshotId};
 
 use crate::IndexError;
 
@@ -15,6 +15,56 @@ pub struct ChunkRecord {
     pub first_seen: i64,
     /// When a backup last confirmed it (Unix seconds).
     pub last_seen: i64,
+    /// Condemned by garbage collection: the index answers "unknown" for it
+    /// and its pack may be deleted (see the crate docs, "Garbage collection").
+    pub condemned: bool,
+}
+
+/// A backup session id.
+pub type SessionId = [u8; 16];
+
+/// A backup session: the lease a running backup holds, which garbage
+/// collection respects (crate docs, "Garbage collection").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Random id.
+    pub id: SessionId,
+    /// Host that runs the backup.
+    pub host: String,
+    /// The snapshot whose unchanged files the backup reuses.
+    pub parent: Option<SnapshotId>,
+    /// Start, Unix seconds (index clock).
+    pub started: i64,
+    /// Lease end, Unix seconds (index clock); after it the session is fenced.
+    pub expires: i64,
+    /// Lease length, seconds.
+    pub lease: i64,
+    /// The snapshot the session was allowed to write (`commit_session`).
+    pub committed: Option<SnapshotId>,
+}
+
+/// The sessions an index holds, and its clock.
+#[derive(Debug, Clone, Default)]
+pub struct SessionList {
+    /// Every session not yet forgotten (live or recently expired).
+    pub sessions: Vec<Session>,
+    /// The index's current time, Unix seconds (the earliest of the nodes'
+    /// clocks in a cluster).
+    pub now: i64,
+}
+
+/// What prune observed about a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackObservation {
+    /// It holds at least one live chunk.
+    Live,
+    /// It holds no live chunk; none was live after `since` (Unix seconds).
+    Dead {
+        /// Latest time any of its chunks was live, as far as prune knows.
+        since: i64,
+    },
+    /// It was deleted from the store.
+    Deleted,
 }
 
 /// Result of registering a pack.
@@ -69,4 +119,80 @@ pub trait Index: Send + Sync {
 
     /// Counts.
     async fn stats(&self) -> Result<IndexStats, IndexError>;
+
+    // ---- sessions and garbage collection (crate docs, "Garbage collection") ----
+
+    /// Opens a backup session with a lease of `lease_secs`.
+    async fn begin_session(
+        &self,
+        _host: &str,
+        _parent: Option<SnapshotId>,
+        _lease_secs: u32,
+    ) -> Result<Session, IndexError> {
+        Err(unsupported())
+    }
+
+    /// Extends the lease; fails with [`IndexError::Fenced`] once it expired.
+    async fn renew_session(&self, _id: SessionId) -> Result<Session, IndexError> {
+        Err(unsupported())
+    }
+
+    /// Allows the session to write the manifest of `snapshot`, extending the
+    /// lease once more; fails with [`IndexError::Fenced`] once it expired.
+    async fn commit_session(
+        &self,
+        _id: SessionId,
+        _snapshot: SnapshotId,
+    ) -> Result<Session, IndexError> {
+        Err(unsupported())
+    }
+
+    /// Ends a session whose manifest is written.
+    async fn end_session(&self, _id: SessionId) -> Result<(), IndexError> {
+        Err(unsupported())
+    }
+
+    /// Every session, and the index's clock.
+    async fn sessions(&self) -> Result<SessionList, IndexError> {
+        Err(unsupported())
+    }
+
+    /// Condemns each chunk that is live and whose first- and last-seen
+    /// times are both before `cutoff`, atomically with respect to
+    /// `unknown_chunks` and `register_pack`. Returns how many are condemned
+    /// after the call (now or before).
+    async fn condemn(&self, _ids: &[ChunkId], _cutoff: i64) -> Result<u64, IndexError> {
+        Err(unsupported())
+    }
+
+    /// The record of each chunk on every replica that holds one (a cluster
+    /// may disagree while a replica catches up). Fails unless every replica
+    /// answered: garbage collection must not act on a partial view.
+    async fn records_everywhere(
+        &self,
+        _ids: &[ChunkId],
+    ) -> Result<Vec<Vec<ChunkRecord>>, IndexError> {
+        Err(unsupported())
+    }
+
+    /// Moves the live chunks among `entries` to `pack` (a verified copy made
+    /// by repacking). Condemned and unknown chunks stay as they are.
+    /// Returns how many moved.
+    async fn relocate(&self, _pack: PackId, _entries: &[PackEntry]) -> Result<u64, IndexError> {
+        Err(unsupported())
+    }
+
+    /// Records what prune observed about packs; returns, for each, since
+    /// when it has been dead (0 = live). A pack seen dead keeps the `since`
+    /// of the first observation; seen live, it is live again.
+    async fn pack_states(
+        &self,
+        _packs: &[(PackId, PackObservation)],
+    ) -> Result<Vec<i64>, IndexError> {
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> IndexError {
+    IndexError::Unavailable("this index does not support sessions or garbage collection".into())
 }

@@ -200,17 +200,6 @@ impl Epochs {
     }
 }
 
-/// A backup session (lease).
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    /// Start time, Unix seconds.
-    pub started: i64,
-    /// Lease end, Unix seconds.
-    pub expires: i64,
-    /// Lease length.
-    pub lease: i64,
-}
-
 /// What a node serves for one repository.
 pub struct Tenant {
     /// The index.
@@ -219,8 +208,6 @@ pub struct Tenant {
     pub epochs: Epochs,
     /// Built filters by partition: (epoch, items, bytes).
     pub filters: Mutex<HashMap<u32, (u64, u64, bytes::Bytes)>>,
-    /// Live sessions by id.
-    pub sessions: Mutex<HashMap<[u8; 16], SessionInfo>>,
 }
 
 /// A running node.
@@ -304,7 +291,6 @@ impl Node {
             engine,
             epochs: Epochs::new(),
             filters: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
         });
         tenants.insert(*repo, tenant.clone());
         Ok(tenant)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cairn_chunk_store::{PackId, RepoId};
+use cairn_chunk_store::{PackId, RepoId, SnapshotId};
 use cairn_proto::MAX_BATCH;
 use cairn_proto::cluster::{PARTITIONS, partition_of, partition_range};
 use cairn_proto::convert::{entry_from_wire, entry_to_wire, to_bitmap, unpack_ids};
@@ -15,9 +15,9 @@ use cairn_proto::v1::index_server::Index as IndexRpc;
 use tokio::sync::Semaphore;
 use tonic::{Code, Request, Response, Status};
 
-use crate::IndexError;
 use crate::metrics::{MethodLabels, Metrics, RequestLabels};
-use crate::node::{Node, SessionInfo, Tenant};
+use crate::node::{Node, Tenant};
+use crate::{IndexError, PackObservation, Session};
 
 /// The one place where engine errors become statuses: internal by default,
 /// details only in the log.
@@ -27,6 +27,7 @@ impl From<IndexError> for Status {
             IndexError::Locked { .. } => Status::unavailable("repository index is busy; retry"),
             IndexError::Unavailable(m) => Status::unavailable(m),
             IndexError::Unauthorized(m) => Status::unauthenticated(m),
+            IndexError::Fenced(m) => Status::failed_precondition(m),
             other => {
                 tracing::error!("internal error: {other}");
                 Status::internal("internal index error")
@@ -47,10 +48,6 @@ impl std::fmt::Debug for IndexService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "IndexService({:?})", self.node)
     }
-}
-
-fn now_secs() -> i64 {
-    cairn_chunk_store::now_unix_nanos() / 1_000_000_000
 }
 
 fn invalid(msg: impl std::fmt::Display) -> Status {
@@ -169,16 +166,31 @@ fn session_id(bytes: &Bytes) -> Result<[u8; 16], Status> {
         .map_err(|_| invalid("session id must be 16 bytes"))
 }
 
-/// The session `id` if its lease still runs; an expired or unknown session
-/// is fenced.
-fn live_session<'a>(
-    sessions: &'a mut std::collections::HashMap<[u8; 16], SessionInfo>,
-    id: &[u8; 16],
-) -> Result<&'a mut SessionInfo, Status> {
-    sessions
-        .get_mut(id)
-        .filter(|s| s.expires > now_secs())
-        .ok_or_else(|| Status::failed_precondition("session expired or unknown; it is fenced"))
+fn session_to_wire(s: &Session) -> v1::Session {
+    v1::Session {
+        session_id: s.id.to_vec().into(),
+        started_unix: s.started,
+        expires_unix: s.expires,
+        host: s.host.clone(),
+        parent_snapshot: s
+            .parent
+            .map(|p| p.as_bytes().to_vec())
+            .unwrap_or_default()
+            .into(),
+        committed_snapshot: s
+            .committed
+            .map(|p| p.as_bytes().to_vec())
+            .unwrap_or_default()
+            .into(),
+        lease_seconds: s.lease,
+    }
+}
+
+fn optional_snapshot(bytes: &Bytes) -> Result<Option<SnapshotId>, Status> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    SnapshotId::from_slice(bytes).map(Some).map_err(invalid)
 }
 
 type FilterStream =
@@ -236,6 +248,20 @@ impl IndexRpc for IndexService {
                     .map(|e| entry_from_wire(pack, e))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(invalid)?;
+                if req.relocate {
+                    let moved = blocking(move || {
+                        tenant
+                            .engine
+                            .relocate_sync(pack, &entries)
+                            .map_err(Status::from)
+                    })
+                    .await?;
+                    return Ok(v1::RegisterPackResponse {
+                        new_chunks: 0,
+                        duplicates: 0,
+                        relocated: moved as u32,
+                    });
+                }
                 let out = blocking(move || {
                     let out = tenant
                         .engine
@@ -256,6 +282,7 @@ impl IndexRpc for IndexService {
                 Ok(v1::RegisterPackResponse {
                     new_chunks: out.new as u32,
                     duplicates: out.duplicates as u32,
+                    relocated: 0,
                 })
             },
         )
@@ -291,6 +318,7 @@ impl IndexRpc for IndexService {
                             })),
                             first_seen: rec.first_seen,
                             last_seen: rec.last_seen,
+                            condemned: rec.condemned,
                         },
                     })
                     .collect();
@@ -370,28 +398,31 @@ impl IndexRpc for IndexService {
             request,
             |r| &r.repo_id,
             |_, tenant, req| async move {
-                let lease = i64::from(if req.lease_seconds == 0 {
-                    300
+                let parent = optional_snapshot(&req.parent_snapshot)?;
+                let replica_of = if req.session_id.is_empty() {
+                    None
                 } else {
-                    req.lease_seconds.min(86_400)
-                });
-                let id = cairn_chunk_store::crypto::random_bytes::<16>();
-                let now = now_secs();
-                let info = SessionInfo {
-                    started: now,
-                    expires: now + lease,
-                    lease,
+                    Some(session_id(&req.session_id)?)
                 };
-                tenant
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id, info.clone());
-                Ok(v1::Session {
-                    session_id: id.to_vec().into(),
-                    started_unix: info.started,
-                    expires_unix: info.expires,
+                let s = blocking(move || {
+                    match replica_of {
+                        Some(id) => tenant.engine.adopt_session_sync(
+                            id,
+                            &req.host,
+                            parent,
+                            req.started_unix,
+                            req.lease_seconds,
+                        ),
+                        None => {
+                            tenant
+                                .engine
+                                .begin_session_sync(&req.host, parent, req.lease_seconds)
+                        }
+                    }
+                    .map_err(Status::from)
                 })
+                .await?;
+                Ok(session_to_wire(&s))
             },
         )
         .await
@@ -407,14 +438,10 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |_, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
-                let mut sessions = tenant.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                let s = live_session(&mut sessions, &id)?;
-                s.expires = now_secs() + s.lease;
-                Ok(v1::Session {
-                    session_id: req.session_id.clone(),
-                    started_unix: s.started,
-                    expires_unix: s.expires,
-                })
+                let s =
+                    blocking(move || tenant.engine.renew_session_sync(&id).map_err(Status::from))
+                        .await?;
+                Ok(session_to_wire(&s))
             },
         )
         .await
@@ -430,10 +457,116 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |_, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
-                let mut sessions = tenant.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                live_session(&mut sessions, &id)?;
-                sessions.remove(&id);
-                Ok(v1::CommitManifestResponse {})
+                if req.finished {
+                    blocking(move || tenant.engine.end_session_sync(&id).map_err(Status::from))
+                        .await?;
+                    return Ok(v1::CommitManifestResponse { session: None });
+                }
+                let snapshot = SnapshotId::from_slice(&req.snapshot_id).map_err(invalid)?;
+                let s = blocking(move || {
+                    tenant
+                        .engine
+                        .commit_session_sync(&id, snapshot)
+                        .map_err(Status::from)
+                })
+                .await?;
+                Ok(v1::CommitManifestResponse {
+                    session: Some(session_to_wire(&s)),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<v1::ListSessionsRequest>,
+    ) -> Result<Response<v1::ListSessionsResponse>, Status> {
+        self.call(
+            "ListSessions",
+            request,
+            |r| &r.repo_id,
+            |_, tenant, _| async move {
+                let list =
+                    blocking(move || tenant.engine.sessions_sync().map_err(Status::from)).await?;
+                Ok(v1::ListSessionsResponse {
+                    sessions: list.sessions.iter().map(session_to_wire).collect(),
+                    now_unix: list.now,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn condemn(
+        &self,
+        request: Request<v1::CondemnRequest>,
+    ) -> Result<Response<v1::CondemnResponse>, Status> {
+        self.call(
+            "Condemn",
+            request,
+            |r| &r.repo_id,
+            |_, tenant, req| async move {
+                let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
+                let cutoff = req.cutoff_unix;
+                let condemned = blocking(move || {
+                    tenant
+                        .engine
+                        .condemn_sync(&ids, cutoff)
+                        .map_err(Status::from)
+                })
+                .await?;
+                Ok(v1::CondemnResponse {
+                    condemned: to_bitmap(&condemned).into(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn pack_states(
+        &self,
+        request: Request<v1::PackStatesRequest>,
+    ) -> Result<Response<v1::PackStatesResponse>, Status> {
+        self.call(
+            "PackStates",
+            request,
+            |r| &r.repo_id,
+            |_, tenant, req| async move {
+                if req.packs.len() > MAX_BATCH {
+                    return Err(invalid(format!(
+                        "{} packs in one call; at most {MAX_BATCH}",
+                        req.packs.len()
+                    )));
+                }
+                let packs = req
+                    .packs
+                    .iter()
+                    .map(|p| {
+                        let id = PackId::from_slice(&p.pack_id).map_err(invalid)?;
+                        let seen = match p.observed {
+                            0 => PackObservation::Live,
+                            1 => PackObservation::Dead {
+                                since: p.dead_since_unix,
+                            },
+                            2 => PackObservation::Deleted,
+                            other => return Err(invalid(format!("pack state {other}"))),
+                        };
+                        Ok((id, seen))
+                    })
+                    .collect::<Result<Vec<_>, Status>>()?;
+                let (dead_since, now) = blocking(move || {
+                    let d = tenant
+                        .engine
+                        .pack_states_sync(&packs)
+                        .map_err(Status::from)?;
+                    Ok((d, cairn_chunk_store::now_unix_nanos() / 1_000_000_000))
+                })
+                .await?;
+                Ok(v1::PackStatesResponse {
+                    dead_since_unix: dead_since,
+                    now_unix: now,
+                })
             },
         )
         .await

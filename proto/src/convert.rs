@@ -107,4 +107,64 @@ mod tests {
         assert!(unpack_ids(&[0; 33], 10).is_err());
         assert!(unpack_ids(&[0; 64], 1).is_err());
     }
+
+    /// The garbage-collection messages as they travel: field numbers and
+    /// types are part of the wire format and never change.
+    #[test]
+    fn gc_wire_bytes_are_pinned() {
+        use prost::Message;
+        let hex = |m: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = Vec::new();
+            m(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        };
+        let session = v1::Session {
+            session_id: vec![1; 2].into(),
+            started_unix: 3,
+            expires_unix: 4,
+            host: "h".into(),
+            parent_snapshot: vec![5].into(),
+            committed_snapshot: vec![6].into(),
+            lease_seconds: 7,
+        };
+        assert_eq!(
+            hex(&|b| session.encode(b).unwrap()),
+            "0a020101100318042201682a01053201063807"
+        );
+        let condemn = v1::CondemnRequest {
+            repo_id: vec![9].into(),
+            ids: vec![8].into(),
+            cutoff_unix: 300,
+        };
+        assert_eq!(hex(&|b| condemn.encode(b).unwrap()), "0a010912010818ac02");
+        let state = v1::PackState {
+            pack_id: vec![2].into(),
+            observed: 1,
+            dead_since_unix: 5,
+        };
+        assert_eq!(hex(&|b| state.encode(b).unwrap()), "0a010210011805");
+        let register = v1::RegisterPackRequest {
+            repo_id: Default::default(),
+            pack_id: Default::default(),
+            entries: vec![],
+            relocate: true,
+        };
+        assert_eq!(hex(&|b| register.encode(b).unwrap()), "2001");
+        let commit = v1::CommitManifestRequest {
+            finished: true,
+            ..Default::default()
+        };
+        assert_eq!(hex(&|b| commit.encode(b).unwrap()), "2001");
+        let replica = v1::BeginSessionRequest {
+            session_id: vec![1].into(),
+            started_unix: 2,
+            ..Default::default()
+        };
+        assert_eq!(hex(&|b| replica.encode(b).unwrap()), "2a01013002");
+        let location = v1::Location {
+            condemned: true,
+            ..Default::default()
+        };
+        assert_eq!(hex(&|b| location.encode(b).unwrap()), "3001");
+    }
 }

@@ -1089,3 +1089,51 @@ fn forget_applies_the_policy_and_removes_only_manifests() {
     );
     t.cairn.check_clean();
 }
+
+/// `prune = true` in a job's retention: after the policy removed a
+/// snapshot, the run prunes too (default options: recent data waits).
+#[test]
+fn retention_with_prune_runs_prune_after_forgetting() {
+    let t = Setup::new();
+    let config = t.config(
+        r#"
+[jobs.nightly]
+paths = ["{src}"]
+repository = "{repo}"
+password_file = "{password}"
+schedule = "daily"
+
+[jobs.nightly.retention]
+keep_last = 1
+prune = true
+"#,
+    );
+    let run_once = || {
+        let out = t.cairn.run([
+            "agent",
+            "--config",
+            s(&config),
+            "--state-dir",
+            s(&t.state),
+            "--run-once",
+            "nightly",
+        ]);
+        out.expect_success();
+        out
+    };
+    let first = run_once();
+    assert!(
+        !first.all_text().contains("chunks condemned"),
+        "{}",
+        first.describe()
+    );
+    std::fs::write(t.src().join("new.txt"), "changed\n").unwrap();
+    let second = run_once();
+    assert!(
+        second.all_text().contains("] prune: 0 chunks condemned"),
+        "{}",
+        second.describe()
+    );
+    assert_eq!(t.cairn.snapshots().len(), 1);
+    t.cairn.check_clean();
+}

@@ -487,6 +487,7 @@ fn auth_and_bad_input_are_refused_and_the_node_keeps_serving() {
                     repo_id: repo.clone().into(),
                     pack_id: vec![1, 2, 3].into(),
                     entries: vec![],
+                    relocate: false,
                 },
                 &token,
             ))
@@ -696,4 +697,19 @@ fn a_saturated_node_sheds_load_with_a_retry_hint_and_recovers() {
     assert!(ok > 0);
     assert_eq!(hinted, shed, "every refusal carries retry-after-ms");
     assert!(node.metric("cairn_index_shed_requests_total") >= shed as f64);
+}
+
+/// What the garbage-collection tests (`prune.rs`) need of the fixture.
+impl ClusterFixture {
+    /// A repository and a cluster of `n` nodes with `replication` replicas.
+    pub(crate) fn start(n: usize, replication: u32) -> Self {
+        Self::with_repo(n, replication, |dir| {
+            Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")))
+        })
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub(crate) fn kill_node(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
 }

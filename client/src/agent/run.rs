@@ -100,7 +100,7 @@ fn backup_inner(
     let report = backup::run(
         handle,
         &repo,
-        index,
+        index.clone(),
         BackupOptions {
             paths: job.paths.clone(),
             excludes,
@@ -109,6 +109,7 @@ fn backup_inner(
             user: username(),
             progress: false,
             cancel: Some(cancel.clone()),
+            lease_secs: cairn_index::DEFAULT_LEASE_SECS,
         },
     )?;
     let stats = &report.stats;
@@ -139,7 +140,12 @@ fn backup_inner(
     }
     if let Some(policy) = &job.retention {
         match apply_retention(handle, &repo, job, policy, log) {
-            Ok(n) => outcome.forgotten = n,
+            Ok(n) => {
+                outcome.forgotten = n;
+                if policy.prune && n > 0 {
+                    prune_after_retention(handle, &repo, index, job, log);
+                }
+            }
             Err(e) => {
                 outcome.result = RunResult::Failure;
                 outcome.error = Some(format!(
@@ -186,6 +192,35 @@ fn open_index(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Runs prune with its default options after retention removed snapshots.
+/// A prune that fails is logged; the backup itself succeeded.
+fn prune_after_retention(
+    handle: &Handle,
+    repo: &Repository,
+    index: Arc<dyn Index>,
+    job: &Job,
+    log: &Logger,
+) {
+    let options = crate::prune::PruneOptions::default();
+    match handle.block_on(crate::prune::run(repo, index, &options)) {
+        Ok(r) => log.info(
+            Some(&job.name),
+            "prune_done",
+            &format!(
+                "prune: {} chunks condemned, {} packs deleted, {} bytes freed, {} bytes waiting for the grace period",
+                r.chunks_condemned, r.packs_deleted, r.bytes_freed, r.bytes_waiting
+            ),
+            serde_json::to_value(&r).unwrap_or_default(),
+        ),
+        Err(e) => log.warn(
+            Some(&job.name),
+            "prune_failed",
+            &format!("prune failed: {e:#}"),
+            json!({}),
+        ),
     }
 }
 

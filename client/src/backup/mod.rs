@@ -53,6 +53,8 @@ pub struct BackupOptions {
     /// Set to stop the backup early (e.g. on SIGTERM): no snapshot is
     /// written, and what was already stored is reused by the next run.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Lease of the backup's session, in seconds (renewed every third of it).
+    pub lease_secs: u32,
 }
 
 /// The outcome of a backup.
@@ -91,6 +93,8 @@ pub struct Counters {
     errors: AtomicU64,
     aborted: AtomicBool,
     cancel: Option<Arc<AtomicBool>>,
+    /// Raised when the backup's session is fenced.
+    fenced: Option<Arc<AtomicBool>>,
 }
 
 impl Counters {
@@ -147,7 +151,12 @@ impl Counters {
     }
     /// True once something failed.
     pub fn aborted(&self) -> bool {
-        self.aborted.load(Ordering::Relaxed) || self.cancelled()
+        self.aborted.load(Ordering::Relaxed)
+            || self.cancelled()
+            || self
+                .fenced
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
     }
     /// True if the caller asked the backup to stop.
     pub fn cancelled(&self) -> bool {
@@ -230,6 +239,35 @@ impl Shared {
         }
     }
 
+    /// True if the index confirms every chunk of an unchanged file from the
+    /// parent (refreshing their last-seen times). Any other answer means the
+    /// file is read again: a chunk garbage collection condemned is never reused.
+    pub fn still_known(&self, old: &cairn_chunk_store::tree::Node) -> bool {
+        let Ok(ids) = old.chunk_ids() else {
+            return false;
+        };
+        let ask: Vec<ChunkId> = {
+            let claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = HashSet::new();
+            ids.into_iter()
+                .filter(|id| !claimed.contains(id) && seen.insert(*id))
+                .collect()
+        };
+        if ask.is_empty() {
+            return true;
+        }
+        match self.handle.block_on(self.index.unknown_chunks(&ask)) {
+            Ok(unknown) if unknown.len() == ask.len() && unknown.iter().all(|u| !u) => {
+                self.claimed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(ask);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records an unreadable source entry.
     pub fn warn(&self, message: String) {
         Counters::add(&self.counters.errors, 1);
@@ -262,6 +300,160 @@ async fn register_orphan_packs(repo: &Repository, index: &dyn Index) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A backup's session: begun once the parent is chosen (before its trees
+/// are read), renewed in the background, committed before the manifest is
+/// written (the GC protocol of
+/// the `cairn_index` crate docs). Without an index that keeps sessions (the
+/// cluster is down) the backup runs without one: it then confirms no chunk,
+/// so it uploads everything, and its packs enter the index only when a
+/// later backup or prune registers them.
+struct SessionGuard {
+    handle: Handle,
+    index: Arc<dyn Index>,
+    ended: bool,
+    session: Option<(cairn_index::SessionId, u32)>,
+    /// Raised to stop the pipeline when the session is fenced.
+    stop: Arc<AtomicBool>,
+    fenced: Arc<Mutex<Option<String>>>,
+    /// When the index last confirmed the lease (begin or renew).
+    confirmed: Arc<Mutex<Instant>>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+const FENCED: &str = "backup session expired (its lease was not renewed in time), so prune may have removed data this backup relies on; no snapshot was written, run the backup again";
+
+impl SessionGuard {
+    fn begin(
+        handle: &Handle,
+        index: &Arc<dyn Index>,
+        host: &str,
+        parent: Option<SnapshotId>,
+        lease_secs: u32,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fenced = Arc::new(Mutex::new(None));
+        let confirmed = Arc::new(Mutex::new(Instant::now()));
+        let session = match handle.block_on(index.begin_session(host, parent, lease_secs)) {
+            Ok(s) => Some((s.id, u32::try_from(s.lease).unwrap_or(lease_secs).max(1))),
+            Err(e) => {
+                tracing::warn!("backup runs without a session: {e}");
+                None
+            }
+        };
+        let renewer = session.map(|(id, lease)| {
+            let (index, stop, fenced) = (index.clone(), stop.clone(), fenced.clone());
+            let confirmed = confirmed.clone();
+            handle.spawn(async move {
+                let every = std::time::Duration::from_millis(u64::from(lease) * 1000 / 3);
+                loop {
+                    tokio::time::sleep(every).await;
+                    let asked = Instant::now();
+                    match index.renew_session(id).await {
+                        Ok(_) => *confirmed.lock().unwrap_or_else(|p| p.into_inner()) = asked,
+                        Err(cairn_index::IndexError::Fenced(_)) => {
+                            *fenced.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(FENCED.to_string());
+                            stop.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        // A node that does not answer now may answer next time;
+                        // if the lease runs out meanwhile, the commit is refused.
+                        Err(e) => tracing::warn!("session not renewed: {e}"),
+                    }
+                }
+            })
+        });
+        Self {
+            handle: handle.clone(),
+            index: index.clone(),
+            ended: false,
+            session,
+            stop,
+            fenced,
+            confirmed,
+            renewer,
+        }
+    }
+
+    /// The fencing error, if the lease was lost while the backup ran.
+    fn fenced(&self) -> Option<anyhow::Error> {
+        self.fenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| anyhow!("{m}"))
+    }
+
+    /// Asks the index for permission to write the manifest of `snapshot`.
+    /// The manifest must then be written within half a lease.
+    fn commit(&self, handle: &Handle, snapshot: SnapshotId) -> Result<()> {
+        let Some((id, lease)) = self.session else {
+            return Ok(());
+        };
+        let asked = Instant::now();
+        match handle.block_on(self.index.commit_session(id, snapshot)) {
+            Ok(_) => {}
+            Err(cairn_index::IndexError::Fenced(_)) => return Err(anyhow!("{FENCED}")),
+            // The node holding the session is unreachable. While the lease it
+            // last confirmed still runs (half of it, for clock rates and the
+            // write itself), prune treats the session as running, so writing
+            // is safe and an unreachable index costs nothing. Past that, the
+            // session may have expired and prune acted: no snapshot.
+            Err(e) => {
+                let since = self
+                    .confirmed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed();
+                if since.as_secs_f64() < f64::from(lease) / 2.0 {
+                    eprintln!(
+                        "warning: the index did not confirm the backup session ({e}); its lease still runs, writing the snapshot"
+                    );
+                    return Ok(());
+                }
+                return Err(anyhow!(
+                    "the index has not confirmed the backup session for {}s, more than half its {lease}s lease ({e}); no snapshot was written, run the backup again",
+                    since.as_secs()
+                ));
+            }
+        }
+        if asked.elapsed().as_secs_f64() > f64::from(lease) / 2.0 {
+            return Err(anyhow!("{FENCED}"));
+        }
+        Ok(())
+    }
+
+    /// Ends the session: once the manifest is stored, or when the backup
+    /// stops without one (what it stored is then unreferenced, and garbage
+    /// collection need not wait for it). If the index does not hear it, the
+    /// session simply expires one lease later.
+    fn end(&mut self) {
+        self.finish();
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if let Some((id, _)) = self.session
+            && let Err(e) = self.handle.block_on(self.index.end_session(id))
+        {
+            tracing::warn!("session not ended: {e}");
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        // `run` is called outside the runtime, so blocking here is allowed.
+        self.end();
+    }
 }
 
 /// The latest snapshot of the same host and paths.
@@ -308,6 +500,8 @@ pub fn run(
     handle.block_on(register_orphan_packs(repo, &*index))?;
     let snapshots = handle.block_on(repo.snapshots())?;
     let parent = find_parent(&snapshots, &options.host, &path_strings);
+    let mut session =
+        SessionGuard::begin(handle, &index, &options.host, parent, options.lease_secs);
     let source = BlobSource::new(repo.clone(), Some(index.clone()));
     let parent_root = match parent {
         Some(id) => {
@@ -328,6 +522,7 @@ pub fn run(
         claimed: Mutex::new(HashSet::new()),
         counters: Counters {
             cancel: options.cancel.clone(),
+            fenced: Some(session.stop.clone()),
             ..Counters::default()
         },
         warnings: Mutex::new(Vec::new()),
@@ -403,6 +598,9 @@ pub fn run(
     if let Some(t) = ticker {
         t.finish();
     }
+    if let Some(e) = session.fenced() {
+        return Err(e);
+    }
     if shared.counters.cancelled() {
         return Err(anyhow!(
             "backup interrupted; no snapshot was written (the next run reuses what was stored)"
@@ -432,7 +630,10 @@ pub fn run(
         stats: Some(stats.clone()),
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
     };
-    let snapshot_id = handle.block_on(repo.save_snapshot(&snapshot))?;
+    let (snapshot_id, sealed) = repo.seal_snapshot(&snapshot);
+    session.commit(handle, snapshot_id)?;
+    handle.block_on(repo.put_sealed_snapshot(&snapshot_id, sealed))?;
+    session.end();
     let warnings = shared
         .warnings
         .lock()

@@ -200,7 +200,11 @@ impl<'a> Walker<'a> {
             }
             Some(NodeKind::File) => {
                 self.shared.counters.add_total(node.size);
-                if let Some(old) = parent.filter(|old| unchanged(old, &node)) {
+                // Unchanged files reuse the parent's chunks only once the index
+                // confirms them (GC invariant, `cairn_index` crate docs).
+                if let Some(old) =
+                    parent.filter(|old| unchanged(old, &node) && self.shared.still_known(old))
+                {
                     let mut node = node;
                     node.chunks = old.chunks.clone();
                     self.shared.counters.unmodified();
