@@ -239,33 +239,46 @@ impl Shared {
         }
     }
 
-    /// True if the index confirms every chunk of an unchanged file from the
-    /// parent (refreshing their last-seen times). Any other answer means the
-    /// file is read again: a chunk garbage collection condemned is never reused.
-    pub fn still_known(&self, old: &cairn_chunk_store::tree::Node) -> bool {
-        let Ok(ids) = old.chunk_ids() else {
-            return false;
-        };
+    /// For each unchanged file from the parent: true if the index confirms
+    /// every one of its chunks (refreshing their last-seen times). Any other
+    /// answer means the file is read again: a chunk garbage collection
+    /// condemned is never reused. One index call serves all the files (the
+    /// walker asks once per directory).
+    pub fn confirm_known(&self, olds: &[&cairn_chunk_store::tree::Node]) -> Vec<bool> {
+        let lists: Vec<Option<Vec<ChunkId>>> = olds.iter().map(|o| o.chunk_ids().ok()).collect();
         let ask: Vec<ChunkId> = {
             let claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
             let mut seen = HashSet::new();
-            ids.into_iter()
-                .filter(|id| !claimed.contains(id) && seen.insert(*id))
+            lists
+                .iter()
+                .flatten()
+                .flatten()
+                .filter(|id| !claimed.contains(*id) && seen.insert(**id))
+                .copied()
                 .collect()
         };
-        if ask.is_empty() {
-            return true;
-        }
-        match self.handle.block_on(self.index.unknown_chunks(&ask)) {
-            Ok(unknown) if unknown.len() == ask.len() && unknown.iter().all(|u| !u) => {
-                self.claimed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(ask);
-                true
+        let known: HashSet<ChunkId> = if ask.is_empty() {
+            HashSet::new()
+        } else {
+            match self.handle.block_on(self.index.unknown_chunks(&ask)) {
+                Ok(unknown) if unknown.len() == ask.len() => ask
+                    .iter()
+                    .zip(unknown)
+                    .filter(|(_, u)| !u)
+                    .map(|(id, _)| *id)
+                    .collect(),
+                _ => HashSet::new(),
             }
-            _ => false,
-        }
+        };
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        claimed.extend(known.iter().copied());
+        lists
+            .iter()
+            .map(|list| {
+                list.as_ref()
+                    .is_some_and(|ids| ids.iter().all(|id| claimed.contains(id)))
+            })
+            .collect()
     }
 
     /// Records an unreadable source entry.

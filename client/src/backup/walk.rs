@@ -156,7 +156,7 @@ impl<'a> Walker<'a> {
                 .map_err(|e| anyhow!("cannot back up {}: {e}", child_path.display()))?;
             let parent_node = parent.as_ref().and_then(|t| t.find(name.as_bytes()));
             if child.is_source {
-                if let Some(p) = self.entry(&child_path, node, meta.dev(), parent_node)? {
+                if let Some(p) = self.entry(&child_path, node, meta.dev(), parent_node, None)? {
                     entries.push(p);
                 }
             } else {
@@ -179,12 +179,15 @@ impl<'a> Walker<'a> {
         Ok(key)
     }
 
+    /// One entry; for a file, `confirmed` says whether the index already
+    /// confirmed the parent's chunks (`None`: ask now).
     fn entry(
         &mut self,
         path: &Path,
         node: Node,
         root_dev: u64,
         parent: Option<&Node>,
+        confirmed: Option<bool>,
     ) -> Result<Option<Pending>> {
         if self.shared.counters.aborted() {
             bail!("backup aborted");
@@ -202,9 +205,10 @@ impl<'a> Walker<'a> {
                 self.shared.counters.add_total(node.size);
                 // Unchanged files reuse the parent's chunks only once the index
                 // confirms them (GC invariant, `cairn_index` crate docs).
-                if let Some(old) =
-                    parent.filter(|old| unchanged(old, &node) && self.shared.still_known(old))
-                {
+                if let Some(old) = parent.filter(|old| {
+                    unchanged(old, &node)
+                        && confirmed.unwrap_or_else(|| self.shared.confirm_known(&[old])[0])
+                }) {
                     let mut node = node;
                     node.chunks = old.chunks.clone();
                     self.shared.counters.unmodified();
@@ -256,6 +260,7 @@ impl<'a> Walker<'a> {
                 }
             }
             names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            let mut listed = Vec::with_capacity(names.len());
             for name in names {
                 let child = path.join(&name);
                 if self.excludes.excluded(&child, &name) {
@@ -280,8 +285,31 @@ impl<'a> Walker<'a> {
                         continue;
                     }
                 };
-                let old = parent.as_ref().and_then(|t| t.find(name.as_bytes()));
-                if let Some(p) = self.entry(&child, node, root_dev, old)? {
+                listed.push((child, node));
+            }
+            // The unchanged files of the directory are confirmed with one index call.
+            let olds: Vec<Option<&Node>> = listed
+                .iter()
+                .map(|(_, node)| parent.as_ref().and_then(|t| t.find(&node.name)))
+                .collect();
+            let candidates: Vec<&Node> = listed
+                .iter()
+                .zip(&olds)
+                .filter_map(|((_, node), old)| {
+                    old.filter(|o| node.node_kind() == Some(NodeKind::File) && unchanged(o, node))
+                })
+                .collect();
+            let mut confirmed = self.shared.confirm_known(&candidates).into_iter();
+            for ((child, node), old) in listed.into_iter().zip(olds) {
+                let is_candidate = old.is_some_and(|o| {
+                    node.node_kind() == Some(NodeKind::File) && unchanged(o, &node)
+                });
+                let known = if is_candidate {
+                    Some(confirmed.next().unwrap_or(false))
+                } else {
+                    Some(false)
+                };
+                if let Some(p) = self.entry(&child, node, root_dev, old, known)? {
                     entries.push(p);
                 }
             }
