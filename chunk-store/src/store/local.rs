@@ -147,7 +147,13 @@ impl LocalStore {
                         stack.push(path);
                     }
                 } else if ft.is_file() && key.starts_with(prefix) {
-                    let size = entry.metadata().map_err(|e| self.io_err(&key, e))?.len();
+                    // An object deleted since the directory was read is simply
+                    // not listed: a listing races with deletes (forget, prune).
+                    let size = match entry.metadata() {
+                        Ok(m) => m.len(),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(self.io_err(&key, e)),
+                    };
                     out.push(ObjectInfo { key, size });
                 }
             }
