@@ -439,11 +439,12 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
     let log = f.dir.join("fenced-log");
     let repo = f.dir.join("repo");
     let packs_before = pack_files(&repo).len();
-    let mut backup = cairn.spawn(["backup", s(big_source())], &log);
-    poll_until(
-        "the backup to store a pack",
-        Duration::from_secs(60),
-        || pack_files(&repo).len() > packs_before + 1,
+    let mut backup = spawn_backup_until_packs(
+        &cairn,
+        &["backup", s(big_source())],
+        &log,
+        &repo,
+        packs_before + 2,
     );
     let pid = backup.id().to_string();
     let stop = std::process::Command::new("kill")
@@ -486,6 +487,23 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
     restore_equals(&cairn, &snap, &small, &small, &f.dir);
 }
 
+/// Starts `args` (a backup) and returns once `repo` holds at least `packs` packs.
+fn spawn_backup_until_packs(
+    cairn: &Cairn,
+    args: &[&str],
+    log: &Path,
+    repo: &Path,
+    packs: usize,
+) -> std::process::Child {
+    let backup = cairn.spawn(args, log);
+    poll_until(
+        "the backup to store a pack",
+        Duration::from_secs(60),
+        || pack_files(repo).len() >= packs,
+    );
+    backup
+}
+
 /// The index is an accelerator: losing the node that holds a backup's
 /// session costs the backup nothing while the lease it last confirmed runs.
 #[test]
@@ -494,11 +512,12 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
     let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "600");
     let log = f.dir.join("log");
     let repo = f.dir.join("repo");
-    let mut backup = cairn.spawn(["backup", s(big_source()), "--json"], &log);
-    poll_until(
-        "the backup to store a pack",
-        Duration::from_secs(60),
-        || !pack_files(&repo).is_empty(),
+    let mut backup = spawn_backup_until_packs(
+        &cairn,
+        &["backup", s(big_source()), "--json"],
+        &log,
+        &repo,
+        1,
     );
     f.kill_node(0);
     let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
@@ -521,11 +540,12 @@ fn a_session_survives_one_of_its_replicas() {
         let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "2");
         let log = f.dir.join("log");
         let repo = f.dir.join("repo");
-        let mut backup = cairn.spawn(["backup", s(big_source()), "--json"], &log);
-        poll_until(
-            "the backup to store a pack",
-            Duration::from_secs(60),
-            || !pack_files(&repo).is_empty(),
+        let mut backup = spawn_backup_until_packs(
+            &cairn,
+            &["backup", s(big_source()), "--json"],
+            &log,
+            &repo,
+            1,
         );
         f.kill_node(victim);
         let status =

@@ -184,6 +184,11 @@ impl Failure {
         }
     }
 
+    /// A 404 for the object itself (a missing bucket is a misconfiguration).
+    fn is_missing_object(&self) -> bool {
+        self.status() == Some(404) && self.code() != Some("NoSuchBucket")
+    }
+
     fn code(&self) -> Option<&str> {
         match self {
             Failure::Status { code, .. } => code.as_deref(),
@@ -452,6 +457,52 @@ impl S3Store {
         }
     }
 
+    /// GetObject of a whole object or a `bytes=` range, body included in
+    /// each attempt (a body cut short is retried).
+    async fn get_object(&self, key: &str, range: Option<String>) -> Result<GetOutcome, StoreError> {
+        let full = self.full_key(key);
+        self.call(key, None, || {
+            let request = self
+                .client
+                .get_object()
+                .bucket(&self.options.bucket)
+                .key(&full)
+                .set_range(range.clone());
+            async move {
+                match request.send().await {
+                    Ok(out) => {
+                        // The object's size, from `Content-Range: bytes a-b/size`.
+                        let total = out.content_range().and_then(|r| {
+                            r.rsplit_once('/').and_then(|(_, t)| t.parse::<u64>().ok())
+                        });
+                        let expected = out.content_length();
+                        let body = out
+                            .body
+                            .collect()
+                            .await
+                            .map_err(|e| {
+                                Failure::Transient(format!("response body cut short: {e}"))
+                            })?
+                            .into_bytes();
+                        if let Some(n) = expected.filter(|&n| n as usize != body.len()) {
+                            return Err(Failure::Transient(format!(
+                                "response body cut short ({} of {n} bytes)",
+                                body.len()
+                            )));
+                        }
+                        Ok(GetOutcome::Bytes(body, total))
+                    }
+                    Err(e) => match Failure::from_sdk(e) {
+                        f if f.is_missing_object() => Ok(GetOutcome::Missing),
+                        f if f.status() == Some(416) => Ok(GetOutcome::PastEnd),
+                        f => Err(f),
+                    },
+                }
+            }
+        })
+        .await
+    }
+
     async fn put_object(&self, key: &str, data: &Bytes) -> Result<(), StoreError> {
         let full = self.full_key(key);
         let tries = AtomicU64::new(0);
@@ -536,43 +587,10 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let full = self.full_key(key);
-        let found = self
-            .call(key, None, || {
-                let request = self
-                    .client
-                    .get_object()
-                    .bucket(&self.options.bucket)
-                    .key(&full);
-                async move {
-                    match request.send().await {
-                        Ok(out) => {
-                            let expected = out.content_length();
-                            let body = out.body.collect().await.map_err(|e| {
-                                Failure::Transient(format!("response body cut short: {e}"))
-                            })?;
-                            let body = body.into_bytes();
-                            match expected {
-                                Some(n) if n as usize != body.len() => {
-                                    Err(Failure::Transient(format!(
-                                        "response body cut short ({} of {n} bytes)",
-                                        body.len()
-                                    )))
-                                }
-                                _ => Ok(Some(body)),
-                            }
-                        }
-                        Err(e) => match Failure::from_sdk(e) {
-                            f if f.status() == Some(404) && f.code() != Some("NoSuchBucket") => {
-                                Ok(None)
-                            }
-                            f => Err(f),
-                        },
-                    }
-                }
-            })
-            .await?;
-        found.ok_or_else(|| self.not_found(key))
+        match self.get_object(key, None).await? {
+            GetOutcome::Bytes(body, _) => Ok(body),
+            GetOutcome::Missing | GetOutcome::PastEnd => Err(self.not_found(key)),
+        }
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
@@ -589,57 +607,14 @@ impl ObjectStore for S3Store {
                 Some(_) => Ok(Bytes::new()),
             };
         }
-        let full = self.full_key(key);
         let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let found = self
-            .call(key, None, || {
-                let request = self
-                    .client
-                    .get_object()
-                    .bucket(&self.options.bucket)
-                    .key(&full)
-                    .range(&range);
-                async move {
-                    match request.send().await {
-                        Ok(out) => {
-                            let total = out.content_range().and_then(|r| {
-                                r.rsplit_once('/').and_then(|(_, t)| t.parse::<u64>().ok())
-                            });
-                            let expected = out.content_length();
-                            let body = out
-                                .body
-                                .collect()
-                                .await
-                                .map_err(|e| {
-                                    Failure::Transient(format!("response body cut short: {e}"))
-                                })?
-                                .into_bytes();
-                            if let Some(n) = expected.filter(|&n| n as usize != body.len()) {
-                                return Err(Failure::Transient(format!(
-                                    "response body cut short ({} of {n} bytes)",
-                                    body.len()
-                                )));
-                            }
-                            Ok(RangeOutcome::Bytes(body, total))
-                        }
-                        Err(e) => match Failure::from_sdk(e) {
-                            f if f.status() == Some(404) && f.code() != Some("NoSuchBucket") => {
-                                Ok(RangeOutcome::Missing)
-                            }
-                            f if f.status() == Some(416) => Ok(RangeOutcome::PastEnd),
-                            f => Err(f),
-                        },
-                    }
-                }
-            })
-            .await?;
-        match found {
-            RangeOutcome::Bytes(body, _) if body.len() as u64 == len => Ok(body),
-            RangeOutcome::Bytes(body, total) => {
+        match self.get_object(key, Some(range)).await? {
+            GetOutcome::Bytes(body, _) if body.len() as u64 == len => Ok(body),
+            GetOutcome::Bytes(body, total) => {
                 Err(short(total.unwrap_or(offset + body.len() as u64)))
             }
-            RangeOutcome::Missing => Err(self.not_found(key)),
-            RangeOutcome::PastEnd => {
+            GetOutcome::Missing => Err(self.not_found(key)),
+            GetOutcome::PastEnd => {
                 let size = self.head(key).await?.ok_or_else(|| self.not_found(key))?;
                 Err(short(size))
             }
@@ -716,7 +691,7 @@ impl ObjectStore for S3Store {
                 match request.send().await {
                     Ok(_) => Ok(()),
                     Err(e) => match Failure::from_sdk(e) {
-                        f if f.status() == Some(404) && f.code() != Some("NoSuchBucket") => Ok(()),
+                        f if f.is_missing_object() => Ok(()),
                         f => Err(f),
                     },
                 }
@@ -726,7 +701,9 @@ impl ObjectStore for S3Store {
     }
 }
 
-enum RangeOutcome {
+/// What a GetObject found.
+enum GetOutcome {
+    /// The bytes, and the object's size when the answer said it.
     Bytes(Bytes, Option<u64>),
     Missing,
     PastEnd,

@@ -292,24 +292,19 @@ impl<'a> Walker<'a> {
                 .iter()
                 .map(|(_, node)| parent.as_ref().and_then(|t| t.find(&node.name)))
                 .collect();
-            let candidates: Vec<&Node> = listed
+            // Unchanged files: the parent's node, to be confirmed.
+            let reusable: Vec<Option<&Node>> = listed
                 .iter()
                 .zip(&olds)
-                .filter_map(|((_, node), old)| {
+                .map(|((_, node), old)| {
                     old.filter(|o| node.node_kind() == Some(NodeKind::File) && unchanged(o, node))
                 })
                 .collect();
+            let candidates: Vec<&Node> = reusable.iter().flatten().copied().collect();
             let mut confirmed = self.shared.confirm_known(&candidates).into_iter();
-            for ((child, node), old) in listed.into_iter().zip(olds) {
-                let is_candidate = old.is_some_and(|o| {
-                    node.node_kind() == Some(NodeKind::File) && unchanged(o, &node)
-                });
-                let known = if is_candidate {
-                    Some(confirmed.next().unwrap_or(false))
-                } else {
-                    Some(false)
-                };
-                if let Some(p) = self.entry(&child, node, root_dev, old, known)? {
+            for (((child, node), old), reuse) in listed.into_iter().zip(olds).zip(&reusable) {
+                let known = reuse.map(|_| confirmed.next().unwrap_or(false));
+                if let Some(p) = self.entry(&child, node, root_dev, old, known.or(Some(false)))? {
                     entries.push(p);
                 }
             }
