@@ -679,8 +679,14 @@ mod tests {
     #[test]
     fn filter_false_positive_rate_is_at_most_one_percent_at_under_ten_bits() {
         let n = 100_000u32;
-        let mut bloom =
-            bloomfilter::Bloom::<[u8]>::new_for_fp_rate(n as usize, FILTER_FP_RATE).unwrap();
+        // A fixed seed: with random ones the measured rate wanders around
+        // the 0.95 % target and now and then crosses 1 % by chance.
+        let mut bloom = bloomfilter::Bloom::<[u8]>::new_for_fp_rate_with_seed(
+            n as usize,
+            FILTER_FP_RATE,
+            blake3::hash(b"filter test seed").as_bytes(),
+        )
+        .unwrap();
         let id =
             |i: u32, salt: u8| *blake3::hash(&[&i.to_le_bytes()[..], &[salt]].concat()).as_bytes();
         for i in 0..n {
