@@ -123,3 +123,18 @@ pub fn apply_metadata(path: &Path, node: &Node, is_root: bool) -> io::Result<()>
     let t = file_time(node.mtime_ns);
     filetime::set_symlink_file_times(path, t, t)
 }
+
+/// [`apply_metadata`] for a regular file that is open for writing: the same
+/// changes in the same order, through the descriptor (no path lookups).
+pub fn apply_file_metadata(file: &fs::File, node: &Node, is_root: bool) -> io::Result<()> {
+    use xattr::FileExt;
+    if is_root {
+        std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid))?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(node.mode))?;
+    for x in &node.xattrs {
+        file.set_xattr(std::ffi::OsStr::from_bytes(&x.name), &x.value)?;
+    }
+    let t = file_time(node.mtime_ns);
+    filetime::set_file_handle_times(file, Some(t), Some(t))
+}

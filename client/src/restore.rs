@@ -6,7 +6,7 @@
 //! that writing into a directory does not disturb its restored mtime.
 //! A file whose chunks are damaged or missing fails alone; the rest restores.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, anyhow};
-use cairn_chunk_store::ChunkId;
-use cairn_chunk_store::pack::BlobLocation;
+use cairn_chunk_store::pack::{BlobLocation, pack_key};
 use cairn_chunk_store::tree::{Node, NodeKind};
+use cairn_chunk_store::{ChunkId, PackId};
 use tokio::runtime::Handle;
 
 use crate::browse::{self, Entry};
-use crate::fsmeta::apply_metadata;
+use crate::fsmeta::{apply_file_metadata, apply_metadata};
 use crate::progress::Ticker;
 use crate::source::BlobSource;
 
@@ -82,6 +82,11 @@ fn target_path(target: &Path, snapshot_path: &Path) -> PathBuf {
 }
 
 /// Restores the snapshot with root tree `root`. Blocking.
+///
+/// Three stages run at once: a walker thread reads the trees, the calling
+/// thread creates directories and symlinks and plans the reads of each batch
+/// of files (one index lookup per batch), and a pool of writer threads reads
+/// and writes the files.
 pub fn run(
     handle: &Handle,
     source: &BlobSource,
@@ -89,130 +94,98 @@ pub fn run(
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let is_root = running_as_root();
-    let mut entries: Vec<Entry> = Vec::new();
-    let includes = options.includes.clone();
-    let mut start_points: Vec<PathBuf> = Vec::new();
-    for inc in &includes {
-        if browse::components(inc)?.is_empty() {
-            start_points.clear();
-            break;
-        }
-        start_points.push(inc.clone());
-    }
-    if start_points.is_empty() {
-        start_points.push(PathBuf::from("/"));
-    }
-    for start in &start_points {
-        // Directories leading to an included path are restored too.
-        let parts = browse::components(start)?;
-        let mut prefix = PathBuf::from("/");
-        for part in parts.iter().take(parts.len().saturating_sub(1)) {
-            prefix.push(std::ffi::OsStr::from_bytes(part));
-            if let Some(node) = handle.block_on(browse::find(source, root, &prefix))? {
-                entries.push(Entry {
-                    path: prefix.clone(),
-                    node,
-                });
-            }
-        }
-        handle.block_on(browse::walk(source, root, start, &mut |e: &Entry| {
-            if included(&e.path, &includes) {
-                entries.push(e.clone());
-            }
-            Ok(())
-        }))?;
-    }
     fs::create_dir_all(&options.target)
         .with_context(|| format!("cannot create target {}", options.target.display()))?;
 
-    let mut report = RestoreReport::default();
-    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
-    let mut files: Vec<(PathBuf, Node)> = Vec::new();
-    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for e in entries {
-        if !seen.insert(e.path.clone()) {
-            continue;
-        }
-        let dest = target_path(&options.target, &e.path);
-        match e.node.node_kind() {
-            Some(NodeKind::Dir) => {
-                match fs::create_dir_all(&dest) {
-                    Ok(()) => report.dirs += 1,
-                    Err(err) => report
-                        .failed
-                        .push((e.path.clone(), format!("cannot create directory: {err}"))),
-                }
-                dirs.push((dest, e.node));
-            }
-            Some(NodeKind::File) => {
-                if e.node.nlink > 1 {
-                    let key = (e.node.device, e.node.inode);
-                    if let Some(primary) = first_link.get(&key) {
-                        links.push((dest, primary.clone()));
-                        continue;
-                    }
-                    first_link.insert(key, dest.clone());
-                }
-                files.push((dest, e.node));
-            }
-            Some(NodeKind::Symlink) => {
-                let _ = fs::remove_file(&dest);
-                let target = std::ffi::OsStr::from_bytes(&e.node.symlink_target);
-                let made = std::os::unix::fs::symlink(target, &dest)
-                    .map_err(|err| err.to_string())
-                    .and_then(|()| {
-                        apply_metadata(&dest, &e.node, is_root).map_err(|err| err.to_string())
-                    });
-                if let Err(err) = made {
-                    report
-                        .failed
-                        .push((e.path.clone(), format!("cannot create symlink: {err}")));
-                }
-            }
-            _ => report
-                .warnings
-                .push(format!("{}: special file not restored", e.path.display())),
-        }
-    }
-
-    let total: u64 = files.iter().map(|(_, n)| n.size).sum();
     let done = Arc::new(AtomicU64::new(0));
-    let ticker = options.progress.then(|| {
-        let done = done.clone();
-        Ticker::start("restore", Some(total), move || {
-            (done.load(Ordering::Relaxed), String::new())
-        })
-    });
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 8)
         * 2;
     let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_MIB as usize));
-    let (tx, rx) = crossbeam_channel::bounded::<(PathBuf, Node)>(threads * 2);
-    let (res_tx, res_rx) = crossbeam_channel::unbounded();
-    std::thread::scope(|scope| {
+    let (entry_tx, entry_rx) = crossbeam_channel::bounded::<Entry>(4096);
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(threads * 4);
+    let (res_tx, res_rx) = crossbeam_channel::unbounded::<(PathBuf, u64, Result<()>)>();
+    let mut report = RestoreReport::default();
+    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
+    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
+    // The total is unknown until the trees are read: progress counts bytes.
+    let ticker = options.progress.then(|| {
+        let done = done.clone();
+        Ticker::start("restore", None, move || {
+            (done.load(Ordering::Relaxed), String::new())
+        })
+    });
+
+    let walked = std::thread::scope(|scope| -> Result<()> {
+        let walker = scope.spawn(move || walk_selection(handle, source, root, options, entry_tx));
         for _ in 0..threads {
-            let (rx, res_tx, done) = (rx.clone(), res_tx.clone(), done.clone());
+            let (rx, res_tx, done) = (job_rx.clone(), res_tx.clone(), done.clone());
             let budget = budget.clone();
             scope.spawn(move || {
-                for (dest, node) in rx {
-                    let r = restore_file(handle, source, &budget, &dest, &node, is_root, &done);
-                    if r.is_err() {
-                        let _ = fs::remove_file(&dest);
-                    }
-                    let _ = res_tx.send((dest, node.size, r));
+                let writer = Writer {
+                    handle,
+                    source,
+                    budget: &budget,
+                    is_root,
+                    done: &done,
+                    results: &res_tx,
+                };
+                for job in rx {
+                    writer.run(job);
                 }
             });
         }
-        for f in files {
-            let _ = tx.send(f);
+        drop(job_rx);
+
+        let mut planner = Planner::new(handle, source, job_tx, &res_tx);
+        let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
+        let mut seen = HashSet::new();
+        for e in entry_rx {
+            if options.includes.len() > 1 && !seen.insert(e.path.clone()) {
+                continue;
+            }
+            let dest = target_path(&options.target, &e.path);
+            match e.node.node_kind() {
+                Some(NodeKind::Dir) => {
+                    match fs::create_dir_all(&dest) {
+                        Ok(()) => report.dirs += 1,
+                        Err(err) => report
+                            .failed
+                            .push((e.path.clone(), format!("cannot create directory: {err}"))),
+                    }
+                    dirs.push((dest, e.node));
+                }
+                Some(NodeKind::File) => {
+                    if e.node.nlink > 1 {
+                        let key = (e.node.device, e.node.inode);
+                        if let Some(primary) = first_link.get(&key) {
+                            links.push((dest, primary.clone()));
+                            continue;
+                        }
+                        first_link.insert(key, dest.clone());
+                    }
+                    planner.add(dest, e.node)?;
+                }
+                Some(NodeKind::Symlink) => {
+                    if let Err(err) = restore_symlink(&dest, &e.node, is_root) {
+                        report
+                            .failed
+                            .push((e.path.clone(), format!("cannot create symlink: {err}")));
+                    }
+                }
+                _ => report
+                    .warnings
+                    .push(format!("{}: special file not restored", e.path.display())),
+            }
         }
-        drop(tx);
+        planner.finish()?;
+        walker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
     drop(res_tx);
-    let mut failed_paths = std::collections::HashSet::new();
+    let mut failed_paths = HashSet::new();
     for (dest, size, r) in res_rx {
         match r {
             Ok(()) => {
@@ -227,6 +200,7 @@ pub fn run(
             }
         }
     }
+    walked?;
     if let Some(t) = ticker {
         t.finish();
     }
@@ -258,73 +232,420 @@ pub fn run(
     Ok(report)
 }
 
+/// Sends every selected entry of the snapshot, parents before children.
+fn walk_selection(
+    handle: &Handle,
+    source: &BlobSource,
+    root: &ChunkId,
+    options: &RestoreOptions,
+    out: crossbeam_channel::Sender<Entry>,
+) -> Result<()> {
+    let includes = &options.includes;
+    let mut start_points: Vec<PathBuf> = Vec::new();
+    for inc in includes {
+        if browse::components(inc)?.is_empty() {
+            start_points.clear();
+            break;
+        }
+        start_points.push(inc.clone());
+    }
+    if start_points.is_empty() {
+        start_points.push(PathBuf::from("/"));
+    }
+    // A closed channel means the receiver stopped: nothing more to send.
+    let stopped = || anyhow!("restore stopped");
+    for start in &start_points {
+        // Directories leading to an included path are restored too.
+        let parts = browse::components(start)?;
+        let mut prefix = PathBuf::from("/");
+        for part in parts.iter().take(parts.len().saturating_sub(1)) {
+            prefix.push(std::ffi::OsStr::from_bytes(part));
+            if let Some(node) = handle.block_on(browse::find(source, root, &prefix))? {
+                let entry = Entry {
+                    path: prefix.clone(),
+                    node,
+                };
+                out.send(entry).map_err(|_| stopped())?;
+            }
+        }
+        handle.block_on(browse::walk(source, root, start, &mut |e: &Entry| {
+            if included(&e.path, includes) {
+                out.send(e.clone()).map_err(|_| stopped())?;
+            }
+            Ok(())
+        }))?;
+    }
+    Ok(())
+}
+
 fn snapshot_path(target: &Path, dest: &Path) -> PathBuf {
     Path::new("/").join(dest.strip_prefix(target).unwrap_or(dest))
 }
 
-fn restore_file(
-    handle: &Handle,
-    source: &BlobSource,
-    budget: &Arc<tokio::sync::Semaphore>,
-    dest: &Path,
-    node: &Node,
-    is_root: bool,
-    done: &AtomicU64,
-) -> Result<()> {
-    let ids = node.chunk_ids()?;
-    let locations = handle.block_on(source.locate(&ids))?;
-    let mut located: Vec<(ChunkId, BlobLocation)> = Vec::with_capacity(ids.len());
-    for (id, loc) in ids.iter().zip(locations) {
-        let loc = loc.ok_or_else(|| anyhow!("chunk {id} is not stored in any pack"))?;
-        located.push((*id, loc));
-    }
-    // Never write through whatever is at the destination (it may be a symlink).
-    match fs::symlink_metadata(dest) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(dest)?,
-        Ok(_) => fs::remove_file(dest)?,
-        Err(_) => {}
-    }
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dest)
-        .with_context(|| format!("cannot create {}", dest.display()))?;
-    let runs = runs(&located);
-    let mut pending = VecDeque::new();
-    let mut next_run = runs.iter();
-    let mut offset = 0u64;
-    loop {
-        while pending.len() < READ_AHEAD {
-            let Some(run) = next_run.next() else { break };
-            let part = located[run.clone()].to_vec();
-            let bytes: u64 = part.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
-            let mib = (bytes.div_ceil(1 << 20) as u32).clamp(1, READ_BUDGET_MIB);
-            let permit = handle.block_on(budget.clone().acquire_many_owned(mib))?;
-            let source = source.clone();
-            let task = handle.spawn(async move {
-                let blobs = source.read_run(&part).await;
-                drop(permit);
-                (part, blobs)
-            });
-            pending.push_back(task);
+/// Makes a symlink, replacing whatever is at `dest`.
+fn restore_symlink(dest: &Path, node: &Node, is_root: bool) -> std::io::Result<()> {
+    let target = std::ffi::OsStr::from_bytes(&node.symlink_target);
+    match std::os::unix::fs::symlink(target, dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_existing(dest)?;
+            std::os::unix::fs::symlink(target, dest)?;
         }
-        let Some(task) = pending.pop_front() else {
-            break;
-        };
-        let (part, blobs) = handle.block_on(task)?;
-        for (k, blob) in blobs?.into_iter().enumerate() {
-            let data = blob.with_context(|| format!("chunk {}", part[k].0))?;
-            write_sparse(&file, &data, offset)?;
-            offset += data.len() as u64;
-            done.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
+        other => other?,
     }
-    // Trailing holes need the length set explicitly.
-    file.set_len(offset)?;
-    drop(file);
     apply_metadata(dest, node, is_root)
-        .with_context(|| format!("{}: cannot set metadata", dest.display()))?;
-    Ok(())
+}
+
+/// Removes whatever is at `dest` (a file, a symlink or a directory tree).
+fn remove_existing(dest: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(dest),
+        Ok(_) => fs::remove_file(dest),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Creates `dest` for writing. Whatever is already there is replaced, never
+/// written through (it may be a symlink); on a fresh target this costs one
+/// `open`.
+fn create_file(dest: &Path) -> Result<fs::File> {
+    let open = || OpenOptions::new().write(true).create_new(true).open(dest);
+    let file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_existing(dest).and_then(|()| open())
+        }
+        other => other,
+    };
+    file.with_context(|| format!("cannot create {}", dest.display()))
+}
+
+/// A file to restore, with the location of each of its chunks.
+struct FileJob {
+    dest: PathBuf,
+    node: Node,
+    chunks: Vec<(ChunkId, BlobLocation)>,
+}
+
+/// Work for one writer thread.
+enum Job {
+    /// Small files whose chunks lie close together in one pack, fetched with
+    /// one read of `len` bytes at `start` (no read when they are all empty).
+    Segment {
+        read: Option<(PackId, u64, u64)>,
+        files: Vec<FileJob>,
+    },
+    /// A large file, read run by run with read-ahead.
+    Large(FileJob),
+}
+
+/// Files are located and planned this many at a time.
+const PLAN_FILES: usize = 2048;
+/// A file is small when its chunks form one run of at most this many bytes.
+const SMALL_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest read that serves a segment of small files.
+const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes between two small files of a pack that are read through rather
+/// than split into two reads.
+const SEGMENT_GAP: u64 = 256 * 1024;
+/// Empty files handled by one job.
+const EMPTY_FILES_PER_JOB: usize = 256;
+
+/// Groups files into batches, locates their chunks with one index lookup per
+/// batch, and turns each batch into writer jobs: small files sorted by pack
+/// position and merged into segments, large files alone.
+struct Planner<'a> {
+    handle: &'a Handle,
+    source: &'a BlobSource,
+    jobs: crossbeam_channel::Sender<Job>,
+    results: &'a crossbeam_channel::Sender<(PathBuf, u64, Result<()>)>,
+    pending: Vec<(PathBuf, Node)>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        handle: &'a Handle,
+        source: &'a BlobSource,
+        jobs: crossbeam_channel::Sender<Job>,
+        results: &'a crossbeam_channel::Sender<(PathBuf, u64, Result<()>)>,
+    ) -> Self {
+        Self {
+            handle,
+            source,
+            jobs,
+            results,
+            pending: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, dest: PathBuf, node: Node) -> Result<()> {
+        self.pending.push((dest, node));
+        if self.pending.len() >= PLAN_FILES {
+            self.plan()?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.plan()
+    }
+
+    fn fail(&self, dest: PathBuf, size: u64, error: anyhow::Error) {
+        let _ = self.results.send((dest, size, Err(error)));
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| anyhow!("restore writers stopped"))
+    }
+
+    fn plan(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.pending);
+        let mut ids = Vec::new();
+        let mut files = Vec::with_capacity(batch.len());
+        for (dest, node) in batch {
+            match node.chunk_ids() {
+                Ok(chunks) => {
+                    ids.extend_from_slice(&chunks);
+                    files.push((dest, node, chunks));
+                }
+                Err(e) => self.fail(dest, node.size, e.into()),
+            }
+        }
+        let mut locations = self.handle.block_on(self.source.locate(&ids))?.into_iter();
+        let mut small: Vec<FileJob> = Vec::new();
+        let mut empty: Vec<FileJob> = Vec::new();
+        for (dest, node, chunks) in files {
+            let mut located = Vec::with_capacity(chunks.len());
+            let mut missing = None;
+            for id in chunks {
+                match locations.next().flatten() {
+                    Some(loc) => located.push((id, loc)),
+                    None => missing = missing.or(Some(id)),
+                }
+            }
+            if let Some(id) = missing {
+                self.fail(
+                    dest,
+                    node.size,
+                    anyhow!("chunk {id} is not stored in any pack"),
+                );
+                continue;
+            }
+            let job = FileJob {
+                dest,
+                node,
+                chunks: located,
+            };
+            match runs(&job.chunks).as_slice() {
+                [] => empty.push(job),
+                [_] if span(&job.chunks).1 - span(&job.chunks).0 <= SMALL_FILE_BYTES => {
+                    small.push(job)
+                }
+                _ => self.send(Job::Large(job))?,
+            }
+        }
+        for files in chunked(empty, EMPTY_FILES_PER_JOB) {
+            self.send(Job::Segment { read: None, files })?;
+        }
+        small.sort_by_key(|f| (f.chunks[0].1.pack, span(&f.chunks).0));
+        let mut segment: Vec<FileJob> = Vec::new();
+        let (mut start, mut end) = (0, 0);
+        for file in small {
+            let (from, to) = span(&file.chunks);
+            let joins = segment.first().is_some_and(|first| {
+                first.chunks[0].1.pack == file.chunks[0].1.pack
+                    && from <= end + SEGMENT_GAP
+                    && to.max(end) - start <= SEGMENT_BYTES
+            });
+            if !joins && !segment.is_empty() {
+                let pack = segment[0].chunks[0].1.pack;
+                let files = std::mem::take(&mut segment);
+                self.send(Job::Segment {
+                    read: Some((pack, start, end - start)),
+                    files,
+                })?;
+            }
+            if segment.is_empty() {
+                (start, end) = (from, to);
+            }
+            end = end.max(to);
+            segment.push(file);
+        }
+        if !segment.is_empty() {
+            let pack = segment[0].chunks[0].1.pack;
+            self.send(Job::Segment {
+                read: Some((pack, start, end - start)),
+                files: segment,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits `items` into vectors of at most `n`.
+fn chunked<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut it = items.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(n).collect());
+    }
+    out
+}
+
+/// The byte range of a pack that holds `chunks` (which lie in one pack).
+fn span(chunks: &[(ChunkId, BlobLocation)]) -> (u64, u64) {
+    let start = chunks.iter().map(|(_, l)| l.offset).min().unwrap_or(0);
+    let end = chunks
+        .iter()
+        .map(|(_, l)| l.offset + u64::from(l.stored_len))
+        .max()
+        .unwrap_or(0);
+    (start, end)
+}
+
+/// One writer thread's view of the restore.
+struct Writer<'a> {
+    handle: &'a Handle,
+    source: &'a BlobSource,
+    budget: &'a Arc<tokio::sync::Semaphore>,
+    is_root: bool,
+    done: &'a AtomicU64,
+    results: &'a crossbeam_channel::Sender<(PathBuf, u64, Result<()>)>,
+}
+
+impl Writer<'_> {
+    fn run(&self, job: Job) {
+        match job {
+            Job::Segment { read, files } => {
+                let bytes = match read {
+                    Some((pack, start, len)) => self
+                        .handle
+                        .block_on(self.source.repo().store().get_range(
+                            &pack_key(&pack),
+                            start,
+                            len,
+                        ))
+                        .map(|b| (b, start))
+                        .map_err(|e| anyhow!("pack {pack}: {e}")),
+                    None => Ok((Default::default(), 0)),
+                };
+                for file in files {
+                    let r = match &bytes {
+                        Ok((bytes, start)) => self.write_small(&file, bytes, *start),
+                        Err(e) => Err(anyhow!("{e:#}")),
+                    };
+                    self.finish(file, r);
+                }
+            }
+            Job::Large(file) => {
+                let r = self.write_large(&file);
+                self.finish(file, r);
+            }
+        }
+    }
+
+    fn finish(&self, file: FileJob, r: Result<()>) {
+        if r.is_err() {
+            let _ = fs::remove_file(&file.dest);
+        }
+        let _ = self.results.send((file.dest, file.node.size, r));
+    }
+
+    /// Writes a file whose sealed chunks are all in `bytes` (read from the
+    /// pack at offset `start`).
+    fn write_small(&self, file: &FileJob, bytes: &[u8], start: u64) -> Result<()> {
+        let out = create_file(&file.dest)?;
+        let mut sink = Sink::new(&out);
+        let repo = self.source.repo();
+        for (id, loc) in &file.chunks {
+            let from = (loc.offset - start) as usize;
+            let sealed = &bytes[from..from + loc.stored_len as usize];
+            let data = repo
+                .open_blob(id, loc, sealed)
+                .with_context(|| format!("chunk {id}"))?;
+            sink.write(&data)?;
+            self.done.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        sink.finish()?;
+        apply_file_metadata(&out, &file.node, self.is_root)
+            .with_context(|| format!("{}: cannot set metadata", file.dest.display()))
+    }
+
+    /// Writes a large file, fetching up to [`READ_AHEAD`] runs ahead under
+    /// the restore-wide read budget.
+    fn write_large(&self, file: &FileJob) -> Result<()> {
+        let out = create_file(&file.dest)?;
+        let mut sink = Sink::new(&out);
+        let located = &file.chunks;
+        let runs = runs(located);
+        let mut pending = VecDeque::new();
+        let mut next_run = runs.iter();
+        loop {
+            while pending.len() < READ_AHEAD {
+                let Some(run) = next_run.next() else { break };
+                let part = located[run.clone()].to_vec();
+                let bytes: u64 = part.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
+                let mib = (bytes.div_ceil(1 << 20) as u32).clamp(1, READ_BUDGET_MIB);
+                let permit = self
+                    .handle
+                    .block_on(self.budget.clone().acquire_many_owned(mib))?;
+                let source = self.source.clone();
+                let task = self.handle.spawn(async move {
+                    let blobs = source.read_run(&part).await;
+                    drop(permit);
+                    (part, blobs)
+                });
+                pending.push_back(task);
+            }
+            let Some(task) = pending.pop_front() else {
+                break;
+            };
+            let (part, blobs) = self.handle.block_on(task)?;
+            for (k, blob) in blobs?.into_iter().enumerate() {
+                let data = blob.with_context(|| format!("chunk {}", part[k].0))?;
+                sink.write(&data)?;
+                self.done.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        sink.finish()?;
+        apply_file_metadata(&out, &file.node, self.is_root)
+            .with_context(|| format!("{}: cannot set metadata", file.dest.display()))
+    }
+}
+
+/// Writes a file's content in order, leaving runs of zeros as holes.
+struct Sink<'a> {
+    file: &'a fs::File,
+    /// Bytes of content so far.
+    len: u64,
+    /// End of the last byte actually written.
+    written: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(file: &'a fs::File) -> Self {
+        Self {
+            file,
+            len: 0,
+            written: 0,
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if let Some(end) = write_sparse(self.file, data, self.len)? {
+            self.written = end;
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Trailing holes need the length set explicitly.
+    fn finish(self) -> std::io::Result<()> {
+        if self.written < self.len {
+            self.file.set_len(self.len)?;
+        }
+        Ok(())
+    }
 }
 
 /// Splits a file's chunks into runs: neighbouring chunks of one pack, read
@@ -352,8 +673,10 @@ fn runs(located: &[(ChunkId, BlobLocation)]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Writes `data` at `offset`, leaving 4 KiB blocks of zeros as holes.
-fn write_sparse(file: &fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+/// Returns the end of the last byte written, if any was.
+fn write_sparse(file: &fs::File, data: &[u8], offset: u64) -> std::io::Result<Option<u64>> {
     let mut pos = 0;
+    let mut written = None;
     while pos < data.len() {
         let end = (pos + SPARSE_BLOCK).min(data.len());
         if data[pos..end].iter().all(|&b| b == 0) {
@@ -370,7 +693,8 @@ fn write_sparse(file: &fs::File, data: &[u8], offset: u64) -> std::io::Result<()
             stop = next;
         }
         file.write_all_at(&data[pos..stop], offset + pos as u64)?;
+        written = Some(offset + stop as u64);
         pos = stop;
     }
-    Ok(())
+    Ok(written)
 }
