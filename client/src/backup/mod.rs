@@ -593,10 +593,19 @@ pub fn run(
 
     let walked = {
         let trie = walk::SourceTrie::new(&paths);
-        let mut walker = walk::Walker::new(&shared, &source, &options.excludes, job_tx, dir_tx);
-        walker.walk_root(&trie, parent_root)
-        // The walker drops its senders here, which lets the workers and
-        // the tree builder finish.
+        let pool = walk::Prefetch::new();
+        std::thread::scope(|scope| {
+            for _ in 0..workers.min(8) {
+                scope.spawn(|| pool.serve(&shared, &source, &options.excludes));
+            }
+            let mut walker = walk::Walker::new(&shared, &source, &options.excludes, job_tx, dir_tx)
+                .with_prefetch(&pool);
+            let walked = walker.walk_root(&trie, parent_root);
+            pool.close();
+            walked
+            // The walker drops its senders here, which lets the workers and
+            // the tree builder finish.
+        })
     };
     if walked.is_err() {
         shared.counters.abort();

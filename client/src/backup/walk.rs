@@ -6,12 +6,13 @@
 //! directory's tree and stores it like any chunk. Only the walker blocks on
 //! the bounded job queue, so the walk can never outrun memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{Result, anyhow, bail};
 use cairn_chunk_store::ChunkId;
@@ -95,6 +96,163 @@ pub struct Walker<'a> {
     pub jobs: Sender<FileJob>,
     pub dirs: Sender<PendingDir>,
     next_key: u64,
+    prefetch: Option<&'a Prefetch>,
+    /// Directories handed to the prefetch pool, by path.
+    ahead: HashMap<PathBuf, Receiver<Option<Listing>>>,
+}
+
+/// Directories listed ahead of the walker at most: bounds the memory held
+/// by listings not consumed yet.
+const LIST_AHEAD: usize = 256;
+
+/// One directory for the prefetch pool: its path, its tree in the parent
+/// snapshot, and where to send the listing.
+type ListJob = (PathBuf, Option<ChunkId>, Sender<Option<Listing>>);
+
+/// A pool of threads that list directories ahead of the walker (read the
+/// directory, `lstat` and read the xattrs of every entry, load the parent
+/// snapshot's tree, confirm unchanged files with the index). On a cold cache
+/// these are waits on the disk, which the pool overlaps; the walker still
+/// consumes directories in its own order, so the snapshot is the same.
+/// Jobs are taken from the front: the walker pushes the subdirectories of
+/// the directory it enters there, so the pool works in the walker's order.
+pub struct Prefetch {
+    queue: Mutex<VecDeque<ListJob>>,
+    wake: Condvar,
+    closed: AtomicBool,
+}
+
+impl Default for Prefetch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Prefetch {
+    /// An empty pool (start threads with [`Prefetch::serve`]).
+    pub fn new() -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Lists directories until [`Prefetch::close`]; run on each pool thread.
+    pub fn serve(&self, shared: &Shared, source: &BlobSource, excludes: &Excludes) {
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if self.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Some(job) = queue.pop_front() {
+                        break job;
+                    }
+                    queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let (path, parent, reply) = job;
+            let _ = reply.send(list_dir(shared, source, excludes, &path, parent));
+        }
+    }
+
+    /// Stops the pool threads (jobs not started are dropped).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _guard = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
+    }
+
+    /// Queues `jobs` at the front, keeping their order.
+    fn push_front(&self, jobs: Vec<ListJob>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        for job in jobs.into_iter().rev() {
+            queue.push_front(job);
+        }
+        self.wake.notify_all();
+    }
+}
+
+/// A directory's entries in name order, compared with the parent snapshot.
+pub struct Listing {
+    /// The directory's tree in the parent snapshot.
+    parent: Option<Arc<Tree>>,
+    /// Entries with their nodes (no chunks yet).
+    entries: Vec<(PathBuf, Node)>,
+    /// Per entry: for an unchanged file, whether the index confirmed the
+    /// parent's chunks; `None` for everything else.
+    confirmed: Vec<Option<bool>>,
+}
+
+/// Lists `path` (`None` when it cannot be read, after a warning).
+fn list_dir(
+    shared: &Shared,
+    source: &BlobSource,
+    excludes: &Excludes,
+    path: &Path,
+    parent: Option<ChunkId>,
+) -> Option<Listing> {
+    // A parent tree that cannot be read only costs re-reading files.
+    let parent = parent.and_then(|id| source.tree_blocking(&shared.handle, &id).ok());
+    let listing = match std::fs::read_dir(path) {
+        Ok(l) => l,
+        Err(e) => {
+            shared.warn(format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    let mut names: Vec<OsString> = Vec::new();
+    for item in listing {
+        match item {
+            Ok(item) => names.push(item.file_name()),
+            Err(e) => shared.warn(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        let child = path.join(&name);
+        if excludes.excluded(&child, &name) {
+            continue;
+        }
+        let meta = match child.symlink_metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                shared.warn(format!("cannot read {}: {e}", child.display()));
+                continue;
+            }
+        };
+        if meta.is_dir() && excludes.marked(&child) {
+            continue;
+        }
+        match node_from_metadata(&child, name.as_bytes(), &meta) {
+            Ok(node) => entries.push((child, node)),
+            Err(e) => shared.warn(format!("cannot read {}: {e}", child.display())),
+        }
+    }
+    // The unchanged files of the directory are confirmed with one index call.
+    let reusable: Vec<Option<&Node>> = entries
+        .iter()
+        .map(|(_, node)| {
+            parent
+                .as_ref()
+                .and_then(|t| t.find(&node.name))
+                .filter(|o| node.node_kind() == Some(NodeKind::File) && unchanged(o, node))
+        })
+        .collect();
+    let candidates: Vec<&Node> = reusable.iter().flatten().copied().collect();
+    let mut known = shared.confirm_known(&candidates).into_iter();
+    let confirmed = reusable
+        .iter()
+        .map(|r| r.map(|_| known.next().unwrap_or(false)))
+        .collect();
+    Some(Listing {
+        parent,
+        entries,
+        confirmed,
+    })
 }
 
 impl<'a> Walker<'a> {
@@ -113,7 +271,15 @@ impl<'a> Walker<'a> {
             jobs,
             dirs,
             next_key: 0,
+            prefetch: None,
+            ahead: HashMap::new(),
         }
+    }
+
+    /// Lists directories ahead through `pool`.
+    pub fn with_prefetch(mut self, pool: &'a Prefetch) -> Self {
+        self.prefetch = Some(pool);
+        self
     }
 
     fn key(&mut self) -> u64 {
@@ -194,9 +360,8 @@ impl<'a> Walker<'a> {
         }
         match node.node_kind() {
             Some(NodeKind::Dir) => {
-                let sub_parent = self.parent_subtree(parent);
                 let descend = !(self.excludes.one_file_system && node.device != root_dev);
-                let Some(key) = self.walk_dir(path, root_dev, sub_parent, descend)? else {
+                let Some(key) = self.walk_dir(path, root_dev, subtree_of(parent), descend)? else {
                     return Ok(None);
                 };
                 Ok(Some(Pending::Dir { node, key }))
@@ -237,73 +402,29 @@ impl<'a> Walker<'a> {
         &mut self,
         path: &Path,
         root_dev: u64,
-        parent: Option<Arc<Tree>>,
+        parent: Option<ChunkId>,
         descend: bool,
     ) -> Result<Option<u64>> {
         let mut entries = Vec::new();
         if descend {
-            let listing = match std::fs::read_dir(path) {
-                Ok(l) => l,
-                Err(e) => {
-                    self.shared
-                        .warn(format!("cannot read {}: {e}", path.display()));
-                    return Ok(None);
-                }
+            let listing = match self.ahead.remove(path) {
+                Some(ahead) => match ahead.recv() {
+                    Ok(listing) => listing,
+                    Err(_) => list_dir(self.shared, self.source, self.excludes, path, parent),
+                },
+                None => list_dir(self.shared, self.source, self.excludes, path, parent),
             };
-            let mut names: Vec<OsString> = Vec::new();
-            for item in listing {
-                match item {
-                    Ok(item) => names.push(item.file_name()),
-                    Err(e) => self
-                        .shared
-                        .warn(format!("cannot read {}: {e}", path.display())),
-                }
-            }
-            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            let mut listed = Vec::with_capacity(names.len());
-            for name in names {
-                let child = path.join(&name);
-                if self.excludes.excluded(&child, &name) {
-                    continue;
-                }
-                let meta = match child.symlink_metadata() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.shared
-                            .warn(format!("cannot read {}: {e}", child.display()));
-                        continue;
-                    }
-                };
-                if meta.is_dir() && self.excludes.marked(&child) {
-                    continue;
-                }
-                let node = match node_from_metadata(&child, name.as_bytes(), &meta) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.shared
-                            .warn(format!("cannot read {}: {e}", child.display()));
-                        continue;
-                    }
-                };
-                listed.push((child, node));
-            }
-            // The unchanged files of the directory are confirmed with one index call.
-            let olds: Vec<Option<&Node>> = listed
-                .iter()
-                .map(|(_, node)| parent.as_ref().and_then(|t| t.find(&node.name)))
-                .collect();
-            // Unchanged files: the parent's node, to be confirmed.
-            let reusable: Vec<Option<&Node>> = listed
-                .iter()
-                .zip(&olds)
-                .map(|((_, node), old)| {
-                    old.filter(|o| node.node_kind() == Some(NodeKind::File) && unchanged(o, node))
-                })
-                .collect();
-            let candidates: Vec<&Node> = reusable.iter().flatten().copied().collect();
-            let mut confirmed = self.shared.confirm_known(&candidates).into_iter();
-            for (((child, node), old), reuse) in listed.into_iter().zip(olds).zip(&reusable) {
-                let known = reuse.map(|_| confirmed.next().unwrap_or(false));
+            let Some(listing) = listing else {
+                return Ok(None);
+            };
+            self.list_ahead(&listing, root_dev);
+            let Listing {
+                parent,
+                entries: listed,
+                confirmed,
+            } = listing;
+            for ((child, node), known) in listed.into_iter().zip(confirmed) {
+                let old = parent.as_ref().and_then(|t| t.find(&node.name));
                 if let Some(p) = self.entry(&child, node, root_dev, old, known.or(Some(false)))? {
                     entries.push(p);
                 }
@@ -313,6 +434,36 @@ impl<'a> Walker<'a> {
         self.emit(PendingDir { key, entries })?;
         Ok(Some(key))
     }
+
+    /// Hands the subdirectories of `listing` to the prefetch pool, within
+    /// [`LIST_AHEAD`].
+    fn list_ahead(&mut self, listing: &Listing, root_dev: u64) {
+        let Some(pool) = self.prefetch else { return };
+        let mut jobs = Vec::new();
+        for (path, node) in &listing.entries {
+            if self.ahead.len() + jobs.len() >= LIST_AHEAD {
+                break;
+            }
+            if node.node_kind() != Some(NodeKind::Dir)
+                || (self.excludes.one_file_system && node.device != root_dev)
+            {
+                continue;
+            }
+            let old = listing.parent.as_ref().and_then(|t| t.find(&node.name));
+            let (tx, rx) = bounded(1);
+            self.ahead.insert(path.clone(), rx);
+            jobs.push((path.clone(), subtree_of(old), tx));
+        }
+        if !jobs.is_empty() {
+            pool.push_front(jobs);
+        }
+    }
+}
+
+/// The subtree id of `node` when it is a directory.
+fn subtree_of(node: Option<&Node>) -> Option<ChunkId> {
+    node.filter(|n| n.node_kind() == Some(NodeKind::Dir))
+        .and_then(|n| n.subtree_id().ok())
 }
 
 /// Builds and stores trees as directories complete; returns every tree id by key.
