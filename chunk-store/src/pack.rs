@@ -141,6 +141,27 @@ fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Chunks at least this large are probed before being compressed whole.
+const PROBE_FROM: usize = 256 * 1024;
+/// The probe compresses four slices of this size, spread over the chunk.
+const PROBE_SLICE: usize = 16 * 1024;
+
+/// False when a sample of a large chunk does not shrink by at least 3 %:
+/// already-compressed or encrypted data then costs 6 % of a full
+/// compression attempt instead of all of it (zstd at level 3 runs at about
+/// 0.5 GB/s on data it cannot compress).
+fn worth_compressing(data: &[u8], level: i32) -> bool {
+    if data.len() < PROBE_FROM {
+        return true;
+    }
+    let mut sample = Vec::with_capacity(4 * PROBE_SLICE);
+    for k in 0..4 {
+        let at = (data.len() - PROBE_SLICE) * k / 3;
+        sample.extend_from_slice(&data[at..at + PROBE_SLICE]);
+    }
+    compress(&sample, level).is_some_and(|z| z.len() + sample.len() / 32 < sample.len())
+}
+
 /// Compresses (when it helps) and seals one chunk.
 pub fn seal_blob(
     keys: &RepoKeys,
@@ -149,7 +170,10 @@ pub fn seal_blob(
     plaintext: &[u8],
     zstd_level: i32,
 ) -> SealedBlob {
-    let compressed = compress(plaintext, zstd_level).filter(|z| z.len() + 16 < plaintext.len());
+    let compressed = worth_compressing(plaintext, zstd_level)
+        .then(|| compress(plaintext, zstd_level))
+        .flatten()
+        .filter(|z| z.len() + 16 < plaintext.len());
     let (payload, compression) = match &compressed {
         Some(z) => (&z[..], Compression::Zstd),
         None => (plaintext, Compression::None),
@@ -457,6 +481,34 @@ mod tests {
         // Truncation is detected.
         assert!(read_trailer(&keys, id, &bytes[..bytes.len() - 1]).is_err());
         assert!(read_trailer(&keys, id, &bytes[..5]).is_err());
+    }
+
+    #[test]
+    fn large_chunks_are_compressed_only_when_a_sample_shrinks() {
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]));
+        let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
+        // Random bytes (incompressible), text, and random bytes with a long
+        // compressible middle that the probe's middle slices see.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let random: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let text = b"restore every byte as it was\n".repeat(40_000);
+        let mut mixed = random.clone();
+        mixed[300_000..800_000].fill(b'x');
+        for (data, expected) in [
+            (&random, Compression::None),
+            (&text, Compression::Zstd),
+            (&mixed, Compression::Zstd),
+        ] {
+            let blob = seal_blob(&keys, fp.chunk_id(data), BlobKind::Data, data, 3);
+            assert_eq!(blob.compression, expected, "{} bytes", data.len());
+        }
     }
 
     #[test]

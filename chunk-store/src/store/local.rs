@@ -12,6 +12,62 @@ use super::{ObjectInfo, ObjectStore, StoreError};
 /// Prefix of temporary files; they are never listed and may be deleted.
 const TEMP_PREFIX: &str = ".tmp-";
 
+/// Objects at least this large (packs) are written with `O_DIRECT`.
+const DIRECT_FROM: usize = 1 << 20;
+/// Alignment of `O_DIRECT` buffers, lengths and offsets.
+const DIRECT_ALIGN: usize = 4096;
+/// Bytes per `O_DIRECT` write.
+const DIRECT_PIECE: usize = 2 << 20;
+
+/// Creates `path` (which must not exist) holding `data`.
+///
+/// Large objects bypass the page cache: a backup writes each pack once and
+/// does not read it back, and on virtual machines the buffered path (a copy
+/// into freshly allocated page-cache pages) costs more CPU than everything
+/// else a backup does to the same bytes — a 2 GiB backup spent 54 % of its
+/// CPU there. The aligned part goes through `O_DIRECT` in pieces copied to
+/// an aligned buffer; the tail, and everything on file systems without
+/// `O_DIRECT` (tmpfs), is written the ordinary way.
+fn write_new_file(path: &Path, data: &[u8]) -> io::Result<File> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let direct_len = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+    if data.len() >= DIRECT_FROM {
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path);
+        match opened {
+            Ok(f) => {
+                let mut buffer = vec![0u8; DIRECT_PIECE + DIRECT_ALIGN];
+                let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+                let aligned = &mut buffer[start..start + DIRECT_PIECE];
+                let mut done = 0;
+                while done < direct_len {
+                    let n = (direct_len - done).min(DIRECT_PIECE);
+                    aligned[..n].copy_from_slice(&data[done..done + n]);
+                    f.write_all_at(&aligned[..n], done as u64)?;
+                    done += n;
+                }
+                drop(f);
+                // The tail through a second, ordinary descriptor; syncing
+                // either one makes the whole file durable.
+                let f = OpenOptions::new().write(true).open(path)?;
+                f.write_all_at(&data[direct_len..], direct_len as u64)?;
+                return Ok(f);
+            }
+            // No O_DIRECT here; the open may still have created the file.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let _ = fs::remove_file(path);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    f.write_all(data)?;
+    Ok(f)
+}
+
 /// A repository in a directory.
 ///
 /// Writes go to `.tmp-<random>` in the destination directory, are fsynced,
@@ -68,8 +124,7 @@ impl LocalStore {
             hex::encode(crate::crypto::random_bytes::<8>())
         ));
         let result = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
+            let f = write_new_file(&tmp, data)?;
             f.sync_all()?;
             drop(f);
             fs::hard_link(&tmp, &dest)?;
@@ -232,6 +287,36 @@ impl ObjectStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_of_every_size_are_written_exactly_on_disk_and_tmpfs() {
+        let sizes = [
+            0,
+            100,
+            DIRECT_FROM - 1,
+            DIRECT_FROM,
+            DIRECT_FROM + 3 * DIRECT_ALIGN + 17,
+            2 * DIRECT_PIECE + 5,
+        ];
+        let mut dirs = vec![tempfile::tempdir().unwrap()];
+        if Path::new("/dev/shm").is_dir() {
+            dirs.push(tempfile::tempdir_in("/dev/shm").unwrap());
+        }
+        for dir in &dirs {
+            for (i, size) in sizes.into_iter().enumerate() {
+                let data: Vec<u8> = (0..size).map(|k| (k * 7 + i) as u8).collect();
+                let path = dir.path().join(format!("object-{size}"));
+                write_new_file(&path, &data).unwrap().sync_all().unwrap();
+                assert!(
+                    fs::read(&path).unwrap() == data,
+                    "{size} bytes in {:?}",
+                    dir.path()
+                );
+                // Create-only, as every object write.
+                assert!(write_new_file(&path, &data).is_err());
+            }
+        }
+    }
 
     #[tokio::test]
     async fn local_store_conformance() {

@@ -1,7 +1,9 @@
 //! File workers: read, chunk, fingerprint, deduplicate, compress and seal.
 //!
-//! Each worker owns one chunking buffer (two maximum chunk sizes), so memory
-//! is bounded by the number of workers, never by file sizes.
+//! Each worker owns one chunking buffer (two maximum chunk sizes), and the
+//! chunks of large files waiting to be sealed by another worker are at most
+//! one per worker, so memory is bounded by the number of workers, never by
+//! file sizes.
 
 use std::fs::File;
 use std::io::Read;
@@ -37,22 +39,91 @@ pub struct FileChunks {
     pub size: u64,
 }
 
-/// Worker loop: processes jobs until the channel closes.
-pub fn worker(shared: Arc<Shared>, jobs: Receiver<FileJob>, blobs: Sender<SealedBlob>) {
-    let mut buf = Vec::new();
-    for job in jobs {
-        let result = if shared.counters.aborted() {
-            Err("backup aborted".to_string())
-        } else {
-            process(&shared, &job, &blobs, &mut buf)
-        };
-        let _ = job.reply.send(result);
+/// A chunk of a large file, fingerprinted and claimed, to compress and seal
+/// on whichever worker is free.
+pub struct SealJob {
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+/// The queue of [`SealJob`]s that all workers share. Give each worker a
+/// clone and drop the original: the queue closes when every worker is done.
+#[derive(Clone)]
+pub struct SealQueue {
+    tx: Sender<SealJob>,
+    rx: Receiver<SealJob>,
+}
+
+impl SealQueue {
+    /// A queue holding at most `capacity` chunks (each up to the maximum
+    /// chunk size).
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        Self { tx, rx }
     }
+}
+
+/// Worker loop: processes files until the job channel closes, and helps
+/// seal the chunks of large files that other workers are reading (those come
+/// first, so a single large file keeps every core busy). A worker whose job
+/// channel has closed keeps sealing until every worker has finished reading
+/// (each holds a sender of the queue until then).
+pub fn worker(
+    shared: Arc<Shared>,
+    jobs: Receiver<FileJob>,
+    seals: SealQueue,
+    blobs: Sender<SealedBlob>,
+) {
+    let SealQueue { tx, rx } = seals;
+    let mut buf = Vec::new();
+    let mut reading = Some(tx);
+    loop {
+        let Some(tx) = &reading else {
+            match rx.recv() {
+                Ok(job) => {
+                    seal(&shared, job.id, &job.data, &blobs);
+                    continue;
+                }
+                Err(_) => break,
+            }
+        };
+        crossbeam_channel::select_biased! {
+            recv(rx) -> job => {
+                if let Ok(job) = job {
+                    seal(&shared, job.id, &job.data, &blobs);
+                }
+            }
+            recv(jobs) -> job => match job {
+                Ok(job) => {
+                    let result = if shared.counters.aborted() {
+                        Err("backup aborted".to_string())
+                    } else {
+                        process(&shared, &job, tx, &blobs, &mut buf)
+                    };
+                    let _ = job.reply.send(result);
+                }
+                Err(_) => reading = None,
+            },
+        }
+    }
+}
+
+fn seal(shared: &Shared, id: ChunkId, data: &[u8], blobs: &Sender<SealedBlob>) -> bool {
+    let blob = seal_blob(
+        shared.repo.keys(),
+        id,
+        BlobKind::Data,
+        data,
+        shared.repo.config().zstd_level,
+    );
+    shared.counters.add_new_data(data.len() as u64);
+    blobs.send(blob).is_ok()
 }
 
 fn process(
     shared: &Shared,
     job: &FileJob,
+    seals: &Sender<SealJob>,
     blobs: &Sender<SealedBlob>,
     buf: &mut Vec<u8>,
 ) -> FileResult {
@@ -60,21 +131,23 @@ fn process(
     let chunker = shared.repo.chunker();
     let mut chunks = Vec::with_capacity((job.size / u64::from(chunker.params().avg)) as usize + 1);
     let mut size = 0u64;
-    let mut on_chunk = |data: &[u8]| -> Result<(), String> {
+    // `hand_off`: queue the sealing for another worker when one is free.
+    let mut on_chunk = |data: &[u8], hand_off: bool| -> Result<(), String> {
         size += data.len() as u64;
         shared.counters.add_read(data.len() as u64);
         let id = shared.repo.fingerprinter().chunk_id(data);
         chunks.push(id);
         if shared.claim(id, BlobKind::Data)? {
-            let blob = seal_blob(
-                shared.repo.keys(),
-                id,
-                BlobKind::Data,
-                data,
-                shared.repo.config().zstd_level,
-            );
-            shared.counters.add_new_data(data.len() as u64);
-            blobs.send(blob).map_err(|_| "backup aborted".to_string())?;
+            let queued = hand_off
+                && seals
+                    .try_send(SealJob {
+                        id,
+                        data: data.to_vec(),
+                    })
+                    .is_ok();
+            if !queued && !seal(shared, id, data, blobs) {
+                return Err("backup aborted".to_string());
+            }
         }
         Ok(())
     };
@@ -86,16 +159,16 @@ fn process(
             .map_err(|e| e.to_string())?;
         if data.len() < chunker.params().max as usize {
             if !data.is_empty() {
-                on_chunk(&data)?;
+                on_chunk(&data, false)?;
             }
             return Ok(FileChunks { chunks, size });
         }
         // The file grew past a chunk while we looked: chunk it properly.
         let file = File::open(&job.path).map_err(|e| e.to_string())?;
-        stream(file, shared, buf, on_chunk)?;
+        stream(file, shared, buf, |data| on_chunk(data, true))?;
         return Ok(FileChunks { chunks, size });
     }
-    stream(file, shared, buf, on_chunk)?;
+    stream(file, shared, buf, |data| on_chunk(data, true))?;
     Ok(FileChunks { chunks, size })
 }
 

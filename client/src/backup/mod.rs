@@ -572,15 +572,18 @@ pub fn run(
             .context("starting the packer")?
     };
     let mut worker_handles = Vec::new();
+    let seals = files::SealQueue::new(workers);
     for i in 0..workers {
         let (shared, jobs, blobs) = (shared.clone(), job_rx.clone(), blob_tx.clone());
+        let seals = seals.clone();
         worker_handles.push(
             std::thread::Builder::new()
                 .name(format!("chunker-{i}"))
-                .spawn(move || files::worker(shared, jobs, blobs))
+                .spawn(move || files::worker(shared, jobs, seals, blobs))
                 .context("starting workers")?,
         );
     }
+    drop(seals);
     drop(job_rx);
     let builder = {
         let (shared, blobs) = (shared.clone(), blob_tx.clone());
