@@ -147,9 +147,11 @@ impl Chunker {
 pub struct ChunkStream<'c, R> {
     chunker: &'c Chunker,
     reader: R,
+    /// Bytes read and not yet cut start at `start` and end at `buf.len()`;
+    /// the capacity is [`Chunker::stream_buffer_len`]. Only what was read is
+    /// ever written, so a small file touches only its own size of memory.
     buf: Vec<u8>,
     start: usize,
-    end: usize,
     eof: bool,
     bytes_read: u64,
 }
@@ -157,16 +159,13 @@ pub struct ChunkStream<'c, R> {
 impl<'c, R: Read> ChunkStream<'c, R> {
     /// Wraps `reader`; `buf` is reused (pass the one from [`ChunkStream::into_buffer`]).
     pub fn new(chunker: &'c Chunker, reader: R, mut buf: Vec<u8>) -> Self {
-        let len = chunker.stream_buffer_len();
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
+        buf.clear();
+        buf.reserve(chunker.stream_buffer_len());
         Self {
             chunker,
             reader,
             buf,
             start: 0,
-            end: 0,
             eof: false,
             bytes_read: 0,
         }
@@ -175,29 +174,20 @@ impl<'c, R: Read> ChunkStream<'c, R> {
     /// The next chunk, or `None` at the end of the input.
     pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
         let max = self.chunker.params.max as usize;
-        if !self.eof && self.end - self.start < max {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
+        if !self.eof && self.buf.len() - self.start < max {
+            self.buf.drain(..self.start);
             self.start = 0;
-            while self.end < self.buf.len() {
-                match self.reader.read(&mut self.buf[self.end..]) {
-                    Ok(0) => {
-                        self.eof = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        self.end += n;
-                        self.bytes_read += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            let want = self.chunker.stream_buffer_len() - self.buf.len();
+            let n = (&mut self.reader)
+                .take(want as u64)
+                .read_to_end(&mut self.buf)?;
+            self.bytes_read += n as u64;
+            self.eof = n < want;
         }
-        if self.start == self.end {
+        if self.start == self.buf.len() {
             return Ok(None);
         }
-        let n = self.chunker.cut(&self.buf[self.start..self.end]);
+        let n = self.chunker.cut(&self.buf[self.start..]);
         let chunk = &self.buf[self.start..self.start + n];
         self.start += n;
         Ok(Some(chunk))

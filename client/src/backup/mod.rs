@@ -542,9 +542,14 @@ pub fn run(
         index_warned: AtomicBool::new(false),
     });
 
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Four file workers per core: with a cold cache most of a small file's
+    // time is the wait for its read, which the other workers overlap (a
+    // kernel tree's first backup: 7.3-7.7 s with two per core, 6.0-6.2 s
+    // with four). Sealed chunks in flight are bounded by cores, not workers.
+    let workers = cores * 4;
     let (job_tx, job_rx) = bounded(workers * 4);
-    let (blob_tx, blob_rx) = bounded(workers * 4);
+    let (blob_tx, blob_rx) = bounded(cores * 4);
     let (dir_tx, dir_rx) = bounded(4096);
     let failure = Arc::new(Mutex::new(None));
 
@@ -572,7 +577,7 @@ pub fn run(
             .context("starting the packer")?
     };
     let mut worker_handles = Vec::new();
-    let seals = files::SealQueue::new(workers);
+    let seals = files::SealQueue::new(cores * 2);
     for i in 0..workers {
         let (shared, jobs, blobs) = (shared.clone(), job_rx.clone(), blob_tx.clone());
         let seals = seals.clone();
@@ -598,7 +603,7 @@ pub fn run(
         let trie = walk::SourceTrie::new(&paths);
         let pool = walk::Prefetch::new();
         std::thread::scope(|scope| {
-            for _ in 0..workers.min(8) {
+            for _ in 0..(cores * 2).min(8) {
                 scope.spawn(|| pool.serve(&shared, &source, &options.excludes));
             }
             let mut walker = walk::Walker::new(&shared, &source, &options.excludes, job_tx, dir_tx)
