@@ -1,9 +1,10 @@
 //! File workers: read, chunk, fingerprint, deduplicate, compress and seal.
 //!
-//! Each worker owns one chunking buffer (two maximum chunk sizes), and the
-//! chunks of large files waiting to be sealed by another worker are at most
-//! one per worker, so memory is bounded by the number of workers, never by
-//! file sizes.
+//! Small files are read whole; larger ones stream through one of a fixed set
+//! of chunking buffers (two maximum chunk sizes each, [`StreamBuffers`]), and
+//! the chunks of large files waiting to be sealed by another worker are
+//! bounded too, so memory is bounded by the number of cores, never by file
+//! sizes or by the number of workers.
 
 use std::fs::File;
 use std::io::Read;
@@ -39,6 +40,25 @@ pub struct FileChunks {
     pub size: u64,
 }
 
+/// The chunking buffers that workers share: a worker streaming a file takes
+/// one for the length of the file, so there are never more than were made.
+#[derive(Clone)]
+pub struct StreamBuffers {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+}
+
+impl StreamBuffers {
+    /// `count` buffers (allocated on first use).
+    pub fn new(count: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(count);
+        for _ in 0..count {
+            let _ = tx.send(Vec::new());
+        }
+        Self { tx, rx }
+    }
+}
+
 /// A chunk of a large file, fingerprinted and claimed, to compress and seal
 /// on whichever worker is free.
 pub struct SealJob {
@@ -72,10 +92,10 @@ pub fn worker(
     shared: Arc<Shared>,
     jobs: Receiver<FileJob>,
     seals: SealQueue,
+    buffers: StreamBuffers,
     blobs: Sender<SealedBlob>,
 ) {
     let SealQueue { tx, rx } = seals;
-    let mut buf = Vec::new();
     let mut reading = Some(tx);
     loop {
         let Some(tx) = &reading else {
@@ -98,7 +118,7 @@ pub fn worker(
                     let result = if shared.counters.aborted() {
                         Err("backup aborted".to_string())
                     } else {
-                        process(&shared, &job, tx, &blobs, &mut buf)
+                        process(&shared, &job, tx, &blobs, &buffers)
                     };
                     let _ = job.reply.send(result);
                 }
@@ -125,7 +145,7 @@ fn process(
     job: &FileJob,
     seals: &Sender<SealJob>,
     blobs: &Sender<SealedBlob>,
-    buf: &mut Vec<u8>,
+    buffers: &StreamBuffers,
 ) -> FileResult {
     let file = File::open(&job.path).map_err(|e| e.to_string())?;
     let chunker = shared.repo.chunker();
@@ -165,20 +185,23 @@ fn process(
         }
         // The file grew past a chunk while we looked: chunk it properly.
         let file = File::open(&job.path).map_err(|e| e.to_string())?;
-        stream(file, shared, buf, |data| on_chunk(data, true))?;
+        stream(file, shared, buffers, |data| on_chunk(data, true))?;
         return Ok(FileChunks { chunks, size });
     }
-    stream(file, shared, buf, |data| on_chunk(data, true))?;
+    stream(file, shared, buffers, |data| on_chunk(data, true))?;
     Ok(FileChunks { chunks, size })
 }
 
 fn stream(
     file: File,
     shared: &Shared,
-    buf: &mut Vec<u8>,
+    buffers: &StreamBuffers,
     mut on_chunk: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut s = ChunkStream::new(shared.repo.chunker(), file, std::mem::take(buf));
+    // Every buffer goes back to the pool after its file, so one is always
+    // coming (and the pool outlives the workers).
+    let buf = buffers.rx.recv().unwrap_or_default();
+    let mut s = ChunkStream::new(shared.repo.chunker(), file, buf);
     let result = loop {
         match s.next_chunk() {
             Ok(Some(chunk)) => {
@@ -190,6 +213,6 @@ fn stream(
             Err(e) => break Err(e.to_string()),
         }
     };
-    *buf = s.into_buffer();
+    let _ = buffers.tx.send(s.into_buffer());
     result
 }

@@ -546,7 +546,8 @@ pub fn run(
     // Four file workers per core: with a cold cache most of a small file's
     // time is the wait for its read, which the other workers overlap (a
     // kernel tree's first backup: 7.3-7.7 s with two per core, 6.0-6.2 s
-    // with four). Sealed chunks in flight are bounded by cores, not workers.
+    // with four). Chunking buffers and sealed chunks in flight are bounded
+    // by cores, not workers.
     let workers = cores * 4;
     let (job_tx, job_rx) = bounded(workers * 4);
     let (blob_tx, blob_rx) = bounded(cores * 4);
@@ -578,13 +579,14 @@ pub fn run(
     };
     let mut worker_handles = Vec::new();
     let seals = files::SealQueue::new(cores * 2);
+    let buffers = files::StreamBuffers::new(cores * 2);
     for i in 0..workers {
         let (shared, jobs, blobs) = (shared.clone(), job_rx.clone(), blob_tx.clone());
-        let seals = seals.clone();
+        let (seals, buffers) = (seals.clone(), buffers.clone());
         worker_handles.push(
             std::thread::Builder::new()
                 .name(format!("chunker-{i}"))
-                .spawn(move || files::worker(shared, jobs, seals, blobs))
+                .spawn(move || files::worker(shared, jobs, seals, buffers, blobs))
                 .context("starting workers")?,
         );
     }
