@@ -387,9 +387,10 @@ fn backup_and_restore_succeed_with_30_percent_of_requests_failing() {
         assert!(faults.contains(&kind), "no {kind:?} was injected");
     }
     // 1/(1-0.3) = 1.43 attempts per call is the floor; the retry budget
-    // bounds it at 2.
+    // bounds it at 2. (Where it lands between depends on the mix: a PUT whose
+    // answer was cut costs a retry and a size check.)
     assert!(
-        amplification <= 1.8,
+        amplification <= 2.0,
         "retry amplification {amplification:.2}"
     );
     // One retry per fault, plus a size check when a stored object's answer was lost.
