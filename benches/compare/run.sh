@@ -279,6 +279,13 @@ sync_tree() {
     rsync -r -l -p --checksum --delete "$from/" "$dir/"
 }
 
+# init_logged TOOL REPO HOME NAME -- initialises TOOL's repository, its
+# output in logs/NAME-init.out; the harness stops if that fails.
+init_logged() {
+    tool_init "$1" "$2" "$3" >"$OUT/logs/$4-init.out" 2>&1 ||
+        die "$1 init failed; see $OUT/logs/$4-init.out"
+}
+
 # ---- workloads -----------------------------------------------------------
 
 # Kernel: first backup of V1, incremental backup of V2 over it, unchanged
@@ -293,8 +300,7 @@ workload_kernel() {
     for t in "${ROUND_TOOLS[@]}"; do
         repo="$WORK/kernel-r$r/$t/repo"
         home="$WORK/kernel-r$r/$t/home"
-        tool_init "$t" "$repo" "$home" >"$OUT/logs/kernel-r$r-$t-init.out" 2>&1 ||
-            die "$t init failed; see $OUT/logs/kernel-r$r-$t-init.out"
+        init_logged "$t" "$repo" "$home" "kernel-r$r-$t"
         tool_cmd_backup "$t" "$repo" "$src" first
         drop_caches
         measure kernel "$r" "$t" first "$repo" "$home"
@@ -343,8 +349,7 @@ workload_ts() {
     for t in "${ROUND_TOOLS[@]}"; do
         repo="$WORK/ts-r$r/$t/repo"
         home="$WORK/ts-r$r/$t/home"
-        tool_init "$t" "$repo" "$home" >"$OUT/logs/ts-r$r-$t-init.out" 2>&1 ||
-            die "$t init failed; see $OUT/logs/ts-r$r-$t-init.out"
+        init_logged "$t" "$repo" "$home" "ts-r$r-$t"
     done
     for v in "${TS_VERSIONS[@]}"; do
         i=$((i + 1))
@@ -382,8 +387,7 @@ workload_bigfile() {
     for t in "${ROUND_TOOLS[@]}"; do
         repo="$WORK/big-r$r/$t/repo"
         home="$WORK/big-r$r/$t/home"
-        tool_init "$t" "$repo" "$home" >"$OUT/logs/big-r$r-$t-init.out" 2>&1 ||
-            die "$t init failed; see $OUT/logs/big-r$r-$t-init.out"
+        init_logged "$t" "$repo" "$home" "big-r$r-$t"
         cat "$BIGFILE" >/dev/null
         tool_cmd_backup "$t" "$repo" "$BIGFILE" big
         measure bigfile "$r" "$t" backup "$repo" "$home"

@@ -436,11 +436,10 @@ impl<'a> Planner<'a> {
                 node,
                 chunks: located,
             };
+            let (from, to) = span(&job.chunks);
             match runs(&job.chunks).as_slice() {
                 [] => empty.push(job),
-                [_] if span(&job.chunks).1 - span(&job.chunks).0 <= SMALL_FILE_BYTES => {
-                    small.push(job)
-                }
+                [_] if to - from <= SMALL_FILE_BYTES => small.push(job),
                 _ => self.send(Job::Large(job))?,
             }
         }

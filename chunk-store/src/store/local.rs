@@ -19,6 +19,11 @@ const DIRECT_ALIGN: usize = 4096;
 /// Bytes per `O_DIRECT` write.
 const DIRECT_PIECE: usize = 2 << 20;
 
+thread_local! {
+    /// The staging buffer of `O_DIRECT` writes (one piece plus alignment).
+    static DIRECT_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Creates `path` (which must not exist) holding `data`.
 ///
 /// Large objects bypass the page cache: a backup writes each pack once and
@@ -39,16 +44,22 @@ fn write_new_file(path: &Path, data: &[u8]) -> io::Result<File> {
             .open(path);
         match opened {
             Ok(f) => {
-                let mut buffer = vec![0u8; DIRECT_PIECE + DIRECT_ALIGN];
-                let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
-                let aligned = &mut buffer[start..start + DIRECT_PIECE];
-                let mut done = 0;
-                while done < direct_len {
-                    let n = (direct_len - done).min(DIRECT_PIECE);
-                    aligned[..n].copy_from_slice(&data[done..done + n]);
-                    f.write_all_at(&aligned[..n], done as u64)?;
-                    done += n;
-                }
+                DIRECT_BUFFER.with_borrow_mut(|buffer| -> io::Result<()> {
+                    // Allocated once per thread; reused for every pack.
+                    if buffer.is_empty() {
+                        buffer.resize(DIRECT_PIECE + DIRECT_ALIGN, 0);
+                    }
+                    let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+                    let aligned = &mut buffer[start..start + DIRECT_PIECE];
+                    let mut done = 0;
+                    while done < direct_len {
+                        let n = (direct_len - done).min(DIRECT_PIECE);
+                        aligned[..n].copy_from_slice(&data[done..done + n]);
+                        f.write_all_at(&aligned[..n], done as u64)?;
+                        done += n;
+                    }
+                    Ok(())
+                })?;
                 drop(f);
                 // The tail through a second, ordinary descriptor; syncing
                 // either one makes the whole file durable.
