@@ -9,7 +9,7 @@
 //! | `chunking`               | FastCDC, default bounds, 64 MiB of random data         |
 //! | `fingerprint`            | keyed BLAKE3 and HMAC-SHA256 of a 1 MiB chunk          |
 //! | `compress`               | zstd level 3 of 1 MiB of log-like text                 |
-//! | `seal`                   | XChaCha20-Poly1305 of a 1 MiB chunk                    |
+//! | `seal`                   | AES-256-GCM and XChaCha20-Poly1305 of a 1 MiB chunk    |
 //! | `pack`                   | `seal_blob` + `PackWriter` for 16 MiB of 1 MiB chunks  |
 //! | `tree`                   | encoding one directory of 1000 files                   |
 //! | `ceiling`                | chunk + fingerprint of 2 GiB on every core: the best a |
@@ -24,7 +24,7 @@ use std::time::Duration;
 use cairn_benches::{pseudo_random, text_like, worker_count};
 use cairn_chunk_store::ChunkId;
 use cairn_chunk_store::chunker::{Chunker, ChunkerParams};
-use cairn_chunk_store::crypto::{MasterKey, RepoKeys};
+use cairn_chunk_store::crypto::{Cipher, MasterKey, RepoKeys};
 use cairn_chunk_store::fingerprint::{Fingerprinter, HashAlgo};
 use cairn_chunk_store::pack::{BlobKind, PackWriter, seal_blob};
 use cairn_chunk_store::tree::{Node, NodeKind, Tree};
@@ -34,7 +34,7 @@ const MIB: usize = 1 << 20;
 const ZSTD_LEVEL: i32 = 3;
 
 fn keys() -> RepoKeys {
-    RepoKeys::derive(&MasterKey::from_bytes([7; 32]))
+    RepoKeys::derive(&MasterKey::from_bytes([7; 32]), Cipher::DEFAULT)
 }
 
 fn chunking(c: &mut Criterion) {
@@ -84,9 +84,16 @@ fn seal(c: &mut Criterion) {
     let data = pseudo_random(MIB, 4);
     let mut group = c.benchmark_group("seal");
     group.throughput(Throughput::Bytes(data.len() as u64));
-    group.bench_function("xchacha20poly1305_1MiB", |b| {
-        b.iter(|| keys.seal(b"bench", black_box(&data)))
-    });
+    for cipher in [Cipher::Aes256Gcm, Cipher::XChaCha20Poly1305] {
+        let keys = keys.with_cipher(cipher);
+        group.bench_function(format!("{}_1MiB", cipher.name()), |b| {
+            b.iter(|| keys.seal(b"bench", black_box(&data)))
+        });
+        let sealed = keys.seal(b"bench", &data);
+        group.bench_function(format!("{}_open_1MiB", cipher.name()), |b| {
+            b.iter(|| keys.open(b"bench", black_box(&sealed)).map(|p| p.len()))
+        });
+    }
     group.finish();
 }
 

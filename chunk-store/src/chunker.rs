@@ -172,17 +172,28 @@ impl<'c, R: Read> ChunkStream<'c, R> {
     }
 
     /// The next chunk, or `None` at the end of the input.
+    ///
+    /// The buffer is refilled only when the bytes held cannot decide the next
+    /// cut, so the unread tail moved to the front on a refill is one partial
+    /// chunk, not up to a maximum chunk size. That is exact: a cut found
+    /// inside fewer than `max` bytes is the cut the whole input has, because
+    /// FastCDC scans forward from `min` and each candidate depends only on
+    /// the bytes before it and on its distance from the chunk start
+    /// (`prefix_cuts_are_final` checks it).
     pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
         let max = self.chunker.params.max as usize;
-        if !self.eof && self.buf.len() - self.start < max {
-            self.buf.drain(..self.start);
-            self.start = 0;
-            let want = self.chunker.stream_buffer_len() - self.buf.len();
-            let n = (&mut self.reader)
-                .take(want as u64)
-                .read_to_end(&mut self.buf)?;
-            self.bytes_read += n as u64;
-            self.eof = n < want;
+        loop {
+            let held = self.buf.len() - self.start;
+            if self.eof || held >= max {
+                break;
+            }
+            let n = self.chunker.cut(&self.buf[self.start..]);
+            if n < held {
+                let chunk = &self.buf[self.start..self.start + n];
+                self.start += n;
+                return Ok(Some(chunk));
+            }
+            self.refill()?;
         }
         if self.start == self.buf.len() {
             return Ok(None);
@@ -191,6 +202,18 @@ impl<'c, R: Read> ChunkStream<'c, R> {
         let chunk = &self.buf[self.start..self.start + n];
         self.start += n;
         Ok(Some(chunk))
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let want = self.chunker.stream_buffer_len() - self.buf.len();
+        let n = (&mut self.reader)
+            .take(want as u64)
+            .read_to_end(&mut self.buf)?;
+        self.bytes_read += n as u64;
+        self.eof = n < want;
+        Ok(())
     }
 
     /// Bytes read from the reader so far.
@@ -238,6 +261,64 @@ mod tests {
         for c in &mem[..mem.len() - 1] {
             assert!(c.len() >= SMALL.min as usize && c.len() <= SMALL.max as usize);
         }
+    }
+
+    /// A cut found in a prefix shorter than `max` is the cut of the whole
+    /// input, whatever the prefix length; a prefix without one reports its
+    /// own length. [`ChunkStream`] relies on both.
+    #[test]
+    fn prefix_cuts_are_final() {
+        let chunker = Chunker::new(SMALL, &[3; 32]);
+        for seed in 0..8 {
+            let data = pseudo_random(4 * SMALL.max as usize, 100 + seed);
+            let full = chunker.cut(&data);
+            for len in (0..SMALL.max as usize)
+                .step_by(97)
+                .chain([full, full + 1, full + 2])
+            {
+                let len = len.min(data.len());
+                let n = chunker.cut(&data[..len]);
+                if n < len {
+                    assert_eq!(n, full, "seed {seed}, prefix {len}");
+                } else {
+                    assert_eq!(n, len);
+                    // Candidates are tested in pairs, so a prefix that ends
+                    // just after the cut may not have tested it yet.
+                    assert!(
+                        len <= full + 1,
+                        "seed {seed}: prefix {len} missed the cut {full}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Reads in small, uneven pieces, as a pipe or a slow disk does.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.1 = self.1 % 7919 + 1;
+            let n = self.0.len().min(out.len()).min(self.1 * 13);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn stream_matches_in_memory_with_short_reads() {
+        let data = pseudo_random(3 << 20, 5);
+        let chunker = Chunker::new(SMALL, &[4; 32]);
+        let mem: Vec<&[u8]> = chunker.chunks(&data).collect();
+        let mut stream = ChunkStream::new(&chunker, Trickle(&data, 0), Vec::new());
+        let mut count = 0;
+        while let Some(c) = stream.next_chunk().unwrap() {
+            assert_eq!(c, mem[count], "chunk {count}");
+            count += 1;
+        }
+        assert_eq!(count, mem.len());
+        assert_eq!(stream.bytes_read(), data.len() as u64);
     }
 
     #[test]

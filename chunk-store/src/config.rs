@@ -1,14 +1,23 @@
 //! The repository config (`config`): sealed, written once by `init`.
+//!
+//! Versions: 1 = repositories whose objects are sealed with
+//! XChaCha20-Poly1305 (the `cipher` field is absent); 2 = the `cipher` field
+//! names the cipher of every other object (see [`crate::crypto`]). A config
+//! is written at the lowest version that can express it, so a repository
+//! created with `--cipher xchacha20-poly1305` stays readable by version-1
+//! clients, and a version-1 client refuses an AES repository with
+//! "unsupported format version" instead of failing to authenticate every
+//! chunk. The config itself is always sealed with XChaCha20-Poly1305.
 
 use crate::chunker::ChunkerParams;
-use crate::crypto::RepoKeys;
+use crate::crypto::{Cipher, RepoKeys};
 use crate::envelope::{self, CONFIG_MAGIC};
 use crate::error::FormatError;
 use crate::fingerprint::HashAlgo;
 use crate::id::RepoId;
 
-/// Current config format version.
-pub const CONFIG_VERSION: u16 = 1;
+/// Newest config format version (read: 1 and 2).
+pub const CONFIG_VERSION: u16 = 2;
 
 /// Default target size of a pack: 16 MiB, large enough that request costs
 /// are negligible on S3, small enough that a repack moves little.
@@ -45,6 +54,9 @@ pub struct ConfigRecord {
     /// Creation time, Unix seconds.
     #[prost(int64, tag = "8")]
     pub created_unix: i64,
+    /// [`Cipher`] discriminant (version 2; absent = XChaCha20-Poly1305).
+    #[prost(uint32, tag = "9")]
+    pub cipher: u32,
 }
 
 /// The decoded, validated config.
@@ -62,14 +74,17 @@ pub struct RepoConfig {
     pub zstd_level: i32,
     /// Creation time, Unix seconds.
     pub created_unix: i64,
+    /// Cipher of every object but the config.
+    pub cipher: Cipher,
 }
 
 impl RepoConfig {
     /// A new config with the defaults.
-    pub fn new(hash: HashAlgo) -> Self {
+    pub fn new(hash: HashAlgo, cipher: Cipher) -> Self {
         Self {
             repo_id: RepoId::random(),
             hash,
+            cipher,
             chunker: ChunkerParams::DEFAULT,
             pack_size: DEFAULT_PACK_SIZE,
             zstd_level: DEFAULT_ZSTD_LEVEL,
@@ -88,11 +103,24 @@ impl RepoConfig {
             pack_size: self.pack_size,
             zstd_level: self.zstd_level,
             created_unix: self.created_unix,
+            cipher: self.cipher as u32,
+        }
+    }
+
+    /// The format version this config is written at (module docs).
+    pub fn version(&self) -> u16 {
+        match self.cipher {
+            Cipher::XChaCha20Poly1305 => 1,
+            Cipher::Aes256Gcm => 2,
         }
     }
 
     /// Validates a decoded body.
     pub fn from_record(r: ConfigRecord) -> Result<Self, FormatError> {
+        Self::from_versioned_record(CONFIG_VERSION, r)
+    }
+
+    fn from_versioned_record(version: u16, r: ConfigRecord) -> Result<Self, FormatError> {
         let corrupt = |detail: String| FormatError::Corrupt {
             what: "config",
             detail,
@@ -106,6 +134,11 @@ impl RepoConfig {
             max: r.chunk_max,
         };
         chunker.validate().map_err(corrupt)?;
+        let cipher = match version {
+            1 => Cipher::XChaCha20Poly1305,
+            _ => Cipher::from_u32(r.cipher)
+                .ok_or_else(|| corrupt(format!("unknown cipher {}", r.cipher)))?,
+        };
         if r.pack_size < 1024 * 1024 {
             return Err(corrupt(format!("pack size {} is below 1 MiB", r.pack_size)));
         }
@@ -116,16 +149,17 @@ impl RepoConfig {
             pack_size: r.pack_size,
             zstd_level: r.zstd_level,
             created_unix: r.created_unix,
+            cipher,
         })
     }
 
-    /// Seals the config for storage.
+    /// Seals the config for storage (always with XChaCha20-Poly1305).
     pub fn seal(&self, keys: &RepoKeys) -> Vec<u8> {
         use prost::Message;
         envelope::seal(
-            keys,
+            &keys.with_cipher(Cipher::XChaCha20Poly1305),
             CONFIG_MAGIC,
-            CONFIG_VERSION,
+            self.version(),
             &self.to_record().encode_to_vec(),
         )
     }
@@ -133,9 +167,90 @@ impl RepoConfig {
     /// Opens a stored config.
     pub fn open(keys: &RepoKeys, bytes: &[u8]) -> Result<Self, FormatError> {
         use prost::Message;
-        let (_, body) = envelope::open(keys, CONFIG_MAGIC, "config", CONFIG_VERSION, bytes)?;
+        let (version, body) = envelope::open(
+            &keys.with_cipher(Cipher::XChaCha20Poly1305),
+            CONFIG_MAGIC,
+            "config",
+            CONFIG_VERSION,
+            bytes,
+        )?;
         let record =
             ConfigRecord::decode(&body[..]).map_err(|e| FormatError::from(("config", e)))?;
-        Self::from_record(record)
+        Self::from_versioned_record(version, record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use prost::Message;
+
+    fn config(cipher: Cipher) -> RepoConfig {
+        RepoConfig {
+            repo_id: RepoId::from_slice(&[0x11; 32]).unwrap(),
+            hash: HashAlgo::Blake3,
+            chunker: ChunkerParams::DEFAULT,
+            pack_size: DEFAULT_PACK_SIZE,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            created_unix: 1_764_633_600,
+            cipher,
+        }
+    }
+
+    #[test]
+    fn seal_open_round_trip_at_the_lowest_version() {
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([3; 32]), Cipher::DEFAULT);
+        for (cipher, version) in [(Cipher::XChaCha20Poly1305, 1u16), (Cipher::Aes256Gcm, 2)] {
+            let c = config(cipher);
+            let sealed = c.seal(&keys);
+            assert_eq!(u16::from_le_bytes([sealed[8], sealed[9]]), version);
+            // Opened with keys of either cipher: the config is always XChaCha.
+            for k in [&keys, &keys.with_cipher(Cipher::XChaCha20Poly1305)] {
+                assert_eq!(RepoConfig::open(k, &sealed).unwrap(), c);
+            }
+        }
+    }
+
+    /// Frozen: the config body of each version decodes the same forever.
+    #[test]
+    fn record_bytes_are_pinned() {
+        let v1 = config(Cipher::XChaCha20Poly1305).to_record();
+        let v2 = config(Cipher::Aes256Gcm).to_record();
+        // repo_id (1), hash 1 (2), 512 KiB / 1 MiB / 8 MiB (3-5), 16 MiB
+        // packs (6), zstd 3 (7), created (8); version 2 adds cipher 1 (9).
+        let common = "0a20111111111111111111111111111111111111111111111111111111111111111110011880802020808040288080800430808080083803\
+                      4080d8b8c906";
+        assert_eq!(hex::encode(v1.encode_to_vec()), common.replace(' ', ""));
+        assert_eq!(
+            hex::encode(v2.encode_to_vec()),
+            format!("{}4801", common.replace(' ', ""))
+        );
+        // A version-1 body has no cipher field: XChaCha20-Poly1305.
+        let decoded = RepoConfig::from_versioned_record(1, v1).unwrap();
+        assert_eq!(decoded.cipher, Cipher::XChaCha20Poly1305);
+        let decoded = RepoConfig::from_versioned_record(2, v2).unwrap();
+        assert_eq!(decoded.cipher, Cipher::Aes256Gcm);
+    }
+
+    #[test]
+    fn unknown_cipher_and_version_are_refused() {
+        let mut record = config(Cipher::Aes256Gcm).to_record();
+        record.cipher = 9;
+        let err = RepoConfig::from_versioned_record(2, record).unwrap_err();
+        assert!(err.to_string().contains("unknown cipher 9"), "{err}");
+
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([3; 32]), Cipher::DEFAULT);
+        let body = config(Cipher::Aes256Gcm).to_record().encode_to_vec();
+        let future = envelope::seal(
+            &keys.with_cipher(Cipher::XChaCha20Poly1305),
+            CONFIG_MAGIC,
+            3,
+            &body,
+        );
+        assert!(matches!(
+            RepoConfig::open(&keys, &future),
+            Err(FormatError::UnsupportedVersion { version: 3, .. })
+        ));
     }
 }

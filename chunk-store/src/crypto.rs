@@ -4,19 +4,40 @@
 //! from it with BLAKE3's `derive_key`, under context strings that are frozen
 //! (changing one would make every existing repository unreadable):
 //!
-//! | context string                              | use                                  |
-//! |---------------------------------------------|--------------------------------------|
-//! | `cairn 2026-11-25 encryption key v1`        | XChaCha20-Poly1305 key for all blobs |
-//! | `cairn 2026-11-25 fingerprint key v1`       | key of the chunk fingerprint         |
-//! | `cairn 2026-11-25 chunker gear table v1`    | seed of the FastCDC gear table       |
+//! | context string                              | use                                        |
+//! |---------------------------------------------|--------------------------------------------|
+//! | `cairn 2026-11-25 encryption key v1`        | XChaCha20-Poly1305 key (config; v1 repos)  |
+//! | `cairn 2026-12-02 aes-256-gcm key v1`       | key of the AES-256-GCM message subkeys     |
+//! | `cairn 2026-11-25 fingerprint key v1`       | key of the chunk fingerprint               |
+//! | `cairn 2026-11-25 chunker gear table v1`    | seed of the FastCDC gear table             |
 //!
-//! Sealed bytes are `nonce (24) || ciphertext || tag (16)`. XChaCha20's
-//! 192-bit nonces are drawn at random for every message, which is safe
-//! without any coordination between concurrent writers.
+//! # Ciphers
+//!
+//! Sealed bytes are `nonce (24) || ciphertext || tag (16)` for both ciphers,
+//! and the 24-byte nonce is drawn at random for every message, which is safe
+//! without any coordination between concurrent writers. The repository
+//! config names the [`Cipher`] of every blob, trailer and manifest; the
+//! config itself is always sealed with XChaCha20-Poly1305 (it has to be
+//! opened before the cipher is known).
+//!
+//! - [`Cipher::XChaCha20Poly1305`]: the 192-bit nonce is XChaCha20's own.
+//!   Repositories of config version 1 use it.
+//! - [`Cipher::Aes256Gcm`] (the default since config version 2): GCM's
+//!   96-bit nonce is too short to draw at random for the billions of chunks
+//!   a fleet writes into one repository (NIST caps a key at 2^32 random
+//!   nonces), so every message gets its own key:
+//!   `subkey = BLAKE3-keyed(K_aes, nonce)`, and AES-256-GCM runs under
+//!   `subkey` with `nonce[12..24]` as its nonce. Two messages share a subkey
+//!   only if they share all 192 nonce bits, exactly as with XChaCha20. With
+//!   the AES and carry-less multiply instructions of current x86-64 and
+//!   ARMv8 processors, it seals several times faster than XChaCha20-Poly1305
+//!   (criterion `seal`), and a subkey costs well under a microsecond, against
+//!   chunks of 512 KiB and more or whole small files.
 
 use chacha20poly1305::aead::rand_core::RngCore;
-use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 /// Nonce length of sealed bytes.
 pub const NONCE_LEN: usize = 24;
@@ -26,6 +47,7 @@ pub const TAG_LEN: usize = 16;
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 const ENCRYPTION_CONTEXT: &str = "cairn 2026-11-25 encryption key v1";
+const AES_CONTEXT: &str = "cairn 2026-12-02 aes-256-gcm key v1";
 const FINGERPRINT_CONTEXT: &str = "cairn 2026-11-25 fingerprint key v1";
 const CHUNKER_CONTEXT: &str = "cairn 2026-11-25 chunker gear table v1";
 
@@ -33,6 +55,58 @@ const CHUNKER_CONTEXT: &str = "cairn 2026-11-25 chunker gear table v1";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("authentication failed (wrong key or altered bytes)")]
 pub struct AuthError;
+
+/// The AEAD of a repository's objects, as recorded in its config.
+///
+/// The discriminants are part of the config format and never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cipher {
+    /// XChaCha20-Poly1305 (repositories of config version 1).
+    XChaCha20Poly1305 = 0,
+    /// AES-256-GCM under a per-message subkey (see the module docs).
+    Aes256Gcm = 1,
+}
+
+impl Cipher {
+    /// The cipher of new repositories.
+    pub const DEFAULT: Self = Self::Aes256Gcm;
+
+    /// Decodes the config value.
+    pub fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            0 => Some(Self::XChaCha20Poly1305),
+            1 => Some(Self::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// The name users type (`--cipher aes-256-gcm|xchacha20-poly1305`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XChaCha20Poly1305 => "xchacha20-poly1305",
+            Self::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+}
+
+impl std::fmt::Display for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Cipher {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "aes-256-gcm" | "aes256-gcm" | "aes" => Ok(Self::Aes256Gcm),
+            "xchacha20-poly1305" | "chacha20-poly1305" | "chacha" => Ok(Self::XChaCha20Poly1305),
+            other => Err(format!(
+                "unknown cipher {other:?} (expected aes-256-gcm or xchacha20-poly1305)"
+            )),
+        }
+    }
+}
 
 /// The repository's random master key.
 #[derive(Clone)]
@@ -63,29 +137,48 @@ impl MasterKey {
     }
 }
 
-/// The working keys derived from a [`MasterKey`].
+/// The working keys derived from a [`MasterKey`], sealing with one
+/// [`Cipher`].
 #[derive(Clone)]
 pub struct RepoKeys {
-    cipher: XChaCha20Poly1305,
+    cipher: Cipher,
+    xchacha: XChaCha20Poly1305,
+    aes: [u8; 32],
     fingerprint: [u8; 32],
     chunker: [u8; 32],
 }
 
 impl std::fmt::Debug for RepoKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RepoKeys(..)")
+        write!(f, "RepoKeys({}, ..)", self.cipher)
     }
 }
 
 impl RepoKeys {
-    /// Derives the working keys (see the module docs for the contexts).
-    pub fn derive(master: &MasterKey) -> Self {
+    /// Derives the working keys (see the module docs for the contexts);
+    /// [`RepoKeys::seal`] and [`RepoKeys::open`] use `cipher`.
+    pub fn derive(master: &MasterKey, cipher: Cipher) -> Self {
         let enc = blake3::derive_key(ENCRYPTION_CONTEXT, master.as_bytes());
         Self {
-            cipher: XChaCha20Poly1305::new(&enc.into()),
+            cipher,
+            xchacha: XChaCha20Poly1305::new(&enc.into()),
+            aes: blake3::derive_key(AES_CONTEXT, master.as_bytes()),
             fingerprint: blake3::derive_key(FINGERPRINT_CONTEXT, master.as_bytes()),
             chunker: blake3::derive_key(CHUNKER_CONTEXT, master.as_bytes()),
         }
+    }
+
+    /// The same keys, sealing with `cipher`.
+    pub fn with_cipher(&self, cipher: Cipher) -> Self {
+        Self {
+            cipher,
+            ..self.clone()
+        }
+    }
+
+    /// The cipher of [`RepoKeys::seal`] and [`RepoKeys::open`].
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
     }
 
     /// Key of the chunk fingerprint.
@@ -100,53 +193,116 @@ impl RepoKeys {
 
     /// Encrypts `plaintext`, binding `aad` (authenticated, not stored).
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        seal_with(&self.cipher, aad, plaintext)
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        self.seal_into(aad, plaintext, &mut out);
+        out
+    }
+
+    /// Appends the sealed form of `plaintext` to `out`: the plaintext is
+    /// copied once, then encrypted where it lies.
+    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let nonce = random_bytes::<NONCE_LEN>();
+        out.reserve(plaintext.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let in_out = &mut out[start..];
+        // Sealing an in-memory buffer with a key of the right length cannot
+        // fail; the ciphers refuse only messages beyond 64 GiB.
+        let tag: [u8; TAG_LEN] = match self.cipher {
+            Cipher::XChaCha20Poly1305 => {
+                match self.xchacha.encrypt_in_place_detached(
+                    XNonce::from_slice(&nonce),
+                    aad,
+                    in_out,
+                ) {
+                    Ok(tag) => tag.into(),
+                    Err(_) => unreachable!("XChaCha20-Poly1305 of an in-memory buffer"),
+                }
+            }
+            Cipher::Aes256Gcm => {
+                let (key, gcm_nonce) = self.aes_message_key(&nonce);
+                match key.seal_in_place_separate_tag(gcm_nonce, Aad::from(aad), in_out) {
+                    Ok(tag) => {
+                        let mut bytes = [0u8; TAG_LEN];
+                        bytes.copy_from_slice(tag.as_ref());
+                        bytes
+                    }
+                    Err(_) => unreachable!("AES-256-GCM of an in-memory buffer"),
+                }
+            }
+        };
+        out.extend_from_slice(&tag);
     }
 
     /// Decrypts bytes made by [`RepoKeys::seal`] with the same `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
-        open_with(&self.cipher, aad, sealed)
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(AuthError);
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| AuthError)?;
+        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| AuthError)?;
+        let mut buf = ciphertext.to_vec();
+        match self.cipher {
+            Cipher::XChaCha20Poly1305 => self
+                .xchacha
+                .decrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut buf, &tag.into())
+                .map_err(|_| AuthError)?,
+            Cipher::Aes256Gcm => {
+                let (key, gcm_nonce) = self.aes_message_key(&nonce);
+                key.open_in_place_separate_tag(
+                    gcm_nonce,
+                    Aad::from(aad),
+                    tag.into(),
+                    &mut buf,
+                    0..,
+                )
+                .map_err(|_| AuthError)?;
+            }
+        }
+        Ok(buf)
+    }
+
+    /// The one-message AES-256-GCM key and GCM nonce of `nonce`.
+    fn aes_message_key(&self, nonce: &[u8; NONCE_LEN]) -> (LessSafeKey, Nonce) {
+        let subkey = blake3::keyed_hash(&self.aes, nonce);
+        let key = match UnboundKey::new(&AES_256_GCM, subkey.as_bytes()) {
+            Ok(k) => LessSafeKey::new(k),
+            Err(_) => unreachable!("a 32-byte AES-256 key"),
+        };
+        let mut gcm_nonce = [0u8; 12];
+        gcm_nonce.copy_from_slice(&nonce[12..]);
+        (key, Nonce::assume_unique_for_key(gcm_nonce))
     }
 }
 
 /// Seals with an explicit 32-byte key (used to wrap the master key).
 pub fn seal_with_key(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    seal_with(&XChaCha20Poly1305::new(key.into()), aad, plaintext)
-}
-
-/// Opens bytes sealed by [`seal_with_key`].
-pub fn open_with_key(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
-    open_with(&XChaCha20Poly1305::new(key.into()), aad, sealed)
-}
-
-fn seal_with(cipher: &XChaCha20Poly1305, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
     let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
     out.extend_from_slice(&nonce);
-    // Encryption with a valid key and nonce length cannot fail; an error here
-    // would only come from a plaintext beyond 256 GiB.
-    match cipher.encrypt(
-        XNonce::from_slice(&nonce),
-        Payload {
-            msg: plaintext,
-            aad,
-        },
-    ) {
-        Ok(ct) => out.extend_from_slice(&ct),
-        Err(_) => unreachable!("XChaCha20-Poly1305 encryption of an in-memory buffer"),
+    out.extend_from_slice(plaintext);
+    let cipher = XChaCha20Poly1305::new(key.into());
+    match cipher.encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..]) {
+        Ok(tag) => out.extend_from_slice(&tag),
+        Err(_) => unreachable!("XChaCha20-Poly1305 of an in-memory buffer"),
     }
     out
 }
 
-fn open_with(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
-    if sealed.len() < SEAL_OVERHEAD {
-        return Err(AuthError);
-    }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-        .map_err(|_| AuthError)
+/// Opens bytes sealed by [`seal_with_key`].
+pub fn open_with_key(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
+    let keys = RepoKeys {
+        cipher: Cipher::XChaCha20Poly1305,
+        xchacha: XChaCha20Poly1305::new(key.into()),
+        aes: [0; 32],
+        fingerprint: [0; 32],
+        chunker: [0; 32],
+    };
+    keys.open(aad, sealed)
 }
 
 /// Fills a buffer from the operating system's random source.
@@ -160,29 +316,113 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 mod tests {
     use super::*;
 
+    const CIPHERS: [Cipher; 2] = [Cipher::XChaCha20Poly1305, Cipher::Aes256Gcm];
+
     #[test]
     fn seal_open_round_trip_and_tamper() {
-        let keys = RepoKeys::derive(&MasterKey::from_bytes([7; 32]));
-        let sealed = keys.seal(b"aad", b"hello");
-        assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD);
-        assert_eq!(keys.open(b"aad", &sealed).unwrap(), b"hello");
-        assert_eq!(keys.open(b"other", &sealed), Err(AuthError));
-        let mut bad = sealed.clone();
-        bad[30] ^= 1;
-        assert_eq!(keys.open(b"aad", &bad), Err(AuthError));
-        assert_eq!(keys.open(b"aad", &sealed[..10]), Err(AuthError));
-        let other = RepoKeys::derive(&MasterKey::from_bytes([8; 32]));
-        assert_eq!(other.open(b"aad", &sealed), Err(AuthError));
+        for cipher in CIPHERS {
+            let keys = RepoKeys::derive(&MasterKey::from_bytes([7; 32]), cipher);
+            let sealed = keys.seal(b"aad", b"hello");
+            assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD);
+            assert_eq!(keys.open(b"aad", &sealed).unwrap(), b"hello");
+            assert_eq!(keys.open(b"other", &sealed), Err(AuthError));
+            for at in [0, 12, 23, 24, 28, sealed.len() - 1] {
+                let mut bad = sealed.clone();
+                bad[at] ^= 1;
+                assert_eq!(
+                    keys.open(b"aad", &bad),
+                    Err(AuthError),
+                    "{cipher} byte {at}"
+                );
+            }
+            assert_eq!(keys.open(b"aad", &sealed[..10]), Err(AuthError));
+            assert_eq!(keys.open(b"aad", &sealed[..SEAL_OVERHEAD]), Err(AuthError));
+            let other = RepoKeys::derive(&MasterKey::from_bytes([8; 32]), cipher);
+            assert_eq!(other.open(b"aad", &sealed), Err(AuthError));
+            // Empty plaintexts seal and open too.
+            assert_eq!(keys.open(b"", &keys.seal(b"", b"")).unwrap(), b"");
+        }
+    }
+
+    #[test]
+    fn ciphers_do_not_open_each_other() {
+        let master = MasterKey::from_bytes([7; 32]);
+        let aes = RepoKeys::derive(&master, Cipher::Aes256Gcm);
+        let xchacha = aes.with_cipher(Cipher::XChaCha20Poly1305);
+        assert_eq!(xchacha.open(b"a", &aes.seal(b"a", b"data")), Err(AuthError));
+        assert_eq!(aes.open(b"a", &xchacha.seal(b"a", b"data")), Err(AuthError));
+    }
+
+    #[test]
+    fn seal_into_appends() {
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([7; 32]), Cipher::Aes256Gcm);
+        let mut out = b"prefix".to_vec();
+        keys.seal_into(b"aad", &[9u8; 1000], &mut out);
+        assert_eq!(&out[..6], b"prefix");
+        assert_eq!(out.len(), 6 + 1000 + SEAL_OVERHEAD);
+        assert_eq!(keys.open(b"aad", &out[6..]).unwrap(), vec![9u8; 1000]);
+    }
+
+    /// Frozen: sealed bytes made today must open with every later Cairn.
+    /// The AES vector was also opened by an independent AES-GCM and BLAKE3
+    /// implementation following the construction in the module docs.
+    #[test]
+    fn sealed_bytes_are_pinned() {
+        let master = MasterKey::from_bytes([0x42; 32]);
+        for (cipher, hex_sealed) in [
+            (Cipher::XChaCha20Poly1305, XCHACHA_VECTOR),
+            (Cipher::Aes256Gcm, AES_VECTOR),
+        ] {
+            let keys = RepoKeys::derive(&master, cipher);
+            let sealed = hex::decode(hex_sealed).unwrap();
+            assert_eq!(
+                keys.open(b"cairn vector", &sealed).unwrap(),
+                b"restore every byte",
+                "{cipher}"
+            );
+        }
+    }
+
+    const XCHACHA_VECTOR: &str = "66c9430eabb98b04da70d4fb0c9bb1cf76d935a539ace202452fb6e997f6826a56183dd49d4f39ead6a7cb1f5e3af9da94335c186a1c5e53dbab";
+    const AES_VECTOR: &str = "98eaf978723d79d07f352a97a8a2db41816ada3e608c52455d1f0fcfce288320302b6dd8134c08584d54a8f3f50ef3dc6968454fb5acc4042d21";
+
+    #[test]
+    #[ignore = "prints the vectors of sealed_bytes_are_pinned"]
+    fn print_vectors() {
+        let master = MasterKey::from_bytes([0x42; 32]);
+        for cipher in CIPHERS {
+            let keys = RepoKeys::derive(&master, cipher);
+            println!(
+                "{cipher}: {}",
+                hex::encode(keys.seal(b"cairn vector", b"restore every byte"))
+            );
+        }
     }
 
     #[test]
     fn derived_keys_are_pinned() {
         // Frozen: a change here breaks every repository ever written.
-        let keys = RepoKeys::derive(&MasterKey::from_bytes([0; 32]));
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([0; 32]), Cipher::DEFAULT);
         assert_eq!(
             hex::encode(keys.fingerprint_key()),
             hex::encode(blake3::derive_key(FINGERPRINT_CONTEXT, &[0; 32]))
         );
         assert_ne!(keys.fingerprint_key(), keys.chunker_key());
+        assert_ne!(&keys.aes, keys.fingerprint_key());
+    }
+
+    #[test]
+    fn cipher_names_parse_back() {
+        for cipher in CIPHERS {
+            assert_eq!(cipher.name().parse::<Cipher>(), Ok(cipher));
+            assert_eq!(Cipher::from_u32(cipher as u32), Some(cipher));
+        }
+        assert_eq!(Cipher::from_u32(7), None);
+        assert!(
+            "rot13"
+                .parse::<Cipher>()
+                .unwrap_err()
+                .contains("aes-256-gcm")
+        );
     }
 }

@@ -3,11 +3,12 @@
 //! ```text
 //! blob 0 | blob 1 | ... | sealed trailer | footer (16 bytes)
 //!
-//! blob    = nonce (24) || XChaCha20-Poly1305(payload) || tag (16)
+//! blob    = nonce (24) || AEAD(payload) || tag (16), with the repository's
+//!           cipher (crate::crypto)
 //!           payload = zstd(plaintext) or plaintext, as the trailer says;
 //!           associated data = chunk id (32) || kind (1), so a blob cannot be
 //!           passed off as another chunk.
-//! trailer = nonce || XChaCha20-Poly1305(protobuf PackTrailer) || tag,
+//! trailer = nonce || AEAD(protobuf PackTrailer) || tag,
 //!           associated data = "CAIRNPAK trailer v1"
 //! footer  = magic "CAIRNPAK" (8) || version u16 LE || reserved u16
 //!           || trailer length u32 LE
@@ -446,12 +447,12 @@ pub fn pack_key(id: &PackId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::MasterKey;
+    use crate::crypto::{Cipher, MasterKey};
     use crate::fingerprint::HashAlgo;
 
     #[test]
     fn pack_round_trip_and_damage() {
-        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]));
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]), Cipher::DEFAULT);
         let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
         let chunks: Vec<Vec<u8>> = vec![vec![0u8; 10_000], b"incompressible?".to_vec(), Vec::new()];
         let mut w = PackWriter::new(BlobKind::Data, 0);
@@ -485,7 +486,7 @@ mod tests {
 
     #[test]
     fn large_chunks_are_compressed_only_when_a_sample_shrinks() {
-        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]));
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]), Cipher::DEFAULT);
         let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
         // Random bytes (incompressible), text, and random bytes with a long
         // compressible middle that the probe's middle slices see.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::chunker::Chunker;
 use crate::config::RepoConfig;
-use crate::crypto::{MasterKey, RepoKeys};
+use crate::crypto::{Cipher, MasterKey, RepoKeys};
 use crate::error::{FormatError, RepoError};
 use crate::fingerprint::{Fingerprinter, HashAlgo};
 use crate::id::{ChunkId, KeyId, PackId, SnapshotId};
@@ -23,6 +23,8 @@ pub const CONFIG_KEY: &str = "config";
 pub struct InitOptions {
     /// Fingerprint algorithm.
     pub hash: HashAlgo,
+    /// Cipher of the repository's objects.
+    pub cipher: Cipher,
     /// Argon2id cost of the first key.
     pub kdf: KdfParams,
     /// Host recorded in the key file.
@@ -71,8 +73,8 @@ impl Repository {
             });
         }
         let master = MasterKey::generate();
-        let keys = RepoKeys::derive(&master);
-        let config = RepoConfig::new(options.hash);
+        let keys = RepoKeys::derive(&master, options.cipher);
+        let config = RepoConfig::new(options.hash, options.cipher);
         let key_id = KeyId::random();
         let key_file = keys::wrap(&master, password, options.kdf, &options.host, &options.user)
             .map_err(|source| format_err(&*store, "key file", source))?;
@@ -105,9 +107,11 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let (master, key_id) = unlock(&*store, password).await?;
-        let keys = RepoKeys::derive(&master);
+        // The config names the cipher of everything else.
+        let keys = RepoKeys::derive(&master, Cipher::XChaCha20Poly1305);
         let config = RepoConfig::open(&keys, &config_bytes)
             .map_err(|source| format_err(&*store, CONFIG_KEY, source))?;
+        let keys = keys.with_cipher(config.cipher);
         Ok(Self::assemble(store, config, keys, master, key_id))
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use cairn_chunk_store::crypto::Cipher;
 use cairn_chunk_store::fingerprint::HashAlgo;
 use cairn_chunk_store::manifest::Snapshot;
 use cairn_chunk_store::repository::InitOptions;
@@ -93,6 +94,11 @@ enum Command {
         /// Fingerprint algorithm: blake3 (keyed BLAKE3) or sha256 (HMAC-SHA256).
         #[arg(long, default_value = "blake3")]
         hash: HashAlgo,
+        /// Cipher of the repository's objects: aes-256-gcm (fastest wherever
+        /// the processor has AES instructions) or xchacha20-poly1305 (for
+        /// processors without them, and also readable by clients that know only config version 1).
+        #[arg(long, default_value = "aes-256-gcm")]
+        cipher: Cipher,
     },
     /// Back up files and directories.
     Backup {
@@ -266,7 +272,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
     };
     let show_progress = progress::wanted(cli.quiet, cli.json);
     match cli.command {
-        Command::Init { hash } => {
+        Command::Init { hash, cipher } => {
             let store = rt.block_on(args.store())?;
             if rt.block_on(store.exists("config"))? {
                 bail!("a repository already exists at {}", store.location());
@@ -277,6 +283,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
                 password.as_bytes(),
                 InitOptions {
                     hash,
+                    cipher,
                     kdf: kdf_params(),
                     host: hostname(),
                     user: username(),
@@ -285,7 +292,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             if cli.json {
                 println!(
                     "{}",
-                    json!({"repo_id": repo.config().repo_id, "location": repo.location()})
+                    json!({"repo_id": repo.config().repo_id, "location": repo.location(), "cipher": repo.config().cipher.name()})
                 );
             } else {
                 println!(

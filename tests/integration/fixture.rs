@@ -1,13 +1,18 @@
-//! A repository written by format v1 must restore with every later cairn.
+//! A repository written by any earlier format must restore with every later
+//! cairn.
 //!
-//! `tests/fixtures/repo-v1/` holds the store objects (config, keys, packs,
-//! manifests) of one backup of `tests/fixtures/source-v1/`. The RocksDB
+//! `tests/fixtures/repo-v1/` (config version 1: XChaCha20-Poly1305) and
+//! `tests/fixtures/repo-v2/` (config version 2: AES-256-GCM) hold the store
+//! objects (config, keys, packs, manifests) of one backup each of
+//! `tests/fixtures/source-v1/`. Once committed, a fixture is never
+//! regenerated: it pins what that version wrote. The RocksDB
 //! index is deliberately not part of the fixture: it is a cache whose bytes
 //! depend on the RocksDB version, and the store alone must be enough
 //! (crate docs of cairn-chunk-store, invariant 4), so the test rebuilds it.
 //!
-//! Regenerate (only when deliberately changing the fixture):
+//! A new format version adds a fixture (by hand, once):
 //! `cargo test -p cairn-client --test integration -- --ignored generate_fixture`
+//! writes `repo-v<newest>` with the defaults of the current cairn.
 
 use std::fs;
 use std::path::PathBuf;
@@ -46,15 +51,18 @@ fn write_source(root: &std::path::Path) {
     std::os::unix::fs::symlink("docs/a.txt", root.join("link-to-a")).unwrap();
 }
 
+/// The newest format version, whose fixture `generate_fixture` writes.
+const NEWEST: u16 = 2;
+
 #[test]
 #[ignore = "writes tests/fixtures; run once by hand when the format changes"]
 fn generate_fixture() {
     let base = fixtures();
     let source = base.join("source-v1");
-    let repo = base.join("repo-v1");
-    let _ = fs::remove_dir_all(&source);
-    let _ = fs::remove_dir_all(&repo);
-    write_source(&source);
+    let repo = base.join(format!("repo-v{NEWEST}"));
+    if !source.is_dir() {
+        write_source(&source);
+    }
     let source = source.canonicalize().unwrap();
 
     // Chunk boundaries depend on the (random) repository key: retry with a
@@ -63,7 +71,8 @@ fn generate_fixture() {
         let _ = fs::remove_dir_all(&repo);
         let cairn = Cairn::new(&repo).with_password(FIXTURE_PASSWORD);
         cairn.init();
-        let stats = cairn.backup(&[&source], &["--host", "fixture", "--tag", "fixture-v1"]);
+        let tag = format!("fixture-v{NEWEST}");
+        let stats = cairn.backup(&[&source], &["--host", "fixture", "--tag", &tag]);
         assert_eq!(stats.u("errors"), 0);
         let files = Inspector::open(&repo, FIXTURE_PASSWORD).files(&stats.snapshot_id());
         if files[&source.join("data.bin")].len() >= 2 {
@@ -83,9 +92,18 @@ fn generate_fixture() {
 
 #[test]
 fn fixture_v1_restores() {
+    fixture_restores(1);
+}
+
+#[test]
+fn fixture_v2_restores() {
+    fixture_restores(2);
+}
+
+fn fixture_restores(version: u16) {
     let base = fixtures();
     let source = base.join("source-v1");
-    let fixture_repo = base.join("repo-v1");
+    let fixture_repo = base.join(format!("repo-v{version}"));
     assert!(
         fixture_repo.join("config").is_file() && source.is_dir(),
         "fixture missing: run `cargo test -p cairn-client --test integration -- --ignored generate_fixture`"
@@ -96,9 +114,14 @@ fn fixture_v1_restores() {
     write_source(&check_dir.join("source-v1"));
     assert_trees_equal(&check_dir.join("source-v1"), &source, Compare::CONTENT);
 
+    // The config of a fixture is at the fixture's own version.
+    let config = fs::read(fixture_repo.join("config")).unwrap();
+    assert_eq!(&config[..8], b"CAIRNCFG");
+    assert_eq!(u16::from_le_bytes([config[8], config[9]]), version);
+
     // Never write into tests/fixtures: work on a copy.
     let (_tmp, dir) = tempdir();
-    let repo = dir.join("repo-v1");
+    let repo = dir.join("repo");
     copy_dir(&fixture_repo, &repo);
     let cairn = Cairn::new(&repo).with_password(FIXTURE_PASSWORD);
     cairn.run(["index", "rebuild"]).expect_success();
