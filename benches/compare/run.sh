@@ -18,6 +18,8 @@
 #   --tools LIST      comma-separated subset of: cairn,restic,rustic,borg
 #   --ts-count N      number of TypeScript nightlies (default 30)
 #   --no-report       leave docs/BENCHMARKS.md alone
+#   --prepare-only    install the peers and fetch the corpora, then stop
+#                     (so that a later measured run starts at once)
 #
 # Environment:
 #   CAIRN_BIN            cairn binary to measure (default: build it with
@@ -60,6 +62,7 @@ QUICK=0
 WORKLOADS="kernel,ts,bigfile"
 TOOLS="cairn,restic,rustic,borg"
 REPORT=1
+PREPARE_ONLY=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="${2:?--runs needs a number}"; shift 2 ;;
@@ -68,6 +71,7 @@ while [[ $# -gt 0 ]]; do
         --tools) TOOLS="${2:?--tools needs a list}"; shift 2 ;;
         --ts-count) TS_COUNT="${2:?--ts-count needs a number}"; shift 2 ;;
         --no-report) REPORT=0; shift ;;
+        --prepare-only) PREPARE_ONLY=1; shift ;;
         -h | --help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -399,10 +403,15 @@ workload_bigfile() {
 # ---- main ----------------------------------------------------------------
 
 install_tools
-build_cairn
+[[ $PREPARE_ONLY == 1 ]] || build_cairn
 has_workload kernel && { fetch_kernel "$KERNEL_V1"; fetch_kernel "$KERNEL_V2"; }
 has_workload ts && fetch_typescript
 has_workload bigfile && fetch_bigfile
+if [[ $PREPARE_ONLY == 1 ]]; then
+    log "peers installed and corpora cached; nothing measured"
+    rm -rf "$OUT"
+    exit 0
+fi
 
 {
     echo "command: $COMMAND_LINE"

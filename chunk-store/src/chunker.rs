@@ -7,6 +7,9 @@
 //! repository config so every client of one repository cuts alike.
 
 use std::io::{self, Read};
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
 
 use fastcdc::v2020::{Normalization, cut_gear, select_masks};
 
@@ -136,35 +139,162 @@ impl Chunker {
         })
     }
 
-    /// The size of buffer a [`ChunkStream`] needs.
+    /// The size of the segments a [`ChunkStream`] reads into.
     pub fn stream_buffer_len(&self) -> usize {
         self.params.max as usize * 2
     }
 }
 
-/// Chunks a reader through one reusable buffer, so memory stays at two
-/// maximum chunk sizes whatever the file size.
+/// The segments that [`ChunkStream`]s read into, shared by every stream of
+/// a backup so that memory is bounded by the pool, never by file sizes.
+///
+/// A chunk is a [`Bytes`] slice of its segment, handed on without a copy; a
+/// segment returns to the pool when the last chunk cut from it is dropped.
+/// At most `streams` streams are open at once (opening another waits), and
+/// there are `streams + spare` segments. Each open stream holds one segment
+/// while it waits for the next, so progress needs only that the chunks
+/// pinning the other `spare` segments are eventually dropped; a caller that
+/// parks at most `spare - 1` chunks where nobody may consume them (such as a
+/// queue that only blocked streams could drain) keeps that true.
+#[derive(Clone)]
+pub struct SegmentPool {
+    shared: Arc<PoolShared>,
+}
+
+struct PoolShared {
+    state: Mutex<PoolState>,
+    changed: Condvar,
+    streams: usize,
+    segments: usize,
+    segment_len: usize,
+}
+
+struct PoolState {
+    free: Vec<Vec<u8>>,
+    allocated: usize,
+    open: usize,
+}
+
+impl std::fmt::Debug for SegmentPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SegmentPool({} streams, {} segments of {} bytes)",
+            self.shared.streams, self.shared.segments, self.shared.segment_len
+        )
+    }
+}
+
+impl SegmentPool {
+    /// A pool for `chunker`'s streams (segments of
+    /// [`Chunker::stream_buffer_len`], allocated on first use).
+    pub fn new(chunker: &Chunker, streams: usize, spare: usize) -> Self {
+        let streams = streams.max(1);
+        Self {
+            shared: Arc::new(PoolShared {
+                state: Mutex::new(PoolState {
+                    free: Vec::new(),
+                    allocated: 0,
+                    open: 0,
+                }),
+                changed: Condvar::new(),
+                streams,
+                segments: streams + spare.max(1),
+                segment_len: chunker.stream_buffer_len(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(
+        &self,
+        guard: std::sync::MutexGuard<'a, PoolState>,
+    ) -> std::sync::MutexGuard<'a, PoolState> {
+        self.shared
+            .changed
+            .wait(guard)
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_stream(&self) {
+        let mut state = self.lock();
+        while state.open >= self.shared.streams {
+            state = self.wait(state);
+        }
+        state.open += 1;
+    }
+
+    fn close_stream(&self) {
+        self.lock().open -= 1;
+        self.shared.changed.notify_all();
+    }
+
+    fn take_segment(&self) -> Vec<u8> {
+        let mut state = self.lock();
+        loop {
+            if let Some(buf) = state.free.pop() {
+                return buf;
+            }
+            if state.allocated < self.shared.segments {
+                state.allocated += 1;
+                return Vec::with_capacity(self.shared.segment_len);
+            }
+            state = self.wait(state);
+        }
+    }
+
+    fn give_segment(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.lock().free.push(buf);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// A segment's bytes, returned to the pool when the last chunk drops.
+struct Segment {
+    buf: Vec<u8>,
+    pool: SegmentPool,
+}
+
+impl AsRef<[u8]> for Segment {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        self.pool.give_segment(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Chunks a reader through segments of a [`SegmentPool`]: each chunk is a
+/// slice of the segment it was read into (no copy), and memory stays within
+/// the pool whatever the file size.
 pub struct ChunkStream<'c, R> {
     chunker: &'c Chunker,
     reader: R,
-    /// Bytes read and not yet cut start at `start` and end at `buf.len()`;
-    /// the capacity is [`Chunker::stream_buffer_len`]. Only what was read is
-    /// ever written, so a small file touches only its own size of memory.
-    buf: Vec<u8>,
+    pool: SegmentPool,
+    /// Bytes read and not yet cut are `segment[start..]`. Only what was read
+    /// is ever written, so a small file touches only its own size of memory.
+    segment: Bytes,
     start: usize,
     eof: bool,
     bytes_read: u64,
 }
 
 impl<'c, R: Read> ChunkStream<'c, R> {
-    /// Wraps `reader`; `buf` is reused (pass the one from [`ChunkStream::into_buffer`]).
-    pub fn new(chunker: &'c Chunker, reader: R, mut buf: Vec<u8>) -> Self {
-        buf.clear();
-        buf.reserve(chunker.stream_buffer_len());
+    /// Wraps `reader`, waiting until `pool` has room for another stream.
+    pub fn new(chunker: &'c Chunker, reader: R, pool: &SegmentPool) -> Self {
+        pool.open_stream();
         Self {
             chunker,
             reader,
-            buf,
+            pool: pool.clone(),
+            segment: Bytes::new(),
             start: 0,
             eof: false,
             bytes_read: 0,
@@ -173,44 +303,53 @@ impl<'c, R: Read> ChunkStream<'c, R> {
 
     /// The next chunk, or `None` at the end of the input.
     ///
-    /// The buffer is refilled only when the bytes held cannot decide the next
-    /// cut, so the unread tail moved to the front on a refill is one partial
-    /// chunk, not up to a maximum chunk size. That is exact: a cut found
-    /// inside fewer than `max` bytes is the cut the whole input has, because
-    /// FastCDC scans forward from `min` and each candidate depends only on
-    /// the bytes before it and on its distance from the chunk start
+    /// A new segment is read only when the bytes held cannot decide the next
+    /// cut, so what is carried over into it is one partial chunk, not up to
+    /// a maximum chunk size. That is exact: a cut found inside fewer than
+    /// `max` bytes is the cut the whole input has, because FastCDC scans
+    /// forward from `min` and each candidate depends only on the bytes
+    /// before it and on its distance from the chunk start
     /// (`prefix_cuts_are_final` checks it).
-    pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
+    pub fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
         let max = self.chunker.params.max as usize;
         loop {
-            let held = self.buf.len() - self.start;
+            let held = self.segment.len() - self.start;
             if self.eof || held >= max {
                 break;
             }
-            let n = self.chunker.cut(&self.buf[self.start..]);
+            let n = self.chunker.cut(&self.segment[self.start..]);
             if n < held {
-                let chunk = &self.buf[self.start..self.start + n];
-                self.start += n;
-                return Ok(Some(chunk));
+                return Ok(Some(self.take(n)));
             }
             self.refill()?;
         }
-        if self.start == self.buf.len() {
+        if self.start == self.segment.len() {
             return Ok(None);
         }
-        let n = self.chunker.cut(&self.buf[self.start..]);
-        let chunk = &self.buf[self.start..self.start + n];
+        let n = self.chunker.cut(&self.segment[self.start..]);
+        Ok(Some(self.take(n)))
+    }
+
+    fn take(&mut self, n: usize) -> Bytes {
+        let chunk = self.segment.slice(self.start..self.start + n);
         self.start += n;
-        Ok(Some(chunk))
+        chunk
     }
 
     fn refill(&mut self) -> io::Result<()> {
-        self.buf.drain(..self.start);
-        self.start = 0;
-        let want = self.chunker.stream_buffer_len() - self.buf.len();
-        let n = (&mut self.reader)
+        let mut buf = self.pool.take_segment();
+        buf.extend_from_slice(&self.segment[self.start..]);
+        let want = self.pool.shared.segment_len.saturating_sub(buf.len());
+        let read = (&mut self.reader)
             .take(want as u64)
-            .read_to_end(&mut self.buf)?;
+            .read_to_end(&mut buf);
+        let segment = Bytes::from_owner(Segment {
+            buf,
+            pool: self.pool.clone(),
+        });
+        let n = read?;
+        self.segment = segment;
+        self.start = 0;
         self.bytes_read += n as u64;
         self.eof = n < want;
         Ok(())
@@ -220,10 +359,11 @@ impl<'c, R: Read> ChunkStream<'c, R> {
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
+}
 
-    /// Gives the buffer back for reuse.
-    pub fn into_buffer(self) -> Vec<u8> {
-        self.buf
+impl<R> Drop for ChunkStream<'_, R> {
+    fn drop(&mut self) {
+        self.pool.close_stream();
     }
 }
 
@@ -250,7 +390,8 @@ mod tests {
         let data = pseudo_random(1 << 20, 1);
         let chunker = Chunker::new(SMALL, &[3; 32]);
         let mem: Vec<Vec<u8>> = chunker.chunks(&data).map(<[u8]>::to_vec).collect();
-        let mut stream = ChunkStream::new(&chunker, &data[..], Vec::new());
+        let pool = SegmentPool::new(&chunker, 1, 1);
+        let mut stream = ChunkStream::new(&chunker, &data[..], &pool);
         let mut streamed = Vec::new();
         while let Some(c) = stream.next_chunk().unwrap() {
             streamed.push(c.to_vec());
@@ -311,14 +452,29 @@ mod tests {
         let data = pseudo_random(3 << 20, 5);
         let chunker = Chunker::new(SMALL, &[4; 32]);
         let mem: Vec<&[u8]> = chunker.chunks(&data).collect();
-        let mut stream = ChunkStream::new(&chunker, Trickle(&data, 0), Vec::new());
+        // Chunks are kept (pinning their segments) while more are cut: the
+        // stream waits for a segment only when all are pinned, so release
+        // all but the newest few as a consumer would.
+        let pool = SegmentPool::new(&chunker, 1, 2);
+        let mut stream = ChunkStream::new(&chunker, Trickle(&data, 0), &pool);
         let mut count = 0;
+        let mut held = std::collections::VecDeque::new();
         while let Some(c) = stream.next_chunk().unwrap() {
-            assert_eq!(c, mem[count], "chunk {count}");
+            assert_eq!(&c[..], mem[count], "chunk {count}");
             count += 1;
+            held.push_back(c);
+            if held.len() > 2 {
+                held.pop_front();
+            }
         }
         assert_eq!(count, mem.len());
         assert_eq!(stream.bytes_read(), data.len() as u64);
+        drop(held);
+        drop(stream);
+        // Every segment came back, and at most three were ever made.
+        let state = pool.lock();
+        assert_eq!(state.free.len(), state.allocated);
+        assert!(state.allocated <= 3, "{} segments", state.allocated);
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //! reads small.
 
 use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use crate::crypto::RepoKeys;
 use crate::envelope::PACK_MAGIC;
@@ -86,6 +89,23 @@ pub struct PackEntry {
     pub id: ChunkId,
     /// Its location.
     pub location: BlobLocation,
+}
+
+/// A chunk compressed (when that helps) and not yet sealed: the packer seals
+/// it straight into the pack ([`PackWriter::seal`]), so its bytes are
+/// copied once on the way to the store.
+#[derive(Debug, Clone)]
+pub struct PreparedBlob {
+    /// Chunk id.
+    pub id: ChunkId,
+    /// Data or tree.
+    pub kind: BlobKind,
+    /// The payload to seal: the plaintext itself, or its zstd frame.
+    pub payload: Bytes,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// Payload compression.
+    pub compression: Compression,
 }
 
 /// A chunk compressed and sealed, ready to append to a pack.
@@ -163,6 +183,27 @@ fn worth_compressing(data: &[u8], level: i32) -> bool {
     compress(&sample, level).is_some_and(|z| z.len() + sample.len() / 32 < sample.len())
 }
 
+/// Compresses one chunk when that helps; the plaintext is not copied when
+/// it is stored as is.
+pub fn prepare_blob(id: ChunkId, kind: BlobKind, plaintext: Bytes, zstd_level: i32) -> PreparedBlob {
+    let compressed = worth_compressing(&plaintext, zstd_level)
+        .then(|| compress(&plaintext, zstd_level))
+        .flatten()
+        .filter(|z| z.len() + 16 < plaintext.len());
+    let raw_len = plaintext.len() as u32;
+    let (payload, compression) = match compressed {
+        Some(z) => (Bytes::from(z), Compression::Zstd),
+        None => (plaintext, Compression::None),
+    };
+    PreparedBlob {
+        id,
+        kind,
+        payload,
+        raw_len,
+        compression,
+    }
+}
+
 /// Compresses (when it helps) and seals one chunk.
 pub fn seal_blob(
     keys: &RepoKeys,
@@ -171,20 +212,13 @@ pub fn seal_blob(
     plaintext: &[u8],
     zstd_level: i32,
 ) -> SealedBlob {
-    let compressed = worth_compressing(plaintext, zstd_level)
-        .then(|| compress(plaintext, zstd_level))
-        .flatten()
-        .filter(|z| z.len() + 16 < plaintext.len());
-    let (payload, compression) = match &compressed {
-        Some(z) => (&z[..], Compression::Zstd),
-        None => (plaintext, Compression::None),
-    };
+    let blob = prepare_blob(id, kind, Bytes::copy_from_slice(plaintext), zstd_level);
     SealedBlob {
         id,
         kind,
-        bytes: keys.seal(&blob_aad(&id, kind), payload),
-        raw_len: plaintext.len() as u32,
-        compression,
+        bytes: keys.seal(&blob_aad(&id, kind), &blob.payload),
+        raw_len: blob.raw_len,
+        compression: blob.compression,
     }
 }
 
@@ -259,23 +293,110 @@ pub struct TrailerEntryRecord {
     pub compression: u32,
 }
 
+/// Alignment of a pack's first byte in its buffer: the local store writes
+/// packs with `O_DIRECT`, which needs aligned memory, and an aligned buffer
+/// goes to the disk without being copied again.
+pub const PACK_BUFFER_ALIGN: usize = 4096;
+
+/// Recycled pack buffers. A pack's bytes return here when the last
+/// reference to them drops (after the upload), so a backup faults in the
+/// memory of a few packs once instead of fresh pages for every pack.
+#[derive(Debug, Clone)]
+pub struct PackBuffers {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    keep: usize,
+}
+
+impl PackBuffers {
+    /// A pool that keeps at most `keep` idle buffers.
+    pub fn new(keep: usize) -> Self {
+        Self {
+            free: Arc::new(Mutex::new(Vec::new())),
+            keep,
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.keep {
+            free.push(buf);
+        }
+    }
+}
+
+/// The bytes of a finished pack, owned until the last [`Bytes`] drops.
+struct FinishedPack {
+    buf: Vec<u8>,
+    start: usize,
+    pool: PackBuffers,
+}
+
+impl AsRef<[u8]> for FinishedPack {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl Drop for FinishedPack {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
+}
+
 /// Accumulates sealed blobs into one pack.
 #[derive(Debug)]
 pub struct PackWriter {
     id: PackId,
     kind: BlobKind,
+    /// The pack is `buf[start..]`; `start` puts its first byte at an address
+    /// aligned to [`PACK_BUFFER_ALIGN`] (kept while `buf` does not grow past
+    /// its capacity; a pack that does is merely written through a copy).
     buf: Vec<u8>,
+    start: usize,
     entries: Vec<PackEntry>,
+    pool: Option<PackBuffers>,
 }
 
 impl PackWriter {
-    /// An empty pack for chunks of `kind`, with a fresh random id.
+    /// An empty pack for chunks of `kind`, with a fresh random id, that
+    /// expects to hold about `capacity` bytes.
     pub fn new(kind: BlobKind, capacity: usize) -> Self {
+        Self::with_buffer(kind, Vec::new(), capacity, None)
+    }
+
+    /// Like [`PackWriter::new`], with its buffer from (and, once the pack is
+    /// stored, back to) `pool`.
+    pub fn new_in(kind: BlobKind, capacity: usize, pool: &PackBuffers) -> Self {
+        Self::with_buffer(kind, pool.take(), capacity, Some(pool.clone()))
+    }
+
+    fn with_buffer(
+        kind: BlobKind,
+        mut buf: Vec<u8>,
+        capacity: usize,
+        pool: Option<PackBuffers>,
+    ) -> Self {
+        buf.clear();
+        buf.reserve(capacity + PACK_BUFFER_ALIGN);
+        let start = buf.as_ptr().align_offset(PACK_BUFFER_ALIGN);
+        let start = if start < PACK_BUFFER_ALIGN { start } else { 0 };
+        buf.resize(start, 0);
         Self {
             id: PackId::random(),
             kind,
-            buf: Vec::with_capacity(capacity),
+            buf,
+            start,
             entries: Vec::new(),
+            pool,
         }
     }
 
@@ -291,7 +412,7 @@ impl PackWriter {
 
     /// Bytes so far (without trailer).
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// True if no blob was added.
@@ -304,25 +425,35 @@ impl PackWriter {
         self.entries.len()
     }
 
-    /// Appends a blob.
-    pub fn add(&mut self, blob: SealedBlob) {
+    fn push_entry(&mut self, id: ChunkId, offset: usize, blob: (BlobKind, u32, Compression)) {
+        let (kind, raw_len, compression) = blob;
         let location = BlobLocation {
             pack: self.id,
-            offset: self.buf.len() as u64,
-            stored_len: blob.bytes.len() as u32,
-            raw_len: blob.raw_len,
-            kind: blob.kind,
-            compression: blob.compression,
+            offset: offset as u64,
+            stored_len: (self.len() - offset) as u32,
+            raw_len,
+            kind,
+            compression,
         };
+        self.entries.push(PackEntry { id, location });
+    }
+
+    /// Appends a blob sealed elsewhere (a repack moves sealed bytes as they are).
+    pub fn add(&mut self, blob: SealedBlob) {
+        let offset = self.len();
         self.buf.extend_from_slice(&blob.bytes);
-        self.entries.push(PackEntry {
-            id: blob.id,
-            location,
-        });
+        self.push_entry(blob.id, offset, (blob.kind, blob.raw_len, blob.compression));
+    }
+
+    /// Seals a blob into the pack.
+    pub fn seal(&mut self, keys: &RepoKeys, blob: &PreparedBlob) {
+        let offset = self.len();
+        keys.seal_into(&blob_aad(&blob.id, blob.kind), &blob.payload, &mut self.buf);
+        self.push_entry(blob.id, offset, (blob.kind, blob.raw_len, blob.compression));
     }
 
     /// Seals the trailer and footer; returns the pack bytes and its entries.
-    pub fn finish(mut self, keys: &RepoKeys) -> (PackId, Vec<u8>, Vec<PackEntry>) {
+    pub fn finish(mut self, keys: &RepoKeys) -> (PackId, Bytes, Vec<PackEntry>) {
         use prost::Message;
         let record = TrailerRecord {
             entries: self
@@ -341,7 +472,16 @@ impl PackWriter {
         let trailer = keys.seal(TRAILER_AAD, &record.encode_to_vec());
         self.buf.extend_from_slice(&trailer);
         self.buf.extend_from_slice(&footer(trailer.len() as u32));
-        (self.id, self.buf, self.entries)
+        let buf = std::mem::take(&mut self.buf);
+        let bytes = match self.pool.take() {
+            Some(pool) => Bytes::from_owner(FinishedPack {
+                buf,
+                start: self.start,
+                pool,
+            }),
+            None => Bytes::from(buf).slice(self.start..),
+        };
+        (self.id, bytes, self.entries)
     }
 }
 
@@ -482,6 +622,39 @@ mod tests {
         // Truncation is detected.
         assert!(read_trailer(&keys, id, &bytes[..bytes.len() - 1]).is_err());
         assert!(read_trailer(&keys, id, &bytes[..5]).is_err());
+    }
+
+    #[test]
+    fn prepared_blobs_seal_into_aligned_recycled_buffers() {
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]), Cipher::DEFAULT);
+        let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
+        let pool = PackBuffers::new(2);
+        let mut first = None;
+        for round in 0..3u8 {
+            let mut xof = blake3::Hasher::new_keyed(&[round; 32]).finalize_xof();
+            let mut random = vec![0u8; 300_000];
+            xof.fill(&mut random);
+            let chunks = [vec![round; 5000], random, Vec::new()];
+            let mut w = PackWriter::new_in(BlobKind::Data, 1 << 20, &pool);
+            for c in &chunks {
+                let blob = prepare_blob(fp.chunk_id(c), BlobKind::Data, Bytes::from(c.clone()), 3);
+                w.seal(&keys, &blob);
+            }
+            let (id, bytes, entries) = w.finish(&keys);
+            assert_eq!(bytes.as_ptr() as usize % PACK_BUFFER_ALIGN, 0);
+            // The second and third packs reuse the first one's memory.
+            let at = bytes.as_ptr() as usize;
+            assert_eq!(*first.get_or_insert(at), at, "round {round}");
+            let parsed = read_trailer(&keys, id, &bytes).unwrap();
+            assert_eq!(parsed, entries);
+            let kinds: Vec<Compression> = parsed.iter().map(|e| e.location.compression).collect();
+            assert_eq!(kinds, [Compression::Zstd, Compression::None, Compression::None]);
+            for (e, c) in parsed.iter().zip(&chunks) {
+                let l = &e.location;
+                let sealed = &bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize];
+                assert_eq!(&open_blob(&keys, &fp, &e.id, l, sealed).unwrap(), c);
+            }
+        }
     }
 
     #[test]

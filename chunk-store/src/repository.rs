@@ -342,8 +342,8 @@ impl Repository {
     // ---- packs ----
 
     /// Stores a finished pack (create-only).
-    pub async fn put_pack(&self, id: &PackId, bytes: Vec<u8>) -> Result<(), RepoError> {
-        self.store.put(&pack_key(id), Bytes::from(bytes)).await?;
+    pub async fn put_pack(&self, id: &PackId, bytes: Bytes) -> Result<(), RepoError> {
+        self.store.put(&pack_key(id), bytes).await?;
         Ok(())
     }
 

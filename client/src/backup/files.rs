@@ -1,19 +1,24 @@
-//! File workers: read, chunk, fingerprint, deduplicate, compress and seal.
+//! File workers: read, chunk, fingerprint, deduplicate and compress.
 //!
-//! Small files are read whole; larger ones stream through one of a fixed set
-//! of chunking buffers (two maximum chunk sizes each, [`StreamBuffers`]), and
-//! the chunks of large files waiting to be sealed by another worker are
-//! bounded too, so memory is bounded by the number of cores, never by file
-//! sizes or by the number of workers.
+//! Small files are read whole; larger ones stream through segments of a
+//! shared [`SegmentPool`], and each chunk is a slice of its segment that
+//! travels without a copy to the packer, which seals it into the pack. The
+//! worker reading a large file only reads and cuts: fingerprinting, the
+//! index question and compression of its chunks go to a free worker
+//! ([`ChunkQueue`]), so one large file keeps every core busy. Memory is
+//! bounded by the pool and the queues, never by file sizes or by the number
+//! of workers.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use cairn_chunk_store::ChunkId;
-use cairn_chunk_store::chunker::ChunkStream;
-use cairn_chunk_store::pack::{BlobKind, SealedBlob, seal_blob};
+use cairn_chunk_store::chunker::{ChunkStream, SegmentPool};
+use cairn_chunk_store::pack::{BlobKind, PreparedBlob, prepare_blob};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Shared;
@@ -40,77 +45,96 @@ pub struct FileChunks {
     pub size: u64,
 }
 
-/// The chunking buffers that workers share: a worker streaming a file takes
-/// one for the length of the file, so there are never more than were made.
-#[derive(Clone)]
-pub struct StreamBuffers {
-    tx: Sender<Vec<u8>>,
-    rx: Receiver<Vec<u8>>,
+/// A chunk of a large file, cut and not yet fingerprinted, for whichever
+/// worker is free.
+pub struct ChunkJob {
+    /// Position of the chunk in its file.
+    index: usize,
+    data: Bytes,
+    reply: Sender<(usize, Result<ChunkId, String>)>,
 }
 
-impl StreamBuffers {
-    /// `count` buffers (allocated on first use).
-    pub fn new(count: usize) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded(count);
-        for _ in 0..count {
-            let _ = tx.send(Vec::new());
+/// The chunks handed from readers of large files to free workers. Give each
+/// worker a clone and drop the original: the queue closes when every worker
+/// is done.
+///
+/// At most `limit` chunks are handed on at once (queued or being worked
+/// on); a reader that finds them all taken does the work itself. With one
+/// fewer than the cores, the reader and its helpers share the cores instead
+/// of piling runnable threads onto them, and memory stays flat. The limit is
+/// also below the segment pool's spare count, which keeps the pool from
+/// waiting forever on chunks that only a waiting reader could drain.
+#[derive(Clone)]
+pub struct ChunkQueue {
+    /// `None` once this worker has stopped reading files.
+    tx: Option<Sender<ChunkJob>>,
+    rx: Receiver<ChunkJob>,
+    in_flight: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl ChunkQueue {
+    /// A queue handing on at most `limit` chunks at once.
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        let (tx, rx) = crossbeam_channel::bounded(limit);
+        Self {
+            tx: Some(tx),
+            rx,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            limit,
         }
-        Self { tx, rx }
+    }
+
+    /// Queues `job` if fewer than `limit` chunks are handed on; gives it
+    /// back otherwise.
+    fn try_hand_on(&self, job: ChunkJob) -> Result<(), ChunkJob> {
+        let Some(tx) = &self.tx else {
+            return Err(job);
+        };
+        let taken = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(job);
+        }
+        tx.try_send(job).map_err(|e| {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            e.into_inner()
+        })
+    }
+
+    fn done(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A chunk of a large file, fingerprinted and claimed, to compress and seal
-/// on whichever worker is free.
-pub struct SealJob {
-    id: ChunkId,
-    data: Vec<u8>,
-}
-
-/// The queue of [`SealJob`]s that all workers share. Give each worker a
-/// clone and drop the original: the queue closes when every worker is done.
-#[derive(Clone)]
-pub struct SealQueue {
-    tx: Sender<SealJob>,
-    rx: Receiver<SealJob>,
-}
-
-impl SealQueue {
-    /// A queue holding at most `capacity` chunks (each up to the maximum
-    /// chunk size).
-    pub fn new(capacity: usize) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
-        Self { tx, rx }
-    }
-}
-
-/// Worker loop: processes files until the job channel closes, and helps
-/// seal the chunks of large files that other workers are reading (those come
-/// first, so a single large file keeps every core busy). A worker whose job
-/// channel has closed keeps sealing until every worker has finished reading
+/// Worker loop: processes files until the job channel closes, and works on
+/// the chunks that readers of large files hand on (those come first, so a
+/// single large file keeps every core busy). A worker whose job channel has
+/// closed keeps working on chunks until every worker has finished reading
 /// (each holds a sender of the queue until then).
 pub fn worker(
     shared: Arc<Shared>,
     jobs: Receiver<FileJob>,
-    seals: SealQueue,
-    buffers: StreamBuffers,
-    blobs: Sender<SealedBlob>,
+    mut queue: ChunkQueue,
+    segments: SegmentPool,
+    blobs: Sender<PreparedBlob>,
 ) {
-    let SealQueue { tx, rx } = seals;
-    let mut reading = Some(tx);
     loop {
-        let Some(tx) = &reading else {
-            match rx.recv() {
-                Ok(job) => {
-                    seal(&shared, job.id, &job.data, &blobs);
-                    continue;
-                }
+        if queue.tx.is_none() {
+            match queue.rx.recv() {
+                Ok(job) => work_on(&shared, &queue, job, &blobs),
                 Err(_) => break,
             }
-        };
+            continue;
+        }
         crossbeam_channel::select_biased! {
-            recv(rx) -> job => {
+            recv(queue.rx) -> job => {
                 if let Ok(job) = job {
-                    seal(&shared, job.id, &job.data, &blobs);
+                    work_on(&shared, &queue, job, &blobs);
                 }
             }
             recv(jobs) -> job => match job {
@@ -118,101 +142,143 @@ pub fn worker(
                     let result = if shared.counters.aborted() {
                         Err("backup aborted".to_string())
                     } else {
-                        process(&shared, &job, tx, &blobs, &buffers)
+                        process(&shared, &job, &queue, &blobs, &segments)
                     };
                     let _ = job.reply.send(result);
                 }
-                Err(_) => reading = None,
+                Err(_) => queue.tx = None,
             },
         }
     }
 }
 
-fn seal(shared: &Shared, id: ChunkId, data: &[u8], blobs: &Sender<SealedBlob>) -> bool {
-    let blob = seal_blob(
-        shared.repo.keys(),
-        id,
-        BlobKind::Data,
-        data,
-        shared.repo.config().zstd_level,
-    );
-    shared.counters.add_new_data(data.len() as u64);
-    blobs.send(blob).is_ok()
+/// Fingerprints a chunk handed on by a reader, and stores it if it is new.
+fn work_on(shared: &Shared, queue: &ChunkQueue, job: ChunkJob, blobs: &Sender<PreparedBlob>) {
+    let result = store_chunk(shared, job.data, blobs);
+    queue.done();
+    let _ = job.reply.send((job.index, result));
+}
+
+/// Fingerprints one chunk and, if this run must store it, compresses it and
+/// sends it to the packer. Returns its id.
+fn store_chunk(
+    shared: &Shared,
+    data: Bytes,
+    blobs: &Sender<PreparedBlob>,
+) -> Result<ChunkId, String> {
+    let id = shared.repo.fingerprinter().chunk_id(&data);
+    if shared.claim(id, BlobKind::Data)? {
+        shared.counters.add_new_data(data.len() as u64);
+        let blob = prepare_blob(id, BlobKind::Data, data, shared.repo.config().zstd_level);
+        blobs
+            .send(blob)
+            .map_err(|_| "backup aborted".to_string())?;
+    }
+    Ok(id)
 }
 
 fn process(
     shared: &Shared,
     job: &FileJob,
-    seals: &Sender<SealJob>,
-    blobs: &Sender<SealedBlob>,
-    buffers: &StreamBuffers,
+    queue: &ChunkQueue,
+    blobs: &Sender<PreparedBlob>,
+    segments: &SegmentPool,
 ) -> FileResult {
     let file = File::open(&job.path).map_err(|e| e.to_string())?;
-    let chunker = shared.repo.chunker();
-    let mut chunks = Vec::with_capacity((job.size / u64::from(chunker.params().avg)) as usize + 1);
-    let mut size = 0u64;
-    // `hand_off`: queue the sealing for another worker when one is free.
-    let mut on_chunk = |data: &[u8], hand_off: bool| -> Result<(), String> {
-        size += data.len() as u64;
-        shared.counters.add_read(data.len() as u64);
-        let id = shared.repo.fingerprinter().chunk_id(data);
-        chunks.push(id);
-        if shared.claim(id, BlobKind::Data)? {
-            let queued = hand_off
-                && seals
-                    .try_send(SealJob {
-                        id,
-                        data: data.to_vec(),
-                    })
-                    .is_ok();
-            if !queued && !seal(shared, id, data, blobs) {
-                return Err("backup aborted".to_string());
-            }
-        }
-        Ok(())
-    };
-    if job.size < u64::from(chunker.params().min) {
+    let params = shared.repo.chunker().params();
+    if job.size < u64::from(params.min) {
         // Small file: one read, one chunk.
         let mut data = Vec::with_capacity(job.size as usize + 1);
-        file.take(u64::from(chunker.params().max))
+        file.take(u64::from(params.max))
             .read_to_end(&mut data)
             .map_err(|e| e.to_string())?;
-        if data.len() < chunker.params().max as usize {
-            if !data.is_empty() {
-                on_chunk(&data, false)?;
-            }
+        if data.len() < params.max as usize {
+            let size = data.len() as u64;
+            shared.counters.add_read(size);
+            let chunks = if data.is_empty() {
+                Vec::new()
+            } else {
+                vec![store_chunk(shared, Bytes::from(data), blobs)?]
+            };
             return Ok(FileChunks { chunks, size });
         }
         // The file grew past a chunk while we looked: chunk it properly.
         let file = File::open(&job.path).map_err(|e| e.to_string())?;
-        stream(file, shared, buffers, |data| on_chunk(data, true))?;
-        return Ok(FileChunks { chunks, size });
+        return stream(file, job.size, shared, queue, blobs, segments);
     }
-    stream(file, shared, buffers, |data| on_chunk(data, true))?;
-    Ok(FileChunks { chunks, size })
+    stream(file, job.size, shared, queue, blobs, segments)
 }
 
 fn stream(
     file: File,
+    size_hint: u64,
     shared: &Shared,
-    buffers: &StreamBuffers,
-    mut on_chunk: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<(), String> {
-    // Every buffer goes back to the pool after its file, so one is always
-    // coming (and the pool outlives the workers).
-    let buf = buffers.rx.recv().unwrap_or_default();
-    let mut s = ChunkStream::new(shared.repo.chunker(), file, buf);
-    let result = loop {
-        match s.next_chunk() {
-            Ok(Some(chunk)) => {
-                if let Err(e) = on_chunk(chunk) {
-                    break Err(e);
+    queue: &ChunkQueue,
+    blobs: &Sender<PreparedBlob>,
+    segments: &SegmentPool,
+) -> FileResult {
+    let chunker = shared.repo.chunker();
+    let expected = (size_hint / u64::from(chunker.params().avg)) as usize + 1;
+    let mut chunks: Vec<Option<ChunkId>> = Vec::with_capacity(expected);
+    let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+    let mut pending = 0usize;
+    let mut size = 0u64;
+    let mut failure = None;
+    {
+        let mut s = ChunkStream::new(chunker, file, segments);
+        loop {
+            let data = match s.next_chunk() {
+                Ok(Some(data)) => data,
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            };
+            size += data.len() as u64;
+            shared.counters.add_read(data.len() as u64);
+            let index = chunks.len();
+            chunks.push(None);
+            let job = ChunkJob {
+                index,
+                data,
+                reply: reply_tx.clone(),
+            };
+            match queue.try_hand_on(job) {
+                Ok(()) => pending += 1,
+                Err(job) => match store_chunk(shared, job.data, blobs) {
+                    Ok(id) => chunks[index] = Some(id),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                },
+            }
+        }
+        // The stream (and its hold on the pool) ends here, before waiting.
+    }
+    // Collect what other workers did, working on handed-on chunks meanwhile:
+    // a reader that only waited could wait on chunks nobody else is free for.
+    while pending > 0 {
+        crossbeam_channel::select_biased! {
+            recv(reply_rx) -> reply => {
+                let Ok((index, result)) = reply else { break };
+                pending -= 1;
+                match result {
+                    Ok(id) => chunks[index] = Some(id),
+                    Err(e) => failure = failure.or(Some(e)),
                 }
             }
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e.to_string()),
+            recv(queue.rx) -> job => {
+                if let Ok(job) = job {
+                    work_on(shared, queue, job, blobs);
+                }
+            }
         }
-    };
-    let _ = buffers.tx.send(s.into_buffer());
-    result
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let chunks: Vec<ChunkId> = chunks.into_iter().flatten().collect();
+    Ok(FileChunks { chunks, size })
 }

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use cairn_chunk_store::manifest::{Snapshot, SnapshotStats};
+use cairn_chunk_store::chunker::SegmentPool;
 use cairn_chunk_store::pack::BlobKind;
 use cairn_chunk_store::{ChunkId, Repository, SnapshotId};
 use cairn_index::Index;
@@ -578,19 +579,24 @@ pub fn run(
             .context("starting the packer")?
     };
     let mut worker_handles = Vec::new();
-    let seals = files::SealQueue::new(cores * 2);
-    let buffers = files::StreamBuffers::new(cores * 2);
+    // Chunks of large files handed on: one fewer than the cores, so a reader
+    // and its helpers fill the cores without crowding them. Streams and
+    // their segments: two streams per core; the spare segments carry chunks
+    // still on their way to the packer, and outnumber the handed-on chunks
+    // (see `SegmentPool`).
+    let queue = files::ChunkQueue::new(cores.saturating_sub(1));
+    let segments = SegmentPool::new(repo.chunker(), cores * 2, cores + 2);
     for i in 0..workers {
         let (shared, jobs, blobs) = (shared.clone(), job_rx.clone(), blob_tx.clone());
-        let (seals, buffers) = (seals.clone(), buffers.clone());
+        let (queue, segments) = (queue.clone(), segments.clone());
         worker_handles.push(
             std::thread::Builder::new()
                 .name(format!("chunker-{i}"))
-                .spawn(move || files::worker(shared, jobs, seals, buffers, blobs))
+                .spawn(move || files::worker(shared, jobs, queue, segments, blobs))
                 .context("starting workers")?,
         );
     }
-    drop(seals);
+    drop(queue);
     drop(job_rx);
     let builder = {
         let (shared, blobs) = (shared.clone(), blob_tx.clone());

@@ -1,6 +1,9 @@
-//! Packing: sealed chunks in, durable registered packs out.
+//! Packing: prepared chunks in, durable registered packs out.
 //!
-//! One thread owns the open data pack and the open tree pack. A full pack is
+//! One thread owns the open data pack and the open tree pack and seals each
+//! chunk straight into its pack (one copy of its bytes; AES-GCM seals at
+//! several GB/s, so one thread keeps up with every core cutting and
+//! hashing). Pack buffers are recycled once their upload is done. A full pack is
 //! uploaded on the async runtime (a bounded number in flight, so memory stays
 //! at a few packs) and registered in the index only after the store has
 //! acknowledged it: the index never points at bytes that are not durable.
@@ -8,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
-use cairn_chunk_store::pack::{BlobKind, PackWriter, SealedBlob};
+use cairn_chunk_store::pack::{BlobKind, PackBuffers, PackWriter, PreparedBlob};
 use crossbeam_channel::Receiver;
 use tokio::sync::Semaphore;
 
@@ -21,15 +24,25 @@ const UPLOADS_IN_FLIGHT: usize = 3;
 /// all uploads. Returns the first failure.
 pub fn run(
     shared: Arc<Shared>,
-    blobs: Receiver<SealedBlob>,
+    blobs: Receiver<PreparedBlob>,
     failure: Arc<Mutex<Option<anyhow::Error>>>,
 ) -> Result<()> {
     let (handle, repo) = (&shared.handle, &shared.repo);
     let target = repo.config().pack_size as usize;
     let sem = Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT));
     let mut uploads = Vec::new();
-    let mut data = PackWriter::new(BlobKind::Data, target + target / 8);
-    let mut trees = PackWriter::new(BlobKind::Tree, 1 << 20);
+    // A pack closes once it reaches the target, so it holds at most one
+    // maximum chunk more (plus its trailer): room for that keeps the buffer
+    // from moving, and so aligned. Every upload in flight and the open pack
+    // each hold a buffer.
+    let capacity = target + repo.config().chunker.max as usize + (1 << 20);
+    let pool = PackBuffers::new(UPLOADS_IN_FLIGHT + 2);
+    let new_pack = |kind: BlobKind| match kind {
+        BlobKind::Data => PackWriter::new_in(kind, capacity, &pool),
+        BlobKind::Tree => PackWriter::new(kind, 1 << 20),
+    };
+    let mut data = new_pack(BlobKind::Data);
+    let mut trees = new_pack(BlobKind::Tree);
 
     let mut ship = |pack: PackWriter| -> Result<()> {
         if pack.is_empty() {
@@ -65,20 +78,10 @@ pub fn run(
             BlobKind::Data => &mut data,
             BlobKind::Tree => &mut trees,
         };
-        writer.add(blob);
+        writer.seal(repo.keys(), &blob);
         if writer.len() >= target {
             let kind = writer.kind();
-            let full = std::mem::replace(
-                writer,
-                PackWriter::new(
-                    kind,
-                    if kind == BlobKind::Data {
-                        target + target / 8
-                    } else {
-                        1 << 20
-                    },
-                ),
-            );
+            let full = std::mem::replace(writer, new_pack(kind));
             ship(full)?;
         }
     }

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{Result, anyhow, bail};
+use bytes::Bytes;
 use cairn_chunk_store::ChunkId;
-use cairn_chunk_store::pack::{BlobKind, SealedBlob, seal_blob};
+use cairn_chunk_store::pack::{BlobKind, PreparedBlob, prepare_blob};
 use cairn_chunk_store::tree::{Node, NodeKind, Tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
@@ -470,7 +471,7 @@ fn subtree_of(node: Option<&Node>) -> Option<ChunkId> {
 pub fn build_trees(
     shared: Arc<Shared>,
     dirs: Receiver<PendingDir>,
-    blobs: Sender<SealedBlob>,
+    blobs: Sender<PreparedBlob>,
 ) -> Result<HashMap<u64, ChunkId>> {
     let mut done: HashMap<u64, ChunkId> = HashMap::new();
     for dir in dirs {
@@ -511,11 +512,10 @@ pub fn build_trees(
         let id = shared.repo.fingerprinter().chunk_id(&bytes);
         if shared.claim(id, BlobKind::Tree).map_err(|e| anyhow!(e))? {
             shared.counters.add_new_tree(bytes.len() as u64);
-            let blob = seal_blob(
-                shared.repo.keys(),
+            let blob = prepare_blob(
                 id,
                 BlobKind::Tree,
-                &bytes,
+                Bytes::from(bytes),
                 shared.repo.config().zstd_level,
             );
             blobs.send(blob).map_err(|_| anyhow!("backup aborted"))?;
