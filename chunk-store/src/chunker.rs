@@ -340,9 +340,7 @@ impl<'c, R: Read> ChunkStream<'c, R> {
         let mut buf = self.pool.take_segment();
         buf.extend_from_slice(&self.segment[self.start..]);
         let want = self.pool.shared.segment_len.saturating_sub(buf.len());
-        let read = (&mut self.reader)
-            .take(want as u64)
-            .read_to_end(&mut buf);
+        let read = (&mut self.reader).take(want as u64).read_to_end(&mut buf);
         let segment = Bytes::from_owner(Segment {
             buf,
             pool: self.pool.clone(),

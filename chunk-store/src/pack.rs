@@ -185,7 +185,12 @@ fn worth_compressing(data: &[u8], level: i32) -> bool {
 
 /// Compresses one chunk when that helps; the plaintext is not copied when
 /// it is stored as is.
-pub fn prepare_blob(id: ChunkId, kind: BlobKind, plaintext: Bytes, zstd_level: i32) -> PreparedBlob {
+pub fn prepare_blob(
+    id: ChunkId,
+    kind: BlobKind,
+    plaintext: Bytes,
+    zstd_level: i32,
+) -> PreparedBlob {
     let compressed = worth_compressing(&plaintext, zstd_level)
         .then(|| compress(&plaintext, zstd_level))
         .flatten()
@@ -648,10 +653,14 @@ mod tests {
             let parsed = read_trailer(&keys, id, &bytes).unwrap();
             assert_eq!(parsed, entries);
             let kinds: Vec<Compression> = parsed.iter().map(|e| e.location.compression).collect();
-            assert_eq!(kinds, [Compression::Zstd, Compression::None, Compression::None]);
+            assert_eq!(
+                kinds,
+                [Compression::Zstd, Compression::None, Compression::None]
+            );
             for (e, c) in parsed.iter().zip(&chunks) {
                 let l = &e.location;
-                let sealed = &bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize];
+                let sealed =
+                    &bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize];
                 assert_eq!(&open_blob(&keys, &fp, &e.id, l, sealed).unwrap(), c);
             }
         }

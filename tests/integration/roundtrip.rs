@@ -160,7 +160,11 @@ fn each_cipher_round_trips_and_is_recorded() {
         let cairn = Cairn::new(dir.join(format!("repo-{cipher}")));
         cairn.run(["init", "--cipher", cipher]).expect_success();
         let config = fs::read(cairn.repo.join("config")).unwrap();
-        assert_eq!(u16::from_le_bytes([config[8], config[9]]), version, "{cipher}");
+        assert_eq!(
+            u16::from_le_bytes([config[8], config[9]]),
+            version,
+            "{cipher}"
+        );
         assert_eq!(
             Inspector::open(&cairn.repo, PASSWORD)
                 .repository()
@@ -186,11 +190,16 @@ fn each_cipher_round_trips_and_is_recorded() {
     let out = cairn.run(["init", "--cipher", "rot13"]);
     out.expect_code(2);
     assert!(
-        out.stderr.contains("unknown cipher \"rot13\" (expected aes-256-gcm or xchacha20-poly1305)"),
+        out.stderr
+            .contains("unknown cipher \"rot13\" (expected aes-256-gcm or xchacha20-poly1305)"),
         "{}",
         out.describe()
     );
-    assert!(!cairn.repo.exists(), "a refused init wrote {:?}", cairn.repo);
+    assert!(
+        !cairn.repo.exists(),
+        "a refused init wrote {:?}",
+        cairn.repo
+    );
 }
 
 /// Whatever is already at a restored path is replaced, never written

@@ -170,9 +170,7 @@ fn store_chunk(
     if shared.claim(id, BlobKind::Data)? {
         shared.counters.add_new_data(data.len() as u64);
         let blob = prepare_blob(id, BlobKind::Data, data, shared.repo.config().zstd_level);
-        blobs
-            .send(blob)
-            .map_err(|_| "backup aborted".to_string())?;
+        blobs.send(blob).map_err(|_| "backup aborted".to_string())?;
     }
     Ok(id)
 }

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use cairn_chunk_store::manifest::{Snapshot, SnapshotStats};
 use cairn_chunk_store::chunker::SegmentPool;
+use cairn_chunk_store::manifest::{Snapshot, SnapshotStats};
 use cairn_chunk_store::pack::BlobKind;
 use cairn_chunk_store::{ChunkId, Repository, SnapshotId};
 use cairn_index::Index;
