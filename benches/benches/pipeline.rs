@@ -6,7 +6,8 @@
 //!
 //! | group                    | what                                                   |
 //! |--------------------------|--------------------------------------------------------|
-//! | `chunking`               | FastCDC, default bounds, 64 MiB of random data         |
+//! | `chunking`               | FastCDC, default bounds, 64 MiB of random data; and    |
+//! |                          | one stream of it cut alone and in parts on every core  |
 //! | `fingerprint`            | keyed BLAKE3 and HMAC-SHA256 of a 1 MiB chunk          |
 //! | `compress`               | zstd level 3 of 1 MiB of log-like text                 |
 //! | `seal`                   | AES-256-GCM and XChaCha20-Poly1305 of a 1 MiB chunk    |
@@ -23,8 +24,9 @@ use std::time::Duration;
 
 use cairn_benches::{pseudo_random, text_like, worker_count};
 use cairn_chunk_store::ChunkId;
-use cairn_chunk_store::chunker::{Chunker, ChunkerParams};
+use cairn_chunk_store::chunker::{ChunkStream, Chunker, ChunkerParams, SegmentPool};
 use cairn_chunk_store::crypto::{Cipher, MasterKey, RepoKeys};
+use cairn_chunk_store::cut_ahead::{CutAhead, CutHelpers};
 use cairn_chunk_store::fingerprint::{Fingerprinter, HashAlgo};
 use cairn_chunk_store::pack::{BlobKind, PackWriter, seal_blob};
 use cairn_chunk_store::tree::{Node, NodeKind, Tree};
@@ -47,6 +49,48 @@ fn chunking(c: &mut Criterion) {
     group.bench_function("fastcdc_default_64MiB", |b| {
         b.iter(|| chunker.chunks(black_box(&data)).count())
     });
+    // A stream as a backup reads one large file: segments copied from the
+    // source, cut by the stream alone, then in parts with helper threads.
+    let stream = |helpers: Option<(CutHelpers, usize)>| {
+        let pool = SegmentPool::new(&chunker, 1, 4);
+        let mut s = ChunkStream::new(&chunker, black_box(&data[..]), &pool);
+        if let Some((helpers, parts)) = helpers {
+            s = s.with_helpers(helpers, parts);
+        }
+        let mut n = 0;
+        while let Ok(Some(chunk)) = s.next_chunk() {
+            n += chunk.len();
+        }
+        n
+    };
+    group.bench_function("stream_64MiB_1_thread", |b| b.iter(|| stream(None)));
+    let threads = worker_count();
+    if threads > 1 {
+        let (tx, rx) = std::sync::mpsc::channel::<CutAhead>();
+        let rx = std::sync::Mutex::new(rx);
+        thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(|| {
+                    loop {
+                        let part = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        match part {
+                            Ok(part) => part.run(&chunker),
+                            Err(_) => break,
+                        }
+                    }
+                });
+            }
+            let helpers: CutHelpers = std::sync::Arc::new(move |part| tx.send(part).is_ok());
+            group.bench_function(format!("stream_64MiB_{threads}_threads"), |b| {
+                b.iter(|| stream(Some((helpers.clone(), threads))))
+            });
+            // Dropping the last sender stops the helpers.
+            drop(helpers);
+        });
+    }
     group.finish();
 }
 

@@ -13,6 +13,8 @@ use bytes::Bytes;
 
 use fastcdc::v2020::{Normalization, cut_gear, select_masks};
 
+use crate::cut_ahead::{AheadParts, CutHelpers};
+
 /// Chunk size bounds in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkerParams {
@@ -124,6 +126,22 @@ impl Chunker {
             &self.gear_ls[..],
         );
         cut.clamp(1, data.len())
+    }
+
+    /// The length of the chunk that starts at `data[0]` if `data` decides it:
+    /// when a cut is found before its end, when it holds a maximum chunk, or
+    /// when it ends the input (`eof`). `None` means more input is needed.
+    ///
+    /// A cut found inside fewer than `max` bytes is the cut the whole input
+    /// has, because FastCDC scans forward from `min` and each candidate
+    /// depends only on the bytes before it and on its distance from the
+    /// chunk start (`prefix_cuts_are_final` checks it).
+    pub fn final_cut(&self, data: &[u8], eof: bool) -> Option<usize> {
+        if data.is_empty() {
+            return None;
+        }
+        let n = self.cut(data);
+        (eof || n < data.len() || data.len() >= self.params.max as usize).then_some(n)
     }
 
     /// Splits an in-memory buffer into chunks.
@@ -274,6 +292,10 @@ impl Drop for Segment {
 /// Chunks a reader through segments of a [`SegmentPool`]: each chunk is a
 /// slice of the segment it was read into (no copy), and memory stays within
 /// the pool whatever the file size.
+///
+/// With [`ChunkStream::with_helpers`], other threads cut the later parts of
+/// each segment while the stream cuts the first (see [`crate::cut_ahead`]);
+/// the chunks are the same either way.
 pub struct ChunkStream<'c, R> {
     chunker: &'c Chunker,
     reader: R,
@@ -284,6 +306,9 @@ pub struct ChunkStream<'c, R> {
     start: usize,
     eof: bool,
     bytes_read: u64,
+    helpers: Option<(CutHelpers, usize)>,
+    ahead: AheadParts,
+    cuts_computed: u64,
 }
 
 impl<'c, R: Read> ChunkStream<'c, R> {
@@ -298,36 +323,39 @@ impl<'c, R: Read> ChunkStream<'c, R> {
             start: 0,
             eof: false,
             bytes_read: 0,
+            helpers: None,
+            ahead: AheadParts::default(),
+            cuts_computed: 0,
         }
+    }
+
+    /// Cuts each segment in `parts` parts at once: the first here, the
+    /// others on whatever threads `helpers` hands them to.
+    pub fn with_helpers(mut self, helpers: CutHelpers, parts: usize) -> Self {
+        self.helpers = (parts > 1).then_some((helpers, parts));
+        self
     }
 
     /// The next chunk, or `None` at the end of the input.
     ///
     /// A new segment is read only when the bytes held cannot decide the next
-    /// cut, so what is carried over into it is one partial chunk, not up to
-    /// a maximum chunk size. That is exact: a cut found inside fewer than
-    /// `max` bytes is the cut the whole input has, because FastCDC scans
-    /// forward from `min` and each candidate depends only on the bytes
-    /// before it and on its distance from the chunk start
-    /// (`prefix_cuts_are_final` checks it).
+    /// cut ([`Chunker::final_cut`]), so what is carried over into it is one
+    /// partial chunk, not up to a maximum chunk size.
     pub fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        let max = self.chunker.params.max as usize;
         loop {
-            let held = self.segment.len() - self.start;
-            if self.eof || held >= max {
-                break;
+            if let Some(end) = self.ahead.cut_from(self.start) {
+                return Ok(Some(self.take(end - self.start)));
             }
-            let n = self.chunker.cut(&self.segment[self.start..]);
-            if n < held {
+            let rest = &self.segment[self.start..];
+            if let Some(n) = self.chunker.final_cut(rest, self.eof) {
+                self.cuts_computed += 1;
                 return Ok(Some(self.take(n)));
+            }
+            if self.eof {
+                return Ok(None);
             }
             self.refill()?;
         }
-        if self.start == self.segment.len() {
-            return Ok(None);
-        }
-        let n = self.chunker.cut(&self.segment[self.start..]);
-        Ok(Some(self.take(n)))
     }
 
     fn take(&mut self, n: usize) -> Bytes {
@@ -345,11 +373,18 @@ impl<'c, R: Read> ChunkStream<'c, R> {
             buf,
             pool: self.pool.clone(),
         });
+        self.ahead.clear();
         let n = read?;
         self.segment = segment;
         self.start = 0;
         self.bytes_read += n as u64;
         self.eof = n < want;
+        if let Some((helpers, parts)) = &self.helpers {
+            // A part shorter than a few chunks is not worth a hand-off.
+            let min_part = 4 * self.chunker.params.avg as usize;
+            self.ahead
+                .hand_out(helpers, &self.segment, self.eof, *parts, min_part);
+        }
         Ok(())
     }
 
@@ -357,10 +392,17 @@ impl<'c, R: Read> ChunkStream<'c, R> {
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
+
+    /// How many cuts this stream computed itself (the others came from
+    /// helpers).
+    pub fn cuts_computed(&self) -> u64 {
+        self.cuts_computed
+    }
 }
 
 impl<R> Drop for ChunkStream<'_, R> {
     fn drop(&mut self) {
+        self.ahead.clear();
         self.pool.close_stream();
     }
 }

@@ -40,6 +40,7 @@
 pub mod chunker;
 pub mod config;
 pub mod crypto;
+pub mod cut_ahead;
 pub mod envelope;
 pub mod error;
 pub mod fingerprint;

@@ -8,6 +8,11 @@
 //! ([`ChunkQueue`]), so one large file keeps every core busy. Memory is
 //! bounded by the pool and the queues, never by file sizes or by the number
 //! of workers.
+//!
+//! Cutting itself is sequential in FastCDC, so the reader also hands the
+//! later parts of each segment to free workers, which cut them ahead of it
+//! ([`cairn_chunk_store::cut_ahead`]); the cuts are those of one sequential
+//! pass, and a part nobody has started is cut by the reader.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use cairn_chunk_store::ChunkId;
 use cairn_chunk_store::chunker::{ChunkStream, SegmentPool};
+use cairn_chunk_store::cut_ahead::{CutAhead, CutHelpers};
 use cairn_chunk_store::pack::{BlobKind, PreparedBlob, prepare_blob};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -54,7 +60,15 @@ pub struct ChunkJob {
     reply: Sender<(usize, Result<ChunkId, String>)>,
 }
 
-/// The chunks handed from readers of large files to free workers. Give each
+/// Work a reader of a large file hands to free workers.
+enum HandedOn {
+    /// Fingerprint a chunk and store it if it is new.
+    Chunk(ChunkJob),
+    /// Cut a part of a segment ahead of its reader.
+    Cut(CutAhead),
+}
+
+/// The work handed from readers of large files to free workers. Give each
 /// worker a clone and drop the original: the queue closes when every worker
 /// is done.
 ///
@@ -64,26 +78,43 @@ pub struct ChunkJob {
 /// of piling runnable threads onto them, and memory stays flat. The limit is
 /// also below the segment pool's spare count, which keeps the pool from
 /// waiting forever on chunks that only a waiting reader could drain.
+///
+/// Parts to cut are not counted: each pins only the segment its reader
+/// holds anyway, and a part withdrawn before a worker took it lets go of
+/// that at once (see `CutAhead`). The channel has room for a part per core
+/// and stream besides the chunks; when it is full the reader cuts alone.
 #[derive(Clone)]
 pub struct ChunkQueue {
     /// `None` once this worker has stopped reading files.
-    tx: Option<Sender<ChunkJob>>,
-    rx: Receiver<ChunkJob>,
+    tx: Option<Sender<HandedOn>>,
+    rx: Receiver<HandedOn>,
     in_flight: Arc<AtomicUsize>,
     limit: usize,
+    /// Parts each segment of a large file is cut in at once.
+    cut_parts: usize,
 }
 
 impl ChunkQueue {
-    /// A queue handing on at most `limit` chunks at once.
-    pub fn new(limit: usize) -> Self {
+    /// A queue handing on at most `limit` chunks at once, and segments cut
+    /// in `cut_parts` parts by up to `streams` readers.
+    pub fn new(limit: usize, cut_parts: usize, streams: usize) -> Self {
         let limit = limit.max(1);
-        let (tx, rx) = crossbeam_channel::bounded(limit);
+        let (tx, rx) = crossbeam_channel::bounded(limit + cut_parts * streams);
         Self {
             tx: Some(tx),
             rx,
             in_flight: Arc::new(AtomicUsize::new(0)),
             limit,
+            cut_parts,
         }
+    }
+
+    /// Where a reader hands the parts of its segments, if it cuts in parts.
+    fn cut_helpers(&self) -> Option<CutHelpers> {
+        let tx = self.tx.clone().filter(|_| self.cut_parts > 1)?;
+        Some(Arc::new(move |part| {
+            tx.try_send(HandedOn::Cut(part)).is_ok()
+        }))
     }
 
     /// Queues `job` if fewer than `limit` chunks are handed on; gives it
@@ -100,9 +131,12 @@ impl ChunkQueue {
         if taken.is_err() {
             return Err(job);
         }
-        tx.try_send(job).map_err(|e| {
+        tx.try_send(HandedOn::Chunk(job)).map_err(|e| {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            e.into_inner()
+            match e.into_inner() {
+                HandedOn::Chunk(job) => job,
+                HandedOn::Cut(_) => unreachable!("a chunk was sent"),
+            }
         })
     }
 
@@ -152,11 +186,17 @@ pub fn worker(
     }
 }
 
-/// Fingerprints a chunk handed on by a reader, and stores it if it is new.
-fn work_on(shared: &Shared, queue: &ChunkQueue, job: ChunkJob, blobs: &Sender<PreparedBlob>) {
-    let result = store_chunk(shared, job.data, blobs);
-    queue.done();
-    let _ = job.reply.send((job.index, result));
+/// Does what a reader handed on: fingerprints a chunk and stores it if it
+/// is new, or cuts a part of a segment.
+fn work_on(shared: &Shared, queue: &ChunkQueue, work: HandedOn, blobs: &Sender<PreparedBlob>) {
+    match work {
+        HandedOn::Chunk(job) => {
+            let result = store_chunk(shared, job.data, blobs);
+            queue.done();
+            let _ = job.reply.send((job.index, result));
+        }
+        HandedOn::Cut(part) => part.run(shared.repo.chunker()),
+    }
 }
 
 /// Fingerprints one chunk and, if this run must store it, compresses it and
@@ -224,6 +264,9 @@ fn stream(
     let mut failure = None;
     {
         let mut s = ChunkStream::new(chunker, file, segments);
+        if let Some(helpers) = queue.cut_helpers() {
+            s = s.with_helpers(helpers, queue.cut_parts);
+        }
         loop {
             let data = match s.next_chunk() {
                 Ok(Some(data)) => data,

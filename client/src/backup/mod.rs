@@ -584,8 +584,11 @@ pub fn run(
     // their segments: two streams per core; the spare segments carry chunks
     // still on their way to the packer, and outnumber the handed-on chunks
     // (see `SegmentPool`).
-    let queue = files::ChunkQueue::new(cores.saturating_sub(1));
-    let segments = SegmentPool::new(repo.chunker(), cores * 2, cores + 2);
+    // Each segment of a large file is cut in as many parts as there are
+    // cores.
+    let streams = cores * 2;
+    let queue = files::ChunkQueue::new(cores.saturating_sub(1), cores, streams);
+    let segments = SegmentPool::new(repo.chunker(), streams, cores + 2);
     for i in 0..workers {
         let (shared, jobs, blobs) = (shared.clone(), job_rx.clone(), blob_tx.clone());
         let (queue, segments) = (queue.clone(), segments.clone());
