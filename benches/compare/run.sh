@@ -34,6 +34,8 @@
 #   BORG_ENCRYPTION      (default repokey: HMAC-SHA256 ids, fast with SHA-NI)
 #   BORG_COMPRESSION     (default zstd,3)
 #   CAIRN_BENCH_NOTES    a Markdown file appended to docs/BENCHMARKS.md (observations)
+#   CAIRN_BENCH_CEILING_GBPS  the chunk+fingerprint ceiling of this machine in GB/s (criterion
+#                        group `ceiling`), for the 2 GiB target (default 3.8)
 #   RUSTIC_BIN           rustic binary (default: CAIRN_BENCH_TOOLS/bin/rustic, installed if missing)
 #
 # Page caches are dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before
