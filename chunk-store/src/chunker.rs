@@ -365,6 +365,8 @@ impl<'c, R: Read> ChunkStream<'c, R> {
     }
 
     fn refill(&mut self) -> io::Result<()> {
+        // The parts of the old segment are withdrawn before anything waits.
+        self.ahead.clear();
         let mut buf = self.pool.take_segment();
         buf.extend_from_slice(&self.segment[self.start..]);
         let want = self.pool.shared.segment_len.saturating_sub(buf.len());
@@ -373,7 +375,6 @@ impl<'c, R: Read> ChunkStream<'c, R> {
             buf,
             pool: self.pool.clone(),
         });
-        self.ahead.clear();
         let n = read?;
         self.segment = segment;
         self.start = 0;
@@ -402,7 +403,6 @@ impl<'c, R: Read> ChunkStream<'c, R> {
 
 impl<R> Drop for ChunkStream<'_, R> {
     fn drop(&mut self) {
-        self.ahead.clear();
         self.pool.close_stream();
     }
 }

@@ -109,20 +109,14 @@ impl CutAhead {
     /// The part's chain: waits if a thread is cutting it, withdraws it (and
     /// returns nothing) if none has started.
     fn collect(&self) -> Vec<(usize, usize)> {
-        let mut state = self.lock();
-        loop {
-            match std::mem::replace(&mut *state, State::Gone) {
-                State::Running => {
-                    *state = State::Running;
-                    state = self
-                        .shared
-                        .done
-                        .wait(state)
-                        .unwrap_or_else(|p| p.into_inner());
-                }
-                State::Done(chain) => return chain,
-                State::Queued(_) | State::Gone => return Vec::new(),
-            }
+        let mut state = self
+            .shared
+            .done
+            .wait_while(self.lock(), |state| matches!(state, State::Running))
+            .unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *state, State::Gone) {
+            State::Done(chain) => chain,
+            State::Queued(_) | State::Running | State::Gone => Vec::new(),
         }
     }
 
@@ -151,7 +145,8 @@ pub(crate) struct AheadParts {
 impl AheadParts {
     /// Hands out the later parts of a new segment (of `len` bytes, the stream
     /// at offset 0) to `helpers`: `parts` parts in all, the first one the
-    /// stream's own. A part is at least `min_part` bytes.
+    /// stream's own. A part is at least `min_part` bytes. The parts of the
+    /// previous segment must have been cleared.
     ///
     /// The stream's part is shorter than the others by half a part's
     /// minimum: the stream also reads the segment and cuts on until its
@@ -165,7 +160,7 @@ impl AheadParts {
         parts: usize,
         min_part: usize,
     ) {
-        self.clear();
+        debug_assert!(self.pending.is_empty() && self.known.is_empty());
         let len = segment.len();
         let parts = parts.min(len / min_part.max(1));
         if parts < 2 {

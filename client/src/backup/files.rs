@@ -109,9 +109,10 @@ impl ChunkQueue {
         }
     }
 
-    /// Where a reader hands the parts of its segments, if it cuts in parts.
+    /// Where a reader hands the parts of its segments (none once this
+    /// worker has stopped reading files).
     fn cut_helpers(&self) -> Option<CutHelpers> {
-        let tx = self.tx.clone().filter(|_| self.cut_parts > 1)?;
+        let tx = self.tx.clone()?;
         Some(Arc::new(move |part| {
             tx.try_send(HandedOn::Cut(part)).is_ok()
         }))
