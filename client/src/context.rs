@@ -218,6 +218,28 @@ impl RepoArgs {
         }
     }
 
+    /// Opens the repository and the index a backup writes to. For a local
+    /// repository with the embedded index, the index opens on a blocking
+    /// thread while the key derivation of the password runs (only once the
+    /// repository's config is there, since opening creates the index).
+    pub async fn open_for_backup(&self) -> Result<(Repository, Arc<dyn Index>)> {
+        let local = self.index.is_none()
+            && self.s3_url().is_none()
+            && self.local_path().is_ok_and(|p| p.join("config").is_file());
+        if !local {
+            let repo = self.open().await?;
+            let index = self.open_index(&repo).await?;
+            return Ok((repo, index));
+        }
+        let args = self.clone();
+        let index = tokio::task::spawn_blocking(move || args.open_embedded());
+        // The repository's errors (wrong password, ...) come first.
+        let repo = self.open().await;
+        let index = index.await.map_err(|e| anyhow!("opening the index: {e}"));
+        let repo = repo?;
+        Ok((repo, index??))
+    }
+
     /// The index cluster when `--index` is given (no filter download).
     pub async fn open_remote(
         &self,

@@ -31,6 +31,16 @@ pub fn node_kind(meta: &Metadata) -> NodeKind {
 
 /// A node for `path` with metadata `meta` (no chunks, no subtree yet).
 pub fn node_from_metadata(path: &Path, name: &[u8], meta: &Metadata) -> io::Result<Node> {
+    let mut node = node_without_xattrs(path, name, meta)?;
+    node.xattrs = read_xattrs(path);
+    Ok(node)
+}
+
+/// [`node_from_metadata`] without reading the extended attributes: for an
+/// entry whose xattrs are known to be those of its parent snapshot's node
+/// (changing an xattr changes the ctime, so a file that is [`unchanged`]
+/// has its old xattrs).
+pub fn node_without_xattrs(path: &Path, name: &[u8], meta: &Metadata) -> io::Result<Node> {
     let kind = node_kind(meta);
     let symlink_target = if kind == NodeKind::Symlink {
         fs::read_link(path)?.as_os_str().as_bytes().to_vec()
@@ -53,7 +63,7 @@ pub fn node_from_metadata(path: &Path, name: &[u8], meta: &Metadata) -> io::Resu
         inode: meta.ino(),
         device: meta.dev(),
         nlink: meta.nlink(),
-        xattrs: read_xattrs(path),
+        xattrs: Vec::new(),
         symlink_target,
         chunks: Vec::new(),
         subtree: Vec::new(),

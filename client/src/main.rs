@@ -313,8 +313,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             host,
             session_lease,
         } => {
-            let repo = rt.block_on(args.open())?;
-            let index = rt.block_on(args.open_index(&repo))?;
+            let (repo, index) = rt.block_on(args.open_for_backup())?;
             let options = BackupOptions {
                 paths,
                 excludes: Excludes::new(

@@ -10,7 +10,9 @@
 //! 3. register packs the index does not know (left by killed backups), so
 //!    they are accounted for;
 //! 4. condemn unmarked chunks seen before the cutoff (the index decides,
-//!    atomically with backups' confirmations);
+//!    atomically with backups' confirmations), unless a running backup's
+//!    parent snapshot is no longer listed: that backup reuses the parent's
+//!    data unconfirmed, and the mark could not see it;
 //! 5. per pack, from every replica's records: live chunks and bytes;
 //! 6. repack packs whose unused share exceeds `--max-unused`: verified
 //!    copies of their live chunks go to a new pack, registered as a
@@ -81,6 +83,10 @@ pub struct PruneReport {
     pub chunks_used: u64,
     /// Chunks condemned by this run.
     pub chunks_condemned: u64,
+    /// Running backups whose parent snapshot was forgotten: they reuse its
+    /// data, which no listed snapshot may name, so nothing is condemned
+    /// until they end (crate docs of `cairn_index`).
+    pub backups_from_forgotten_parents: usize,
     /// Condemned chunks that a snapshot turned out to need (written by a
     /// backup that ran without a session), made live again.
     pub chunks_revived: u64,
@@ -176,6 +182,11 @@ pub async fn run(
         .filter(|s| !s.committed.is_some_and(|c| listed.contains(&c)))
         .collect();
     report.running_backups = running.len();
+    report.backups_from_forgotten_parents = running
+        .iter()
+        .filter(|s| s.parent.is_some_and(|p| !listed.contains(&p)))
+        .count();
+    let condemn = report.backups_from_forgotten_parents == 0;
     let cutoff = running.iter().map(|s| s.started).fold(now, i64::min) - options.skew_secs;
     report.cutoff_unix = cutoff;
     let used = mark(&source, &roots).await?;
@@ -240,7 +251,12 @@ pub async fn run(
         .filter(|id| !used.contains(id))
         .copied()
         .collect();
-    if options.dry_run {
+    if !condemn {
+        // Nothing condemned; chunks condemned earlier may still be revived.
+        if !options.dry_run {
+            report.chunks_revived = revive(&*index, &views, &used, &mut records).await?;
+        }
+    } else if options.dry_run {
         // What the index would condemn, from the same records.
         let unused: HashSet<ChunkId> = candidates.iter().copied().collect();
         for (id, recs) in records.iter_mut() {
@@ -667,6 +683,12 @@ pub fn print_report(r: &PruneReport, json: bool) {
         r.snapshots, r.chunks_used, r.running_backups
     );
     println!("chunks condemned: {would}{}", r.chunks_condemned);
+    if r.backups_from_forgotten_parents > 0 {
+        println!(
+            "nothing condemned: {} running backup(s) reuse data of a forgotten snapshot; run prune again once they end",
+            r.backups_from_forgotten_parents
+        );
+    }
     if r.chunks_revived > 0 {
         println!(
             "chunks revived: {} (needed by a snapshot written without a session)",

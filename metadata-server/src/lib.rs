@@ -20,10 +20,10 @@
 //!
 //! 1. fixes the **cutoff** `C = min(now, start of every session that may
 //!    still write a manifest) − skew margin`;
-//! 2. marks every chunk reachable from the manifests in the store and from
-//!    the parents of those sessions;
+//! 2. marks every chunk reachable from the manifests in the store;
 //! 3. **condemns** each unmarked chunk whose first-seen and last-seen times
-//!    are both before `C`;
+//!    are both before `C`, unless the parent of one of those sessions is no
+//!    longer in the store (then it condemns nothing: see below);
 //! 4. computes which packs hold no live chunk (on every replica), repacks
 //!    mostly-dead packs, and deletes a pack only after it has been dead for
 //!    the grace period, re-checking right before the delete.
@@ -34,11 +34,29 @@
 //!
 //! - a backup references only chunks it uploaded and registered, chunks the
 //!   index confirmed as known (`unknown_chunks` → `false`), and chunks of
-//!   unchanged files from its parent, which it confirms the same way before
-//!   reusing them. Registering and confirming set last-seen to the current
-//!   time `t`, and `t` ≥ the session's start > `C` (a session that began
-//!   after prune fixed `C` started after `now`; one that began before bounds
-//!   `C` itself). So prune never condemns such a chunk;
+//!   unchanged files from its parent. Registering and confirming set
+//!   last-seen to the current time `t`, and `t` ≥ the session's start > `C`
+//!   (a session that began after prune fixed `C` started after `now`; one
+//!   that began before bounds `C` itself). So prune never condemns such a
+//!   chunk;
+//! - a backup that holds a session reuses its parent's chunks **without
+//!   asking the index** (asking would rewrite the record of every unchanged
+//!   chunk on every backup). Once its manifest is written, and before its
+//!   session ends, it checks that the parent's manifest is still in the
+//!   store; if not, it confirms those chunks then, and withdraws its
+//!   manifest and fails if one is no longer known. Why no prune condemns
+//!   such a chunk `c` of parent `P` reused by backup `B`: a prune that
+//!   listed sessions while `B` ran counts `B` as running, and either lists
+//!   `P` (which marks `c`) or condemns nothing. A prune that listed sessions
+//!   before `B` began lists manifests afterwards: if after `B`'s manifest
+//!   was written, that marks `c`; if before, `P` was still in the store
+//!   (it was when `B` began and when `B` checked, and a forgotten manifest
+//!   never comes back), which marks `c`, unless `P` was not written yet,
+//!   in which case `c` was confirmed by `P`'s backup after that prune's
+//!   `C` or is, by the same argument one parent further, marked through
+//!   `P`'s own parent. If `B` finds `P` gone, its confirmation either comes
+//!   before any condemnation of `c` (and moves last-seen past every such
+//!   prune's `C`) or sees `c` condemned and withdraws `B`;
 //! - the index enforces the cutoff it can check: a node never condemns a
 //!   chunk seen at or after its own clock or the start of a live session it
 //!   holds, whatever cutoff a client sends (in local mode that is every

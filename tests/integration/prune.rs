@@ -487,6 +487,83 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
     restore_equals(&cairn, &snap, &small, &small, &f.dir);
 }
 
+/// A backup reuses the chunks of its parent's unchanged files without asking
+/// the index. If that parent is forgotten while the backup runs, prune
+/// condemns nothing until the backup ends, and the backup's snapshot is
+/// whole.
+#[test]
+fn a_parent_forgotten_while_a_backup_runs_keeps_its_data_until_the_backup_ends() {
+    let f = ClusterFixture::start(1, 1);
+    let src = f.dir.join("src");
+    fs::create_dir_all(src.join("kept")).unwrap();
+    for i in 0..6u64 {
+        write_random_file(
+            &src.join(format!("kept/{i}.bin")),
+            40 * 1024 + i * 777,
+            70 + i,
+        );
+    }
+    let parent = f.cairn.backup(&[&src], &[]).snapshot_id();
+    // New data, which keeps the second backup busy while it is stopped.
+    fs::create_dir_all(src.join("new")).unwrap();
+    for entry in fs::read_dir(big_source()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            let to = src.join("new").join(entry.file_name());
+            if fs::hard_link(entry.path(), &to).is_err() {
+                fs::copy(entry.path(), &to).unwrap();
+            }
+        }
+    }
+    let expected = f.dir.join("expected");
+    copy_dir(&src, &expected);
+    next_second();
+
+    let repo = f.dir.join("repo");
+    let log = f.dir.join("second-log");
+    let packs_before = pack_files(&repo).len();
+    let mut backup = spawn_backup_until_packs(
+        &f.cairn,
+        &["backup", "--json", s(&src)],
+        &log,
+        &repo,
+        packs_before + 1,
+    );
+    let pid = backup.id().to_string();
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    f.cairn.run(["forget", &parent]).expect_success();
+    let report = prune(&f.cairn, NOW);
+    let cont = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert!(cont.success());
+    assert_eq!(n(&report, "backups_from_forgotten_parents"), 1, "{report}");
+    assert_eq!(n(&report, "chunks_condemned"), 0, "{report}");
+
+    let status = wait_with_deadline(&mut backup, Duration::from_secs(120)).expect("backup ends");
+    let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let stdout = fs::read_to_string(log.join("stdout")).unwrap();
+    let stats: Value = serde_json::from_str(stdout.lines().last().expect("stats line")).unwrap();
+    let stats = Stats(stats);
+    assert_eq!(stats.u("files_unmodified"), 6, "{}", stats.0);
+    let snap = stats.snapshot_id();
+    restore_equals(&f.cairn, &snap, &src, &expected, &f.dir);
+
+    // Once it has ended, prune collects what only the parent used.
+    next_second();
+    let report = prune(&f.cairn, NOW);
+    assert_eq!(n(&report, "backups_from_forgotten_parents"), 0, "{report}");
+    assert!(n(&report, "chunks_condemned") > 0, "{report}");
+    f.cairn.check_clean();
+    restore_equals(&f.cairn, &snap, &src, &expected, &f.dir);
+}
+
 /// Starts `args` (a backup) and returns once `repo` holds at least `packs` packs.
 fn spawn_backup_until_packs(
     cairn: &Cairn,

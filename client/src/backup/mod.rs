@@ -203,6 +203,13 @@ pub struct Shared {
     pub handle: Handle,
     /// Chunks already handled by this run (uploading or known).
     claimed: Mutex<HashSet<ChunkId>>,
+    /// True when the backup holds a session and has a parent: the chunks of
+    /// unchanged files are then reused without asking the index (crate docs
+    /// of `cairn_index`, "Garbage collection").
+    reuse_unasked: bool,
+    /// The chunks reused that way. The index confirms them only if the
+    /// parent is forgotten before the snapshot is written.
+    unconfirmed: Mutex<Vec<ChunkId>>,
     /// Counters.
     pub counters: Counters,
     warnings: Mutex<Vec<String>>,
@@ -240,13 +247,24 @@ impl Shared {
         }
     }
 
-    /// For each unchanged file from the parent: true if the index confirms
-    /// every one of its chunks (refreshing their last-seen times). Any other
-    /// answer means the file is read again: a chunk garbage collection
-    /// condemned is never reused. One index call serves all the files (the
-    /// walker asks once per directory).
-    pub fn confirm_known(&self, olds: &[&cairn_chunk_store::tree::Node]) -> Vec<bool> {
+    /// For each unchanged file from the parent: true if its chunks may be
+    /// reused. A backup that holds a session reuses them without asking the
+    /// index: the parent lists them, and prune keeps what a running backup's
+    /// parent lists (crate docs of `cairn_index`); `confirm_parent_reuse`
+    /// covers the parent being forgotten meanwhile. Without a session, true
+    /// only if the index confirms every chunk (refreshing its last-seen
+    /// time); any other answer means the file is read again, so a chunk
+    /// garbage collection condemned is never reused. One call serves all the
+    /// files of a directory (the walker asks once per directory).
+    pub fn reuse_from_parent(&self, olds: &[&cairn_chunk_store::tree::Node]) -> Vec<bool> {
         let lists: Vec<Option<Vec<ChunkId>>> = olds.iter().map(|o| o.chunk_ids().ok()).collect();
+        if self.reuse_unasked {
+            let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner());
+            return lists
+                .into_iter()
+                .map(|list| list.map(|ids| unconfirmed.extend(ids)).is_some())
+                .collect();
+        }
         let ask: Vec<ChunkId> = {
             let claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
             let mut seen = HashSet::new();
@@ -280,6 +298,21 @@ impl Shared {
                     .is_some_and(|ids| ids.iter().all(|id| claimed.contains(id)))
             })
             .collect()
+    }
+
+    /// True if tree `id`, the same as the parent snapshot's tree of its
+    /// directory, is reused without asking the index, like the chunks of an
+    /// unchanged file (see [`Shared::reuse_from_parent`]).
+    pub fn reuse_parent_tree(&self, id: ChunkId) -> bool {
+        if !self.reuse_unasked {
+            return false;
+        }
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
+        Counters::add(&self.counters.reused, 1);
+        true
     }
 
     /// Records an unreadable source entry.
@@ -470,6 +503,53 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Chunks per index call when confirming reused chunks.
+const CONFIRM_BATCH: usize = 4096;
+
+/// Runs once the snapshot is written, while the session still holds: makes
+/// sure the chunks reused from `parent` without asking the index are live.
+/// If the parent's manifest is still in the store, they are: every prune
+/// that could condemn them either listed the parent or lists this snapshot
+/// (crate docs of `cairn_index`). If it was forgotten meanwhile, the index
+/// confirms them now (refreshing their last-seen times); a chunk it no
+/// longer knows means prune may remove it, and the snapshot cannot stand.
+fn confirm_parent_reuse(
+    handle: &Handle,
+    repo: &Repository,
+    index: &dyn Index,
+    parent: SnapshotId,
+    mut reused: Vec<ChunkId>,
+) -> Result<()> {
+    if reused.is_empty() {
+        return Ok(());
+    }
+    let key = cairn_chunk_store::manifest::manifest_key(&parent);
+    if let Ok(true) = handle.block_on(repo.store().exists(&key)) {
+        return Ok(());
+    }
+    reused.sort_unstable();
+    reused.dedup();
+    let lost = |why: String| {
+        anyhow!(
+            "the parent snapshot {} was forgotten while this backup ran, and {why}; the new snapshot was withdrawn, run the backup again",
+            parent.short()
+        )
+    };
+    for batch in reused.chunks(CONFIRM_BATCH) {
+        let unknown = handle.block_on(index.unknown_chunks(batch)).map_err(|e| {
+            lost(format!(
+                "the index could not confirm the data reused from it ({e})"
+            ))
+        })?;
+        if unknown.len() != batch.len() || unknown.iter().any(|u| *u) {
+            return Err(lost(
+                "prune removed data this backup reused from it".to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The latest snapshot of the same host and paths.
 fn find_parent(
     snapshots: &[(SnapshotId, Snapshot)],
@@ -534,6 +614,8 @@ pub fn run(
         index: index.clone(),
         handle: handle.clone(),
         claimed: Mutex::new(HashSet::new()),
+        reuse_unasked: session.session.is_some() && parent.is_some(),
+        unconfirmed: Mutex::new(Vec::new()),
         counters: Counters {
             cancel: options.cancel.clone(),
             fenced: Some(session.stop.clone()),
@@ -674,6 +756,19 @@ pub fn run(
     let (snapshot_id, sealed) = repo.seal_snapshot(&snapshot);
     session.commit(handle, snapshot_id)?;
     handle.block_on(repo.put_sealed_snapshot(&snapshot_id, sealed))?;
+    let unconfirmed =
+        std::mem::take(&mut *shared.unconfirmed.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(parent) = parent
+        && let Err(e) = confirm_parent_reuse(handle, repo, &*index, parent, unconfirmed)
+    {
+        // The snapshot references data prune may remove: withdrawn, so that
+        // nothing in the repository points at it.
+        if let Err(w) = handle.block_on(crate::retention::forget(repo, &[snapshot_id])) {
+            tracing::warn!("snapshot {} not withdrawn: {w:#}", snapshot_id.short());
+        }
+        session.end();
+        return Err(e);
+    }
     session.end();
     let warnings = shared
         .warnings
@@ -689,4 +784,152 @@ pub fn run(
         seconds: start.elapsed().as_secs_f64(),
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_chunk_store::PackId;
+    use cairn_chunk_store::crypto::Cipher;
+    use cairn_chunk_store::fingerprint::HashAlgo;
+    use cairn_chunk_store::keys::KdfParams;
+    use cairn_chunk_store::pack::{BlobLocation, Compression, PackEntry};
+    use cairn_chunk_store::repository::InitOptions;
+    use cairn_chunk_store::store::LocalStore;
+    use cairn_index::{Engine, EngineOptions};
+
+    /// A local repository, its embedded index, and one stored snapshot.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        runtime: tokio::runtime::Runtime,
+        repo: Repository,
+        index: Engine,
+        snapshot: SnapshotId,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = Arc::new(LocalStore::new(dir.path().join("repo")));
+        let options = InitOptions {
+            hash: HashAlgo::Blake3,
+            cipher: Cipher::DEFAULT,
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            host: "h".into(),
+            user: "u".into(),
+        };
+        let repo = runtime
+            .block_on(Repository::init(store, b"pw", options))
+            .expect("init");
+        let index = Engine::open(&dir.path().join("index"), EngineOptions::default(), &|_| {})
+            .expect("index");
+        let snapshot = Snapshot {
+            root: vec![7; 32],
+            host: "h".into(),
+            ..Snapshot::default()
+        };
+        let (snapshot, sealed) = repo.seal_snapshot(&snapshot);
+        runtime
+            .block_on(repo.put_sealed_snapshot(&snapshot, sealed))
+            .expect("snapshot");
+        Fixture {
+            _dir: dir,
+            runtime,
+            repo,
+            index,
+            snapshot,
+        }
+    }
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId::from_bytes([n; 32])
+    }
+
+    /// Registers chunks `ids` in one pack.
+    fn register(f: &Fixture, ids: &[u8]) {
+        let pack = PackId::from_bytes([9; 32]);
+        let entries: Vec<PackEntry> = ids
+            .iter()
+            .map(|n| PackEntry {
+                id: id(*n),
+                location: BlobLocation {
+                    pack,
+                    offset: u64::from(*n) * 100,
+                    stored_len: 100,
+                    raw_len: 100,
+                    kind: BlobKind::Data,
+                    compression: Compression::None,
+                },
+            })
+            .collect();
+        f.runtime
+            .block_on(f.index.register_pack(pack, &entries))
+            .expect("register");
+    }
+
+    fn confirm(f: &Fixture, parent: SnapshotId, reused: &[u8]) -> Result<()> {
+        let reused = reused.iter().map(|n| id(*n)).collect();
+        confirm_parent_reuse(f.runtime.handle(), &f.repo, &f.index, parent, reused)
+    }
+
+    #[test]
+    fn reuse_stands_while_the_parent_is_in_the_store() {
+        let f = fixture();
+        // Not even known to the index: the parent's manifest lists them, so
+        // every prune marks them.
+        confirm(&f, f.snapshot, &[1, 2, 3]).expect("parent present");
+    }
+
+    #[test]
+    fn a_forgotten_parent_makes_the_index_confirm_the_reused_chunks() {
+        let f = fixture();
+        register(&f, &[1, 2, 3]);
+        f.runtime
+            .block_on(crate::retention::forget(&f.repo, &[f.snapshot]))
+            .expect("forget");
+        confirm(&f, f.snapshot, &[1, 2, 2, 3]).expect("every chunk known");
+
+        let err = confirm(&f, f.snapshot, &[1, 4]).expect_err("chunk 4 is unknown");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the parent snapshot {} was forgotten while this backup ran, and prune removed data this backup reused from it; the new snapshot was withdrawn, run the backup again",
+                f.snapshot.short()
+            )
+        );
+    }
+
+    #[test]
+    fn confirming_refreshes_last_seen() {
+        let f = fixture();
+        register(&f, &[5]);
+        let before = f
+            .runtime
+            .block_on(f.index.lookup(&[id(5)]))
+            .expect("lookup")[0]
+            .clone()
+            .expect("record");
+        let missing = SnapshotId::from_bytes([1; 32]);
+        // Whole seconds: wait for the next one.
+        let second = before.last_seen;
+        while cairn_chunk_store::now_unix_nanos() / 1_000_000_000 <= second {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        confirm(&f, missing, &[5]).expect("known");
+        let after = f
+            .runtime
+            .block_on(f.index.lookup(&[id(5)]))
+            .expect("lookup")[0]
+            .clone()
+            .expect("record");
+        assert!(after.last_seen > before.last_seen, "{before:?} → {after:?}");
+    }
 }

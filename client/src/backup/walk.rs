@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use super::Shared;
 use super::excludes::Excludes;
 use super::files::{FileJob, FileResult};
-use crate::fsmeta::{node_from_metadata, unchanged};
+use crate::fsmeta::{node_from_metadata, node_without_xattrs, read_xattrs, unchanged};
 use crate::source::BlobSource;
 
 /// A directory entry whose node is not final yet.
@@ -46,6 +46,8 @@ pub enum Pending {
 pub struct PendingDir {
     /// Identity for the parent's `Pending::Dir`.
     pub key: u64,
+    /// The directory's tree in the parent snapshot.
+    pub parent: Option<ChunkId>,
     /// Entries.
     pub entries: Vec<Pending>,
 }
@@ -182,8 +184,8 @@ pub struct Listing {
     parent: Option<Arc<Tree>>,
     /// Entries with their nodes (no chunks yet).
     entries: Vec<(PathBuf, Node)>,
-    /// Per entry: for an unchanged file, whether the index confirmed the
-    /// parent's chunks; `None` for everything else.
+    /// Per entry: for an unchanged file, whether the parent's chunks may be
+    /// reused (`Shared::reuse_from_parent`); `None` for everything else.
     confirmed: Vec<Option<bool>>,
 }
 
@@ -228,12 +230,24 @@ fn list_dir(
         if meta.is_dir() && excludes.marked(&child) {
             continue;
         }
-        match node_from_metadata(&child, name.as_bytes(), &meta) {
-            Ok(node) => entries.push((child, node)),
+        match node_without_xattrs(&child, name.as_bytes(), &meta) {
+            Ok(mut node) => {
+                // One syscall fewer per unchanged file: its xattrs are the
+                // parent's (see `node_without_xattrs`).
+                match parent
+                    .as_ref()
+                    .and_then(|t| t.find(&node.name))
+                    .filter(|old| node.node_kind() == Some(NodeKind::File) && unchanged(old, &node))
+                {
+                    Some(old) => node.xattrs = old.xattrs.clone(),
+                    None => node.xattrs = read_xattrs(&child),
+                }
+                entries.push((child, node));
+            }
             Err(e) => shared.warn(format!("cannot read {}: {e}", child.display())),
         }
     }
-    // The unchanged files of the directory are confirmed with one index call.
+    // The unchanged files of the directory are settled with one call.
     let reusable: Vec<Option<&Node>> = entries
         .iter()
         .map(|(_, node)| {
@@ -244,7 +258,7 @@ fn list_dir(
         })
         .collect();
     let candidates: Vec<&Node> = reusable.iter().flatten().copied().collect();
-    let mut known = shared.confirm_known(&candidates).into_iter();
+    let mut known = shared.reuse_from_parent(&candidates).into_iter();
     let confirmed = reusable
         .iter()
         .map(|r| r.map(|_| known.next().unwrap_or(false)))
@@ -342,12 +356,16 @@ impl<'a> Walker<'a> {
             }
         }
         let key = self.key();
-        self.emit(PendingDir { key, entries })?;
+        self.emit(PendingDir {
+            key,
+            parent: None,
+            entries,
+        })?;
         Ok(key)
     }
 
-    /// One entry; for a file, `confirmed` says whether the index already
-    /// confirmed the parent's chunks (`None`: ask now).
+    /// One entry; for a file, `confirmed` says whether the parent's chunks
+    /// may be reused (`None`: decide now).
     fn entry(
         &mut self,
         path: &Path,
@@ -373,7 +391,7 @@ impl<'a> Walker<'a> {
                 // confirms them (GC invariant, `cairn_index` crate docs).
                 if let Some(old) = parent.filter(|old| {
                     unchanged(old, &node)
-                        && confirmed.unwrap_or_else(|| self.shared.confirm_known(&[old])[0])
+                        && confirmed.unwrap_or_else(|| self.shared.reuse_from_parent(&[old])[0])
                 }) {
                     let mut node = node;
                     node.chunks = old.chunks.clone();
@@ -407,6 +425,7 @@ impl<'a> Walker<'a> {
         descend: bool,
     ) -> Result<Option<u64>> {
         let mut entries = Vec::new();
+        let parent_tree = parent;
         if descend {
             let listing = match self.ahead.remove(path) {
                 Some(ahead) => match ahead.recv() {
@@ -432,7 +451,11 @@ impl<'a> Walker<'a> {
             }
         }
         let key = self.key();
-        self.emit(PendingDir { key, entries })?;
+        self.emit(PendingDir {
+            key,
+            parent: parent_tree,
+            entries,
+        })?;
         Ok(Some(key))
     }
 
@@ -510,7 +533,8 @@ pub fn build_trees(
         shared.counters.dir();
         let bytes = Tree::new(nodes).encode();
         let id = shared.repo.fingerprinter().chunk_id(&bytes);
-        if shared.claim(id, BlobKind::Tree).map_err(|e| anyhow!(e))? {
+        let unchanged = dir.parent == Some(id) && shared.reuse_parent_tree(id);
+        if !unchanged && shared.claim(id, BlobKind::Tree).map_err(|e| anyhow!(e))? {
             shared.counters.add_new_tree(bytes.len() as u64);
             let blob = prepare_blob(
                 id,
