@@ -235,3 +235,38 @@ fn restore_replaces_what_is_already_in_the_target() {
     cairn.restore("latest", &target);
     assert_trees_equal(&src, &at, Compare::ALL);
 }
+
+/// An unchanged file keeps the extended attributes of its parent snapshot's
+/// node (they are not read again); changing one changes the file's ctime, so
+/// the next backup records it.
+#[test]
+fn xattrs_follow_their_files_across_backups() {
+    let (_tmp, dir) = tempdir();
+    let src = dir.join("src");
+    fs::create_dir_all(&src).unwrap();
+    for (name, value) in [("kept.txt", "one"), ("changed.txt", "one")] {
+        fs::write(src.join(name), format!("{name}\n")).unwrap();
+        xattr::set(src.join(name), "user.cairn.v", value.as_bytes()).unwrap();
+    }
+    let cairn = Cairn::new(dir.join("repo"));
+    cairn.init();
+    cairn.backup(&[&src], &[]);
+
+    xattr::set(src.join("changed.txt"), "user.cairn.v", b"two").unwrap();
+    xattr::set(src.join("changed.txt"), "user.cairn.added", b"three").unwrap();
+    let second = cairn.backup(&[&src], &[]);
+    assert_eq!(second.u("files_unmodified"), 1, "{:?}", second);
+    assert_eq!(second.u("files_changed"), 1, "{:?}", second);
+    let target = dir.join("target");
+    cairn.restore("latest", &target);
+    let restored = restored(&target, &src);
+    assert_trees_equal(&src, &restored, Compare::ALL);
+    assert_eq!(
+        xattr::get(restored.join("kept.txt"), "user.cairn.v").unwrap(),
+        Some(b"one".to_vec())
+    );
+    assert_eq!(
+        xattr::get(restored.join("changed.txt"), "user.cairn.added").unwrap(),
+        Some(b"three".to_vec())
+    );
+}

@@ -1,7 +1,7 @@
 //! [`ObjectStore`] on a local directory.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -166,21 +166,24 @@ impl LocalStore {
     }
 
     fn get_range_blocking(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
-        let mut f = File::open(self.path(key)).map_err(|e| self.io_err(key, e))?;
-        let size = f.metadata().map_err(|e| self.io_err(key, e))?.len();
-        if offset.saturating_add(len) > size {
-            return Err(StoreError::ShortRead {
-                location: self.location(),
-                key: key.to_string(),
-                size,
-                wanted: offset.saturating_add(len),
-            });
-        }
+        use std::os::unix::fs::FileExt;
+        let f = File::open(self.path(key)).map_err(|e| self.io_err(key, e))?;
         let mut buf = vec![0u8; len as usize];
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| self.io_err(key, e))?;
-        f.read_exact(&mut buf).map_err(|e| self.io_err(key, e))?;
-        Ok(Bytes::from(buf))
+        // One positioned read; the size is asked only when the object is
+        // shorter than the range (trees and restores read many small ranges).
+        match f.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(Bytes::from(buf)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                let size = f.metadata().map_err(|e| self.io_err(key, e))?.len();
+                Err(StoreError::ShortRead {
+                    location: self.location(),
+                    key: key.to_string(),
+                    size,
+                    wanted: offset.saturating_add(len),
+                })
+            }
+            Err(e) => Err(self.io_err(key, e)),
+        }
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {

@@ -543,7 +543,7 @@ fn confirm_parent_reuse(
         })?;
         if unknown.len() != batch.len() || unknown.iter().any(|u| *u) {
             return Err(lost(
-                "prune removed data this backup reused from it".to_string(),
+                "prune may remove data this backup reused from it".to_string(),
             ));
         }
     }
@@ -901,7 +901,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "the parent snapshot {} was forgotten while this backup ran, and prune removed data this backup reused from it; the new snapshot was withdrawn, run the backup again",
+                "the parent snapshot {} was forgotten while this backup ran, and prune may remove data this backup reused from it; the new snapshot was withdrawn, run the backup again",
                 f.snapshot.short()
             )
         );
