@@ -915,7 +915,6 @@ mod tests {
             .runtime
             .block_on(f.index.lookup(&[id(5)]))
             .expect("lookup")[0]
-            .clone()
             .expect("record");
         let missing = SnapshotId::from_bytes([1; 32]);
         // Whole seconds: wait for the next one.
@@ -928,7 +927,6 @@ mod tests {
             .runtime
             .block_on(f.index.lookup(&[id(5)]))
             .expect("lookup")[0]
-            .clone()
             .expect("record");
         assert!(after.last_seen > before.last_seen, "{before:?} → {after:?}");
     }
