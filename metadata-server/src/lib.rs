@@ -93,8 +93,10 @@
 //!   and makes its condemned chunks live again at a copy still in the store
 //!   (revival), so their packs are not deleted. The remaining exposure is a
 //!   session-less backup that takes longer than the grace period after a
-//!   prune registered its first pack; a backup that did hold a session and
-//!   lost it is fenced instead.
+//!   prune registered its first pack (a later backup that takes such a
+//!   snapshot as its parent reuses its data unconfirmed, and shares that
+//!   exposure); a backup that did hold a session and lost it is fenced
+//!   instead.
 //!
 //! A prune that is killed at any point leaves a state the next prune rolls
 //! forward: each step is one atomic index write (condemn, relocate, pack
