@@ -447,11 +447,7 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
         packs_before + 2,
     );
     let pid = backup.id().to_string();
-    let stop = std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap();
-    assert!(stop.success());
+    signal(&pid, "-STOP");
     // Its lease runs out while it cannot renew it.
     poll_until("the session to expire", Duration::from_secs(20), || {
         let r = prune(&cairn, &["--dry-run", "--clock-skew", "0s"]);
@@ -460,11 +456,7 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
     next_second();
     let report = prune(&cairn, NOW);
     eprintln!("prune while the backup was stopped: {report}");
-    let cont = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap();
-    assert!(cont.success());
+    signal(&pid, "-CONT");
     let status = wait_with_deadline(&mut backup, Duration::from_secs(120)).expect("backup ends");
     let stderr = fs::read_to_string(log.join("stderr")).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
@@ -530,18 +522,16 @@ fn a_parent_forgotten_while_a_backup_runs_keeps_its_data_until_the_backup_ends()
         packs_before + 1,
     );
     let pid = backup.id().to_string();
-    let stop = std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap();
-    assert!(stop.success());
-    f.cairn.run(["forget", &parent]).expect_success();
-    let report = prune(&f.cairn, NOW);
-    let cont = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap();
-    assert!(cont.success());
+    signal(&pid, "-STOP");
+    let forgot = f.cairn.run(["forget", &parent]);
+    let pruned = f
+        .cairn
+        .run(["prune", "--json", "--grace", "0s", "--clock-skew", "0s"]);
+    // The backup runs on before anything here can fail.
+    signal(&pid, "-CONT");
+    forgot.expect_success();
+    pruned.expect_success();
+    let report = pruned.json_last_line();
     assert_eq!(n(&report, "backups_from_forgotten_parents"), 1, "{report}");
     assert_eq!(n(&report, "chunks_condemned"), 0, "{report}");
 
@@ -562,6 +552,15 @@ fn a_parent_forgotten_while_a_backup_runs_keeps_its_data_until_the_backup_ends()
     assert!(n(&report, "chunks_condemned") > 0, "{report}");
     f.cairn.check_clean();
     restore_equals(&f.cairn, &snap, &src, &expected, &f.dir);
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}: {status}");
 }
 
 /// Starts `args` (a backup) and returns once `repo` holds at least `packs` packs.
