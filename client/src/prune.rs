@@ -503,7 +503,9 @@ async fn mark(source: &BlobSource, roots: &[(SnapshotId, ChunkId)]) -> Result<Ha
     Ok(used)
 }
 
-const GC_BATCH: usize = 4096;
+/// Chunks per index call when garbage collection reads, condemns or
+/// confirms chunk records.
+pub(crate) const GC_BATCH: usize = 4096;
 
 async fn lookup_everywhere(
     index: &dyn Index,

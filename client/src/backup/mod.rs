@@ -257,14 +257,14 @@ impl Shared {
     /// garbage collection condemned is never reused. One call serves all the
     /// files of a directory (the walker asks once per directory).
     pub fn reuse_from_parent(&self, olds: &[&cairn_chunk_store::tree::Node]) -> Vec<bool> {
-        let lists: Vec<Option<Vec<ChunkId>>> = olds.iter().map(|o| o.chunk_ids().ok()).collect();
         if self.reuse_unasked {
             let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner());
-            return lists
-                .into_iter()
-                .map(|list| list.map(|ids| unconfirmed.extend(ids)).is_some())
+            return olds
+                .iter()
+                .map(|o| o.chunk_ids().map(|ids| unconfirmed.extend(ids)).is_ok())
                 .collect();
         }
+        let lists: Vec<Option<Vec<ChunkId>>> = olds.iter().map(|o| o.chunk_ids().ok()).collect();
         let ask: Vec<ChunkId> = {
             let claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
             let mut seen = HashSet::new();
@@ -503,9 +503,6 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Chunks per index call when confirming reused chunks.
-const CONFIRM_BATCH: usize = 4096;
-
 /// Runs once the snapshot is written, while the session still holds: makes
 /// sure the chunks reused from `parent` without asking the index are live.
 /// If the parent's manifest is still in the store, they are: every prune
@@ -535,7 +532,7 @@ fn confirm_parent_reuse(
             parent.short()
         )
     };
-    for batch in reused.chunks(CONFIRM_BATCH) {
+    for batch in reused.chunks(crate::prune::GC_BATCH) {
         let unknown = handle.block_on(index.unknown_chunks(batch)).map_err(|e| {
             lost(format!(
                 "the index could not confirm the data reused from it ({e})"

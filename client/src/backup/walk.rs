@@ -215,6 +215,8 @@ fn list_dir(
     }
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     let mut entries = Vec::with_capacity(names.len());
+    // Per entry: the parent's node of an unchanged file.
+    let mut reusable: Vec<Option<&Node>> = Vec::with_capacity(names.len());
     for name in names {
         let child = path.join(&name);
         if excludes.excluded(&child, &name) {
@@ -232,31 +234,25 @@ fn list_dir(
         }
         match node_without_xattrs(&child, name.as_bytes(), &meta) {
             Ok(mut node) => {
-                // One syscall fewer per unchanged file: its xattrs are the
-                // parent's (see `node_without_xattrs`).
-                match parent
+                let old = parent
                     .as_ref()
                     .and_then(|t| t.find(&node.name))
-                    .filter(|old| node.node_kind() == Some(NodeKind::File) && unchanged(old, &node))
-                {
-                    Some(old) => node.xattrs = old.xattrs.clone(),
-                    None => node.xattrs = read_xattrs(&child),
-                }
+                    .filter(|old| {
+                        node.node_kind() == Some(NodeKind::File) && unchanged(old, &node)
+                    });
+                // One syscall fewer per unchanged file: its xattrs are the
+                // parent's (see `node_without_xattrs`).
+                node.xattrs = match old {
+                    Some(old) => old.xattrs.clone(),
+                    None => read_xattrs(&child),
+                };
                 entries.push((child, node));
+                reusable.push(old);
             }
             Err(e) => shared.warn(format!("cannot read {}: {e}", child.display())),
         }
     }
     // The unchanged files of the directory are settled with one call.
-    let reusable: Vec<Option<&Node>> = entries
-        .iter()
-        .map(|(_, node)| {
-            parent
-                .as_ref()
-                .and_then(|t| t.find(&node.name))
-                .filter(|o| node.node_kind() == Some(NodeKind::File) && unchanged(o, node))
-        })
-        .collect();
     let candidates: Vec<&Node> = reusable.iter().flatten().copied().collect();
     let mut known = shared.reuse_from_parent(&candidates).into_iter();
     let confirmed = reusable
@@ -425,7 +421,6 @@ impl<'a> Walker<'a> {
         descend: bool,
     ) -> Result<Option<u64>> {
         let mut entries = Vec::new();
-        let parent_tree = parent;
         if descend {
             let listing = match self.ahead.remove(path) {
                 Some(ahead) => match ahead.recv() {
@@ -439,12 +434,12 @@ impl<'a> Walker<'a> {
             };
             self.list_ahead(&listing, root_dev);
             let Listing {
-                parent,
+                parent: parent_tree,
                 entries: listed,
                 confirmed,
             } = listing;
             for ((child, node), known) in listed.into_iter().zip(confirmed) {
-                let old = parent.as_ref().and_then(|t| t.find(&node.name));
+                let old = parent_tree.as_ref().and_then(|t| t.find(&node.name));
                 if let Some(p) = self.entry(&child, node, root_dev, old, known.or(Some(false)))? {
                     entries.push(p);
                 }
@@ -453,7 +448,7 @@ impl<'a> Walker<'a> {
         let key = self.key();
         self.emit(PendingDir {
             key,
-            parent: parent_tree,
+            parent,
             entries,
         })?;
         Ok(Some(key))
