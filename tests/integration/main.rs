@@ -20,6 +20,7 @@ mod fixture;
 mod index;
 mod keys;
 mod lock;
+mod output;
 mod prune;
 mod roundtrip;
 mod s3;
