@@ -46,6 +46,9 @@ start_services
 # both packages have integration tests, so `cargo test` builds both.
 log="$(mktemp)"
 trap 'rm -f "$log"; stop_services' EXIT
+# Every service is up: a test that finds one missing fails instead of
+# skipping (a plain `cargo test` skips those tests and says so).
+export CAIRN_TEST_REQUIRE_SERVICES=1
 cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 summary=$(awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped", p, f, i }' "$log")

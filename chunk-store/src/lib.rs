@@ -43,6 +43,7 @@ pub mod crypto;
 pub mod cut_ahead;
 pub mod envelope;
 pub mod error;
+pub mod fault;
 pub mod fingerprint;
 pub mod id;
 pub mod keys;

@@ -40,63 +40,82 @@ pub enum S3Addressing {
     Virtual,
 }
 
-/// S3 settings from flags or `CAIRN_S3_*` variables. Credentials are not
-/// here: they come from the standard AWS chain only.
-#[derive(Debug, Clone)]
+/// S3 settings, from flags or `CAIRN_S3_*` variables: the one definition of
+/// their names, variables and defaults (the defaults are the store's own,
+/// [`S3Options`]). Credentials are not here: they come from the standard
+/// AWS chain only.
+#[derive(Debug, Clone, clap::Args)]
 pub struct S3Settings {
-    /// Endpoint URL of a self-hosted server; `None` is AWS S3.
+    /// S3 endpoint URL of a self-hosted server (MinIO, Garage, Ceph…); AWS S3 if unset.
+    #[arg(
+        long = "s3-endpoint",
+        env = "CAIRN_S3_ENDPOINT",
+        global = true,
+        value_name = "URL"
+    )]
     pub endpoint: Option<String>,
-    /// Region; `None` takes the AWS chain (`AWS_REGION`, profile), else us-east-1.
+    /// S3 region (default: the AWS chain, e.g. AWS_REGION, else us-east-1).
+    #[arg(
+        long = "s3-region",
+        env = "CAIRN_S3_REGION",
+        global = true,
+        value_name = "S3_REGION"
+    )]
     pub region: Option<String>,
-    /// Request addressing.
+    /// S3 addressing: auto is path style with --s3-endpoint, virtual-hosted on AWS.
+    #[arg(
+        long = "s3-addressing",
+        env = "CAIRN_S3_ADDRESSING",
+        global = true,
+        default_value = "auto",
+        value_name = "S3_ADDRESSING"
+    )]
     pub addressing: S3Addressing,
-    /// Requests in flight at most.
+    /// S3 requests in flight at most.
+    #[arg(
+        long = "s3-connections",
+        env = "CAIRN_S3_CONNECTIONS",
+        global = true,
+        default_value_t = S3Options::DEFAULT_CONNECTIONS,
+        value_name = "S3_CONNECTIONS"
+    )]
     pub connections: usize,
-    /// One attempt's time limit.
-    pub attempt_timeout: Duration,
-    /// One call's time limit, retries included.
-    pub deadline: Duration,
+    /// Seconds one S3 request attempt may take.
+    #[arg(
+        long = "s3-timeout",
+        env = "CAIRN_S3_TIMEOUT",
+        global = true,
+        default_value_t = S3Options::DEFAULT_ATTEMPT_TIMEOUT.as_secs(),
+        value_name = "S3_TIMEOUT"
+    )]
+    pub timeout_secs: u64,
+    /// Seconds one S3 call may take, retries included; then the command fails.
+    #[arg(
+        long = "s3-deadline",
+        env = "CAIRN_S3_DEADLINE",
+        global = true,
+        default_value_t = S3Options::DEFAULT_DEADLINE.as_secs(),
+        value_name = "S3_DEADLINE"
+    )]
+    pub deadline_secs: u64,
 }
 
-impl Default for S3Settings {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            region: None,
-            addressing: S3Addressing::Auto,
-            connections: 16,
-            attempt_timeout: Duration::from_secs(60),
-            deadline: Duration::from_secs(300),
-        }
-    }
+/// Only the S3 settings, parsed from the environment (for the agent, whose
+/// jobs have no command line).
+#[derive(Debug, clap::Parser)]
+struct S3FromEnv {
+    #[command(flatten)]
+    s3: S3Settings,
 }
 
 impl S3Settings {
-    /// The defaults overridden by `CAIRN_S3_*` variables (for the agent,
-    /// whose jobs have no command line).
-    pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let secs = |name: &str| var(name).and_then(|v| v.parse::<u64>().ok());
-        let mut s = Self {
-            endpoint: var("CAIRN_S3_ENDPOINT"),
-            region: var("CAIRN_S3_REGION"),
-            ..Self::default()
-        };
-        if let Some(a) = var("CAIRN_S3_ADDRESSING")
-            .and_then(|v| <S3Addressing as clap::ValueEnum>::from_str(&v, true).ok())
-        {
-            s.addressing = a;
-        }
-        if let Some(n) = var("CAIRN_S3_CONNECTIONS").and_then(|v| v.parse().ok()) {
-            s.connections = n;
-        }
-        if let Some(t) = secs("CAIRN_S3_TIMEOUT") {
-            s.attempt_timeout = Duration::from_secs(t);
-        }
-        if let Some(t) = secs("CAIRN_S3_DEADLINE") {
-            s.deadline = Duration::from_secs(t);
-        }
-        s
+    /// The defaults overridden by `CAIRN_S3_*` variables, parsed exactly as
+    /// the flags are.
+    pub fn from_env() -> Result<Self> {
+        use clap::Parser;
+        S3FromEnv::try_parse_from(["cairn"])
+            .map(|p| p.s3)
+            .map_err(|e| anyhow!("{}", e.to_string().trim_end()))
     }
 
     fn options(&self, url: &str) -> Result<S3Options> {
@@ -109,23 +128,19 @@ impl S3Settings {
             S3Addressing::Virtual => false,
         };
         o.connections = self.connections.max(1);
-        o.attempt_timeout = self.attempt_timeout;
-        o.deadline = self.deadline;
+        o.attempt_timeout = Duration::from_secs(self.timeout_secs);
+        o.deadline = Duration::from_secs(self.deadline_secs);
         Ok(o)
     }
 }
 
-/// The default repository: `$XDG_DATA_HOME/cairn/repo`, else `~/.local/share/cairn/repo`.
-pub fn default_repo_path() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| Path::new(d).is_absolute()) {
-        return Ok(PathBuf::from(dir).join("cairn/repo"));
-    }
-    let home = std::env::var_os("HOME")
-        .ok_or_else(|| anyhow!("HOME is not set; pass --repo or set CAIRN_REPO"))?;
-    Ok(PathBuf::from(home).join(".local/share/cairn/repo"))
-}
-
 impl RepoArgs {
+    /// `CAIRN_INDEX_TOKEN`: the bearer token for the index cluster (a
+    /// secret, so never a flag that would show in the process list).
+    pub fn index_token_from_env() -> Option<String> {
+        std::env::var("CAIRN_INDEX_TOKEN").ok()
+    }
+
     /// The `s3://` URL of the repository, if it is in S3.
     fn s3_url(&self) -> Option<&str> {
         self.repo.as_deref().filter(|r| r.starts_with("s3://"))
@@ -133,12 +148,17 @@ impl RepoArgs {
 
     /// The repository directory (local mode).
     pub fn local_path(&self) -> Result<PathBuf> {
-        match &self.repo {
+        Self::local_path_of(self.repo.as_deref())
+    }
+
+    /// The directory of a local repository given as `--repo` would be.
+    pub fn local_path_of(repo: Option<&str>) -> Result<PathBuf> {
+        match repo {
             Some(r) if r.contains("://") => {
                 bail!("repository {r}: not a local directory")
             }
             Some(r) => Ok(std::path::absolute(r).with_context(|| format!("repository path {r}"))?),
-            None => default_repo_path(),
+            None => crate::paths::default_repo(),
         }
     }
 
@@ -182,7 +202,7 @@ impl RepoArgs {
     /// repository's location (the store itself holds no index).
     pub fn index_path(&self) -> Result<PathBuf> {
         if let Some(url) = self.s3_url() {
-            let cache = crate::remote::cache_dir()
+            let cache = crate::paths::cache_dir()
                 .ok_or_else(|| anyhow!("HOME is not set; no place for the index cache"))?;
             let name = format!(
                 "{} {}",
@@ -211,7 +231,9 @@ impl RepoArgs {
                 if e.downcast_ref::<IndexError>()
                     .is_some_and(|e| matches!(e, IndexError::Unavailable(_))) =>
             {
-                eprintln!("warning: {e:#}; every chunk is treated as new and uploaded");
+                crate::notify::warning(format!(
+                    "{e:#}; every chunk is treated as new and uploaded"
+                ));
                 Ok(Arc::new(crate::remote::NoIndex))
             }
             Err(e) => Err(e),
@@ -261,7 +283,7 @@ impl RepoArgs {
             &token,
             repo.config().repo_id,
             Duration::from_secs(5),
-            crate::remote::cache_dir().map(|d| d.join("filters")),
+            crate::paths::cache_dir().map(|d| d.join("filters")),
         )
         .await?;
         Ok(Some(Arc::new(remote)))
@@ -275,7 +297,7 @@ impl RepoArgs {
             EngineOptions {
                 lock_wait: LockWait(Duration::from_secs(self.lock_wait)),
             },
-            &|msg| eprintln!("{msg}"),
+            &|msg| crate::notify::notice(msg),
         )?;
         Ok(Arc::new(engine))
     }
@@ -288,9 +310,9 @@ impl RepoArgs {
             return match self.open_remote(repo).await {
                 Ok(r) => r.map(|r| r as Arc<dyn Index>),
                 Err(e) => {
-                    eprintln!(
-                        "warning: index cluster unavailable ({e:#}); reading pack trailers instead"
-                    );
+                    crate::notify::warning(format!(
+                        "index cluster unavailable ({e:#}); reading pack trailers instead"
+                    ));
                     None
                 }
             };

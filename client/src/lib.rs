@@ -1,15 +1,24 @@
-//! The Cairn backup client: backup, restore, check and index engines behind
-//! the `cairn` command.
+//! The Cairn backup client: backup, restore, check, prune and agent engines
+//! behind the `cairn` command.
 //!
 //! Engines are generic over [`cairn_index::Index`], so the same pipeline
 //! runs against the embedded index (local mode) and a remote cluster.
+//!
+//! **Who prints.** Engines return typed reports and errors and never write
+//! to stdout or stderr or end the process. What a user must see while an
+//! engine runs goes out as a `tracing` event ([`notify`]). The command-line
+//! layer, `src/main.rs` and `src/cli/` (one module per command), is the only
+//! code that prints, renders `--json`, or picks an exit code.
 
 pub mod agent;
 pub mod backup;
 pub mod browse;
 pub mod check;
 pub mod context;
+pub mod duration;
 pub mod fsmeta;
+pub mod notify;
+pub mod paths;
 pub mod progress;
 pub mod prune;
 pub mod rebuild;

@@ -34,7 +34,6 @@ use cairn_chunk_store::{ChunkId, PackId, Repository, SnapshotId};
 use cairn_index::{ChunkRecord, Index, PackObservation};
 use serde::Serialize;
 
-use crate::context::RepoArgs;
 use crate::source::{BlobSource, bounded_map};
 
 /// Default grace period: see the `cairn_index` crate docs for the reason.
@@ -114,13 +113,11 @@ pub struct PruneReport {
     pub packs_unreadable: usize,
 }
 
-/// Test hook: `CAIRN_PRUNE_FAULT=<point>` aborts the process at that point,
-/// as a crash would (used by the tests that kill prune midway).
+/// A point where the tests that kill prune midway make it crash
+/// (`CAIRN_PRUNE_FAULT=<point>`); nothing in a build without the
+/// `test-support` feature of `cairn-chunk-store`.
 fn fault(point: &str) {
-    if std::env::var("CAIRN_PRUNE_FAULT").is_ok_and(|p| p == point) {
-        eprintln!("prune: simulated crash at {point}");
-        std::process::abort();
-    }
+    cairn_chunk_store::fault::crash_point("CAIRN_PRUNE_FAULT", "prune", point);
 }
 
 /// One pack as prune sees it.
@@ -598,131 +595,4 @@ async fn repack(
     written += flush(writer).await?;
     fault("after-relocate");
     Ok((keep.len() as u64, written))
-}
-
-/// `cairn prune`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PruneArgs {
-    /// Show what would be removed; change nothing.
-    #[arg(long, short = 'n')]
-    pub dry_run: bool,
-    /// How prune decides.
-    #[command(flatten)]
-    pub tuning: PruneTuning,
-}
-
-/// The options `cairn prune` and `cairn forget --prune` share.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PruneTuning {
-    /// Repack packs whose unused share of bytes exceeds PERCENT.
-    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_MAX_UNUSED_PERCENT)]
-    pub max_unused: f64,
-    /// Delete a pack only after it has held no live chunk this long (e.g. 1h, 30s).
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub grace: i64,
-    /// Margin for clocks that disagree between machines (e.g. 5m).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
-    pub clock_skew: i64,
-}
-
-fn parse_duration(s: &str) -> Result<i64, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 1h, 30m, 10s)"))?;
-    i64::try_from(d.as_secs()).map_err(|_| format!("duration {s:?} is too long"))
-}
-
-impl PruneTuning {
-    /// The engine's options.
-    pub fn options(&self, dry_run: bool) -> Result<PruneOptions> {
-        if !(0.0..=100.0).contains(&self.max_unused) {
-            bail!(
-                "--max-unused {} is not a percentage between 0 and 100",
-                self.max_unused
-            );
-        }
-        Ok(PruneOptions {
-            dry_run,
-            max_unused_percent: self.max_unused,
-            grace_secs: self.grace,
-            skew_secs: self.clock_skew,
-        })
-    }
-}
-
-/// Opens the repository and its index, runs prune, prints the report.
-pub fn command(
-    rt: &tokio::runtime::Runtime,
-    args: &RepoArgs,
-    prune: &PruneArgs,
-    json: bool,
-) -> Result<u8> {
-    let options = prune.tuning.options(prune.dry_run)?;
-    let repo = rt.block_on(args.open())?;
-    // Prune never runs on a partial view: the cluster must answer (unlike
-    // a backup, which carries on without it).
-    let index: Arc<dyn Index> = match rt.block_on(args.open_remote(&repo)) {
-        Ok(Some(remote)) => remote,
-        Ok(None) => args.open_embedded()?,
-        Err(e) => return Err(e.context("prune needs the index cluster")),
-    };
-    let report = rt.block_on(run(&repo, index, &options))?;
-    print_report(&report, json);
-    Ok(0)
-}
-
-/// Prints a report as text or one JSON line.
-pub fn print_report(r: &PruneReport, json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(r).unwrap_or_else(|_| "{}".into())
-        );
-        return;
-    }
-    let would = if r.dry_run { "would be " } else { "" };
-    println!(
-        "{} snapshots use {} chunks; {} backup(s) running",
-        r.snapshots, r.chunks_used, r.running_backups
-    );
-    println!("chunks condemned: {would}{}", r.chunks_condemned);
-    if r.backups_from_forgotten_parents > 0 {
-        println!(
-            "nothing condemned: {} running backup(s) reuse data of a forgotten snapshot; run prune again once they end",
-            r.backups_from_forgotten_parents
-        );
-    }
-    if r.chunks_revived > 0 {
-        println!(
-            "chunks revived: {} (needed by a snapshot written without a session)",
-            r.chunks_revived
-        );
-    }
-    if r.packs_registered > 0 {
-        println!("packs registered: {}", r.packs_registered);
-    }
-    println!(
-        "packs repacked: {would}{} ({} chunks, {} written)",
-        r.packs_repacked,
-        r.chunks_repacked,
-        indicatif::HumanBytes(r.bytes_repacked)
-    );
-    println!(
-        "packs deleted: {would}{} of {}, {} freed",
-        r.packs_deleted,
-        r.packs,
-        indicatif::HumanBytes(r.bytes_freed)
-    );
-    if r.packs_waiting > 0 {
-        println!(
-            "{} dead pack(s), {}, wait for the grace period; a later prune deletes them",
-            r.packs_waiting,
-            indicatif::HumanBytes(r.bytes_waiting)
-        );
-    }
-    if r.packs_unreadable > 0 {
-        println!(
-            "{} pack(s) could not be read and were left alone; run `cairn check`",
-            r.packs_unreadable
-        );
-    }
 }

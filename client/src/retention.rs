@@ -36,10 +36,6 @@ use cairn_chunk_store::{Repository, SnapshotId};
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
 use serde::Deserialize;
-use serde_json::json;
-use tokio::runtime::Runtime;
-
-use crate::context::RepoArgs;
 
 /// How many periods (or snapshots) one rule keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -626,7 +622,7 @@ pub struct GroupPlan {
 
 /// Deletes the manifests of `ids`. The data they referenced stays in the
 /// repository until `cairn prune` finds it unreferenced.
-pub async fn forget(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
+pub async fn remove_snapshots(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
     for id in ids {
         repo.store()
             .delete(&manifest_key(id))
@@ -656,189 +652,101 @@ impl Filter {
     }
 }
 
-/// `cairn forget`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ForgetArgs {
-    /// Snapshots to remove (id, unique prefix, or `latest`), instead of a policy.
-    #[arg(value_name = "SNAPSHOT")]
+/// What `cairn forget` is asked to remove.
+#[derive(Debug, Clone)]
+pub struct ForgetRequest {
+    /// Snapshots named by id, unique prefix or `latest` (instead of a policy).
     pub snapshots: Vec<String>,
-    /// The keep policy.
-    #[command(flatten)]
+    /// The keep policy (empty when snapshots are named).
     pub policy: Policy,
-    /// Only consider snapshots of this host (repeatable).
-    #[arg(long, value_name = "HOST")]
-    pub host: Vec<String>,
-    /// Only consider snapshots with all these tags (a,b; repeatable: any list).
-    #[arg(long, value_name = "TAGS")]
-    pub tag: Vec<TagList>,
-    /// Only consider snapshots that include this path (repeatable: all of them).
-    #[arg(long, value_name = "PATH")]
-    pub path: Vec<std::path::PathBuf>,
-    /// Show what would be removed, remove nothing.
-    #[arg(long, short = 'n')]
+    /// Which snapshots the policy considers.
+    pub filter: Filter,
+    /// Decide and report, remove nothing.
     pub dry_run: bool,
-    /// Then run `cairn prune` to reclaim the space.
-    #[arg(long)]
-    pub prune: bool,
-    /// Options of the prune that `--prune` runs.
-    #[command(flatten)]
-    pub prune_options: crate::prune::PruneTuning,
 }
 
-/// Runs `cairn forget`, then prune with `--prune`; returns the exit code.
-pub fn forget_command(
-    rt: &Runtime,
-    args: &RepoArgs,
-    forget_args: ForgetArgs,
-    json: bool,
-) -> Result<u8> {
-    let prune = forget_args.prune.then(|| crate::prune::PruneArgs {
-        dry_run: forget_args.dry_run,
-        tuning: forget_args.prune_options.clone(),
-    });
-    if let Some(p) = &prune {
-        // Refuse bad prune options before anything is removed.
-        p.tuning.options(p.dry_run)?;
-    }
-    let code = forget_only(rt, args, forget_args, json)?;
-    match prune {
-        Some(p) if code == 0 => {
-            if !json {
-                println!();
-            }
-            crate::prune::command(rt, args, &p, json)
-        }
-        _ => Ok(code),
-    }
+/// What `cairn forget` removed (or, in a dry run, would remove).
+#[derive(Debug, Clone)]
+pub enum ForgetReport {
+    /// Snapshots named by id.
+    Named {
+        /// A dry run.
+        dry_run: bool,
+        /// Removed, in the order named, without repeats.
+        removed: Vec<SnapshotId>,
+    },
+    /// Neither ids nor a policy: nothing is removed.
+    NoPolicy {
+        /// A dry run.
+        dry_run: bool,
+    },
+    /// The policy applied to each group.
+    Policy {
+        /// A dry run.
+        dry_run: bool,
+        /// The policy, as people read it.
+        policy: String,
+        /// Per group: kept and removed snapshots.
+        groups: Vec<GroupPlan>,
+        /// Every removed snapshot.
+        removed: Vec<SnapshotId>,
+    },
 }
 
-fn forget_only(rt: &Runtime, args: &RepoArgs, forget_args: ForgetArgs, json: bool) -> Result<u8> {
-    let ForgetArgs {
+/// Applies `request` to the repository's snapshots: resolves the named
+/// snapshots or plans the policy (periods in `tz`), and deletes the
+/// manifests unless it is a dry run.
+pub async fn forget(
+    repo: &Repository,
+    request: ForgetRequest,
+    tz: &TimeZone,
+) -> Result<ForgetReport> {
+    let ForgetRequest {
         snapshots,
         policy,
-        host,
-        tag,
-        path,
+        filter,
         dry_run,
-        ..
-    } = forget_args;
-    let repo = rt.block_on(args.open())?;
+    } = request;
     if !snapshots.is_empty() {
         if !policy.is_empty() {
             bail!("give either snapshot ids or --keep-* options, not both");
         }
         let mut ids = Vec::new();
         for reference in &snapshots {
-            ids.push(rt.block_on(repo.resolve_snapshot(reference))?);
+            ids.push(repo.resolve_snapshot(reference).await?);
         }
         ids.dedup();
         if !dry_run {
-            rt.block_on(forget(&repo, &ids))?;
+            remove_snapshots(repo, &ids).await?;
         }
-        if json {
-            println!(
-                "{}",
-                json!({"dry_run": dry_run, "removed": ids, "groups": []})
-            );
-        } else {
-            for id in &ids {
-                let verb = if dry_run { "would remove" } else { "removed" };
-                println!("{verb} snapshot {}", id.short());
-            }
-        }
-        return Ok(0);
+        return Ok(ForgetReport::Named {
+            dry_run,
+            removed: ids,
+        });
     }
     if policy.is_empty() {
-        if json {
-            println!(
-                "{}",
-                json!({"dry_run": dry_run, "removed": [], "groups": []})
-            );
-        } else {
-            println!("no policy was given (--keep-*), no snapshots will be removed");
-        }
-        return Ok(0);
+        return Ok(ForgetReport::NoPolicy { dry_run });
     }
-    let mut paths = Vec::new();
-    for p in &path {
-        let abs = std::path::absolute(p).with_context(|| format!("path {}", p.display()))?;
-        paths.push(abs.display().to_string());
-    }
-    let filter = Filter {
-        hosts: host,
-        tags: tag,
-        paths,
-    };
-    let all = rt.block_on(repo.snapshots())?;
+    let all = repo.snapshots().await?;
     let metas: Vec<SnapshotMeta> = all
         .iter()
         .map(|(id, s)| SnapshotMeta::new(*id, s))
         .filter(|m| filter.matches(m))
         .collect();
-    let tz = TimeZone::system();
-    let plans = policy.plan(metas, &tz);
-    let removed: Vec<SnapshotId> = plans
+    let groups = policy.plan(metas, tz);
+    let removed: Vec<SnapshotId> = groups
         .iter()
         .flat_map(|g| g.remove.iter().map(|s| s.id))
         .collect();
     if !dry_run {
-        rt.block_on(forget(&repo, &removed))?;
+        remove_snapshots(repo, &removed).await?;
     }
-    if json {
-        let groups: Vec<_> = plans
-            .iter()
-            .map(|g| {
-                json!({
-                    "host": g.key.host,
-                    "paths": g.key.paths,
-                    "tags": g.key.tags,
-                    "keep": g.keep.iter().map(|k| json!({
-                        "id": k.snapshot.id,
-                        "short_id": k.snapshot.id.short(),
-                        "time": k.snapshot.time.to_string(),
-                        "reasons": k.reasons,
-                    })).collect::<Vec<_>>(),
-                    "remove": g.remove.iter().map(|s| json!({
-                        "id": s.id,
-                        "short_id": s.id.short(),
-                        "time": s.time.to_string(),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({"dry_run": dry_run, "policy": policy.to_string(), "groups": groups, "removed": removed})
-        );
-        return Ok(0);
-    }
-    println!("applying policy: {policy}");
-    for g in &plans {
-        println!();
-        println!("snapshots for {}:", g.key);
-        println!("keep {} snapshot(s):", g.keep.len());
-        for k in &g.keep {
-            println!(
-                "  {}  {}  {}",
-                k.snapshot.id.short(),
-                local_time(k.snapshot.time, &tz),
-                k.reasons.join(", ")
-            );
-        }
-        if !g.remove.is_empty() {
-            println!("remove {} snapshot(s):", g.remove.len());
-            for s in &g.remove {
-                println!("  {}  {}", s.id.short(), local_time(s.time, &tz));
-            }
-        }
-    }
-    println!();
-    if dry_run {
-        println!("dry run: {} snapshot(s) would be removed", removed.len());
-    } else {
-        println!("removed {} snapshot(s)", removed.len());
-    }
-    Ok(0)
+    Ok(ForgetReport::Policy {
+        dry_run,
+        policy: policy.to_string(),
+        groups,
+        removed,
+    })
 }
 
 /// `2024-06-01 14:03:07` in the given zone.

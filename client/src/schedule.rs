@@ -22,56 +22,29 @@ use anyhow::{Context, Result, anyhow, bail};
 use cairn_chunk_store::Repository;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use serde_json::json;
-use tokio::runtime::Runtime;
+use tokio::runtime::Handle;
 
-use crate::agent::config::{Job, PasswordSource};
+use crate::agent::config::{Config, Job, PasswordSource};
 use crate::agent::state::{JobState, StateStore};
-use crate::agent::{self, load_config};
-use crate::retention::{SnapshotMeta, local_time};
+use crate::retention::SnapshotMeta;
 
 /// First line of every unit file this module writes.
 const MARKER: &str = "# Written by `cairn schedule install` from";
 
-/// `cairn schedule`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ScheduleArgs {
-    #[command(subcommand)]
-    command: ScheduleCommand,
-}
-
-#[derive(Debug, Clone, clap::Subcommand)]
-enum ScheduleCommand {
-    /// Write a systemd service and timer for each job, and enable the timers.
-    Install(UnitArgs),
-    /// Disable and delete the units `install` wrote.
-    Remove(UnitArgs),
-    /// For each job: its units, last run, result, next run, and the age of its last snapshot.
-    Status(UnitArgs),
-}
-
-#[derive(Debug, Clone, clap::Args)]
-struct UnitArgs {
-    /// Config file [default: $XDG_CONFIG_HOME/cairn/cairn.toml or ~/.config/cairn/cairn.toml].
-    #[arg(long, short = 'c', env = "CAIRN_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The agent's state directory [default: $XDG_STATE_HOME/cairn or ~/.local/state/cairn].
-    #[arg(long, env = "CAIRN_STATE_DIR", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Write units to DIR and do not call systemctl (for tests, packaging, review).
-    #[arg(long, value_name = "DIR")]
-    unit_dir: Option<PathBuf>,
+/// Where units go, as the user chose.
+#[derive(Debug, Clone, Default)]
+pub struct UnitPlace {
+    /// Write units to this directory and do not call systemctl.
+    pub unit_dir: Option<PathBuf>,
     /// User units (the default unless run as root).
-    #[arg(long, conflicts_with = "system")]
-    user: bool,
+    pub user: bool,
     /// System units (the default as root).
-    #[arg(long)]
-    system: bool,
+    pub system: bool,
 }
 
 /// User or system units, and where they go.
 #[derive(Debug, Clone)]
-struct Target {
+pub struct Target {
     system: bool,
     dir: PathBuf,
     /// False with `--unit-dir`: files only.
@@ -79,18 +52,34 @@ struct Target {
 }
 
 impl Target {
-    fn new(args: &UnitArgs) -> Result<Self> {
-        let system = args.system || (!args.user && running_as_root());
-        let dir = match &args.unit_dir {
+    /// Resolves the user's choice: system units as root unless `--user`.
+    pub fn new(place: &UnitPlace) -> Result<Self> {
+        let system = place.system || (!place.user && running_as_root());
+        let dir = match &place.unit_dir {
             Some(d) => std::path::absolute(d)?,
             None if system => PathBuf::from("/etc/systemd/system"),
-            None => user_unit_dir()?,
+            None => crate::paths::user_unit_dir()?,
         };
         Ok(Target {
             system,
             dir,
-            systemctl: args.unit_dir.is_none(),
+            systemctl: place.unit_dir.is_none(),
         })
+    }
+
+    /// The unit directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// System units (else user units).
+    pub fn system(&self) -> bool {
+        self.system
+    }
+
+    /// Whether systemctl is called (not with a chosen unit directory).
+    pub fn calls_systemctl(&self) -> bool {
+        self.systemctl
     }
 
     fn systemctl(&self, args: &[&str]) -> Result<String> {
@@ -142,15 +131,6 @@ fn running_as_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
         })
         .unwrap_or(false)
-}
-
-fn user_unit_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| Path::new(d).is_absolute()) {
-        return Ok(PathBuf::from(dir).join("systemd/user"));
-    }
-    let home =
-        std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set; pass --unit-dir"))?;
-    Ok(PathBuf::from(home).join(".config/systemd/user"))
 }
 
 /// Unit names of a job.
@@ -320,44 +300,55 @@ fn installed_units(dir: &Path, config: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// Runs `cairn schedule ...`; returns the exit code.
-pub fn command(rt: &Runtime, args: ScheduleArgs, json: bool) -> Result<u8> {
-    match args.command {
-        ScheduleCommand::Install(a) => install(&a),
-        ScheduleCommand::Remove(a) => remove(&a),
-        ScheduleCommand::Status(a) => status(rt, &a, json),
-    }
+/// One job's units as `install` wrote them.
+#[derive(Debug, Clone)]
+pub struct WrittenUnits {
+    /// The service unit's name.
+    pub service: String,
+    /// The timer unit's name.
+    pub timer: String,
+    /// The schedule as `OnCalendar=`.
+    pub on_calendar: String,
 }
 
-fn install(args: &UnitArgs) -> Result<u8> {
-    let config = load_config(args.config.as_deref())?;
-    let target = Target::new(args)?;
-    let state_dir = agent::state_dir(args.state_dir.as_deref(), &config)?;
+/// What `install` did.
+#[derive(Debug, Clone, Default)]
+pub struct InstallReport {
+    /// Units of jobs no longer in the config, removed: (job, file).
+    pub stale_removed: Vec<(String, PathBuf)>,
+    /// The units written, one entry per job.
+    pub written: Vec<WrittenUnits>,
+    /// Timers enabled and started (none when systemctl is not called).
+    pub enabled: Vec<String>,
+}
+
+/// Writes a service and a timer for every job of `config` into the target,
+/// removes the units of jobs no longer in it, and (unless the target is a
+/// chosen directory) enables the timers.
+pub fn install(config: &Config, target: &Target, state_dir: &Path) -> Result<InstallReport> {
     let exe = std::env::current_exe().context("finding the cairn executable")?;
     // Translate every schedule before writing anything.
     let mut units = Vec::new();
     for job in &config.jobs {
         units.push((
             job,
-            render_units(job, &config.path, &state_dir, &exe, target.system)?,
+            render_units(job, &config.path, state_dir, &exe, target.system)?,
         ));
     }
     std::fs::create_dir_all(&target.dir)
         .with_context(|| format!("creating {}", target.dir.display()))?;
+    let mut report = InstallReport::default();
     // Units of jobs that are no longer in the config.
     let stale: Vec<(String, PathBuf)> = installed_units(&target.dir, &config.path)
         .into_iter()
         .filter(|(job, _)| config.job(job).is_none())
         .collect();
-    for (job, path) in &stale {
+    for (job, path) in stale {
         if target.systemctl && path.extension().is_some_and(|e| e == "timer") {
-            let _ = target.systemctl(&["disable", "--now", &unit_names(job).1]);
+            let _ = target.systemctl(&["disable", "--now", &unit_names(&job).1]);
         }
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-        println!(
-            "removed {} (job {job} is no longer in the config)",
-            path.display()
-        );
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        report.stale_removed.push((job, path));
     }
     for (job, (service, timer)) in &units {
         let (service_name, timer_name) = unit_names(&job.name);
@@ -365,62 +356,43 @@ fn install(args: &UnitArgs) -> Result<u8> {
             let path = target.dir.join(name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
-        println!(
-            "wrote {} and {} in {} (OnCalendar={})",
-            service_name,
-            timer_name,
-            target.dir.display(),
-            job.schedule.on_calendar().unwrap_or_default()
-        );
+        report.written.push(WrittenUnits {
+            service: service_name,
+            timer: timer_name,
+            on_calendar: job.schedule.on_calendar().unwrap_or_default(),
+        });
     }
     if target.systemctl {
         target.systemctl(&["daemon-reload"])?;
         for (job, _) in &units {
             let timer = unit_names(&job.name).1;
             target.systemctl(&["enable", "--now", &timer])?;
-            println!("enabled {timer}");
+            report.enabled.push(timer);
         }
-    } else {
-        let user = if target.system { "" } else { " --user" };
-        println!(
-            "not calling systemctl (--unit-dir); to activate: systemctl{user} daemon-reload && systemctl{user} enable --now {}",
-            units
-                .iter()
-                .map(|(j, _)| unit_names(&j.name).1)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
     }
-    Ok(0)
+    Ok(report)
 }
 
-fn remove(args: &UnitArgs) -> Result<u8> {
-    let config = load_config(args.config.as_deref())?;
-    let target = Target::new(args)?;
+/// Disables and deletes the units `install` wrote for `config`; returns the
+/// files removed.
+pub fn remove(config: &Config, target: &Target) -> Result<Vec<PathBuf>> {
     let installed = installed_units(&target.dir, &config.path);
-    if installed.is_empty() {
-        println!(
-            "no units from {} in {}",
-            config.path.display(),
-            target.dir.display()
-        );
-        return Ok(0);
-    }
-    for (job, path) in &installed {
+    let mut removed = Vec::new();
+    for (job, path) in installed {
         if target.systemctl && path.extension().is_some_and(|e| e == "timer") {
-            target.systemctl(&["disable", "--now", &unit_names(job).1])?;
+            target.systemctl(&["disable", "--now", &unit_names(&job).1])?;
         }
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-        println!("removed {}", path.display());
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        removed.push(path);
     }
-    if target.systemctl {
+    if target.systemctl && !removed.is_empty() {
         target.systemctl(&["daemon-reload"])?;
     }
-    Ok(0)
+    Ok(removed)
 }
 
 /// The latest snapshot of a job (same host, same paths) in its repository.
-fn last_snapshot(rt: &Runtime, job: &Job) -> Result<Option<SnapshotMeta>> {
+fn last_snapshot(rt: &Handle, job: &Job) -> Result<Option<SnapshotMeta>> {
     let store = rt.block_on(job.repo_args().store())?;
     let password = job.password()?;
     let repo = rt.block_on(Repository::open(store, password.as_bytes()))?;
@@ -452,131 +424,43 @@ fn next_run(
     (job.schedule.next_after(now, tz), None)
 }
 
-fn age(from: Timestamp, now: Timestamp) -> String {
-    let secs = now.duration_since(from).as_secs().max(0) as u64;
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+/// One job as `status` shows it.
+#[derive(Debug)]
+pub struct JobStatus {
+    /// The job.
+    pub job: Job,
+    /// Its service unit's name.
+    pub service: String,
+    /// Its timer unit's name.
+    pub timer: String,
+    /// Both units are in the unit directory.
+    pub installed: bool,
+    /// `systemctl is-enabled`, `is-active` of the timer (not with a chosen
+    /// unit directory).
+    pub timer_state: Option<String>,
+    /// What the state file records of it.
+    pub saved: Option<JobState>,
+    /// When it runs next.
+    pub next: Option<Timestamp>,
+    /// Why it has no next time: it is overdue.
+    pub overdue: Option<&'static str>,
+    /// Its latest snapshot, or why it could not be read.
+    pub snapshot: Result<Option<SnapshotMeta>, String>,
 }
 
-/// What `status` shows for one job.
-struct JobStatus<'a> {
-    job: &'a Job,
-    service: String,
-    timer: String,
-    installed: bool,
-    /// `systemctl is-enabled`, `is-active` of the timer (not with `--unit-dir`).
-    timer_state: Option<String>,
-    saved: Option<&'a JobState>,
-    next: Option<Timestamp>,
-    overdue: Option<&'static str>,
-    snapshot: Result<Option<SnapshotMeta>>,
-}
-
-impl JobStatus<'_> {
-    fn to_json(&self, dir: &Path, now: Timestamp) -> serde_json::Value {
-        let last = self.saved.and_then(|s| s.last_run.as_ref());
-        json!({
-            "job": self.job.name,
-            "schedule": self.job.schedule.to_string(),
-            "on_calendar": self.job.schedule.on_calendar().ok(),
-            "units": {
-                "installed": self.installed,
-                "service": self.service,
-                "timer": self.timer,
-                "dir": dir,
-                "state": self.timer_state,
-            },
-            "last_run": last.map(|r| json!({
-                "started": r.started.to_string(),
-                "finished": r.finished.to_string(),
-                "result": r.result.as_str(),
-                "error": r.error,
-                "snapshot": r.snapshot,
-                "seconds": r.duration_seconds,
-            })),
-            "running": self.saved.and_then(|s| s.running.as_ref()).map(|r| json!({"pid": r.pid, "started": r.started.to_string()})),
-            "last_success": self.saved.and_then(|s| s.last_success).map(|t| t.to_string()),
-            "next_run": self.next.map(|t| t.to_string()),
-            "overdue": self.overdue.is_some(),
-            "last_snapshot": match &self.snapshot {
-                Ok(Some(s)) => json!({
-                    "id": s.id,
-                    "time": s.time.to_string(),
-                    "age_seconds": now.duration_since(s.time).as_secs_f64(),
-                }),
-                Ok(None) => serde_json::Value::Null,
-                Err(e) => json!({"error": format!("{e:#}")}),
-            },
-        })
-    }
-
-    fn print(&self, dir: &Path, now: Timestamp, tz: &TimeZone) {
-        println!("job {} ({})", self.job.name, self.job.schedule);
-        if self.installed {
-            println!(
-                "  units:         {}, {} in {}{}",
-                self.service,
-                self.timer,
-                dir.display(),
-                self.timer_state
-                    .as_ref()
-                    .map(|s| format!(" (timer {s})"))
-                    .unwrap_or_default()
-            );
-        } else {
-            println!("  units:         not installed in {}", dir.display());
-        }
-        match self.saved.and_then(|s| s.last_run.as_ref()) {
-            Some(r) => println!(
-                "  last run:      {} ({} ago, {:.1}s): {}{}",
-                local_time(r.started, tz),
-                age(r.started, now),
-                r.duration_seconds,
-                r.result.as_str(),
-                r.error
-                    .as_ref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            ),
-            None => println!("  last run:      never"),
-        }
-        if let Some(r) = self.saved.and_then(|s| s.running.as_ref()) {
-            println!(
-                "  running:       since {} (pid {})",
-                local_time(r.started, tz),
-                r.pid
-            );
-        }
-        match (self.next, self.overdue) {
-            (_, Some(note)) => println!("  next run:      {note}"),
-            (Some(t), None) => println!(
-                "  next run:      {} (in {})",
-                local_time(t, tz),
-                age(now, t)
-            ),
-            (None, None) => println!("  next run:      never (the schedule does not fire again)"),
-        }
-        match &self.snapshot {
-            Ok(Some(s)) => println!(
-                "  last snapshot: {} at {}, {} ago",
-                s.id.short(),
-                local_time(s.time, tz),
-                age(s.time, now)
-            ),
-            Ok(None) => println!("  last snapshot: none yet"),
-            Err(e) => println!("  last snapshot: unknown ({e:#})"),
-        }
-    }
-}
-
-fn status(rt: &Runtime, args: &UnitArgs, json: bool) -> Result<u8> {
-    let config = load_config(args.config.as_deref())?;
-    let target = Target::new(args)?;
-    let state_dir = agent::state_dir(args.state_dir.as_deref(), &config)?;
-    let state = StateStore::at(&state_dir).load()?;
+/// For each job of `config`: its units, last and next run, and latest
+/// snapshot (read from its repository).
+pub fn status(
+    rt: &Handle,
+    config: &Config,
+    target: &Target,
+    state_dir: &Path,
+    now: Timestamp,
+    tz: &TimeZone,
+) -> Result<Vec<JobStatus>> {
+    let state = StateStore::at(state_dir).load()?;
     let installed = installed_units(&target.dir, &config.path);
-    let tz = TimeZone::system();
-    let now = Timestamp::now();
-    let report: Vec<JobStatus> = config
+    Ok(config
         .jobs
         .iter()
         .map(|job| {
@@ -589,10 +473,10 @@ fn status(rt: &Runtime, args: &UnitArgs, json: bool) -> Result<u8> {
                     target.query("is-active", &timer)
                 )
             });
-            let saved = state.jobs.get(&job.name);
-            let (next, overdue) = next_run(job, saved, now, &tz);
+            let saved = state.jobs.get(&job.name).cloned();
+            let (next, overdue) = next_run(job, saved.as_ref(), now, tz);
             JobStatus {
-                job,
+                job: job.clone(),
                 service,
                 timer,
                 installed: units_installed,
@@ -600,25 +484,10 @@ fn status(rt: &Runtime, args: &UnitArgs, json: bool) -> Result<u8> {
                 saved,
                 next,
                 overdue,
-                snapshot: last_snapshot(rt, job),
+                snapshot: last_snapshot(rt, job).map_err(|e| format!("{e:#}")),
             }
         })
-        .collect();
-    if json {
-        let list: Vec<_> = report.iter().map(|r| r.to_json(&target.dir, now)).collect();
-        println!(
-            "{}",
-            json!({"config": config.path, "state_dir": state_dir, "jobs": list})
-        );
-        return Ok(0);
-    }
-    for (i, r) in report.iter().enumerate() {
-        if i > 0 {
-            println!();
-        }
-        r.print(&target.dir, now, &tz);
-    }
-    Ok(0)
+        .collect())
 }
 
 #[cfg(test)]

@@ -31,6 +31,35 @@ pub fn running_as_root() -> bool {
     })
 }
 
+/// Set by `scripts/test-all.sh`, which starts every service the tests
+/// need: there a missing service fails the test instead of skipping it.
+const REQUIRE_SERVICES: &str = "CAIRN_TEST_REQUIRE_SERVICES";
+
+/// The value of `var`, which the test script exports when it has started
+/// `service`. Without it a plain `cargo test` skips the test: this writes
+/// one line saying so to the terminal (past the test harness's capture, so
+/// the run shows what it skipped) and returns `None`. Under
+/// `scripts/test-all.sh` a missing variable fails the test.
+pub fn service_var(var: &str, service: &str) -> Option<String> {
+    if let Ok(value) = std::env::var(var) {
+        return Some(value);
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    assert!(
+        std::env::var_os(REQUIRE_SERVICES).is_none(),
+        "{test}: {var} is not set, but {REQUIRE_SERVICES} says every service was started"
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: needs {service} ({var} is not set); scripts/test-all.sh starts it and runs every test"
+    );
+    None
+}
+
 /// A fresh temporary directory with a canonical path (the snapshot records
 /// canonical absolute paths, so comparisons must use them too).
 pub fn tempdir() -> (tempfile::TempDir, PathBuf) {

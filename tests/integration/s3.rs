@@ -22,29 +22,29 @@ struct Server {
     bucket: String,
 }
 
+/// A variable the test script exported (checked by [`garage`] first).
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the S3 tests need the servers that scripts/test-all.sh \
-             starts (run the tests through it)"
-        )
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+}
+
+/// The Garage cluster, or `None` (the test is skipped) outside
+/// scripts/test-all.sh.
+fn garage() -> Option<Server> {
+    Some(Server {
+        endpoint: service_var("CAIRN_TEST_GARAGE_ENDPOINT", "the Garage cluster")?,
+        region: env("CAIRN_TEST_GARAGE_REGION"),
+        bucket: env("CAIRN_TEST_GARAGE_BUCKET"),
     })
 }
 
-fn garage() -> Server {
-    Server {
-        endpoint: env("CAIRN_TEST_GARAGE_ENDPOINT"),
-        region: env("CAIRN_TEST_GARAGE_REGION"),
-        bucket: env("CAIRN_TEST_GARAGE_BUCKET"),
-    }
-}
-
-fn s3s() -> Server {
-    Server {
-        endpoint: env("CAIRN_TEST_S3S_ENDPOINT"),
+/// The s3s-fs server, or `None` (the test is skipped) outside
+/// scripts/test-all.sh.
+fn s3s() -> Option<Server> {
+    Some(Server {
+        endpoint: service_var("CAIRN_TEST_S3S_ENDPOINT", "the s3s-fs server")?,
         region: "us-east-1".into(),
         bucket: env("CAIRN_TEST_S3S_BUCKET"),
-    }
+    })
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -153,12 +153,14 @@ fn conformance(server: Server) {
 
 #[test]
 fn the_store_conformance_suite_passes_on_garage() {
-    conformance(garage());
+    let Some(server) = garage() else { return };
+    conformance(server);
 }
 
 #[test]
 fn the_store_conformance_suite_passes_on_s3s() {
-    conformance(s3s());
+    let Some(server) = s3s() else { return };
+    conformance(server);
 }
 
 // ---------------------------------------------------------------------------
@@ -201,18 +203,21 @@ fn round_trip(server: Server) {
 
 #[test]
 fn backup_restore_check_and_rebuild_on_garage() {
-    round_trip(garage());
+    let Some(server) = garage() else { return };
+    round_trip(server);
 }
 
 #[test]
 fn backup_restore_check_and_rebuild_on_s3s() {
-    round_trip(s3s());
+    let Some(server) = s3s() else { return };
+    round_trip(server);
 }
 
 #[test]
 fn init_twice_is_refused_on_garage_which_ignores_if_none_match() {
     let (_t, dir) = tempdir();
-    let repo = garage().repo("init-twice", &dir);
+    let Some(server) = garage() else { return };
+    let repo = server.repo("init-twice", &dir);
     repo.cairn.init();
     repo.cairn
         .run(["init"])
@@ -222,7 +227,7 @@ fn init_twice_is_refused_on_garage_which_ignores_if_none_match() {
 #[test]
 fn startup_mistakes_are_named_in_one_line() {
     let (_t, dir) = tempdir();
-    let server = s3s();
+    let Some(server) = s3s() else { return };
     let repo = server.repo("startup", &dir);
     repo.cairn.init();
     let src = source(&dir, 1, 3);
@@ -304,7 +309,8 @@ fn restart_garage_node3() {
 #[test]
 fn a_garage_node_stopped_during_backup_costs_nothing() {
     let (_t, dir) = tempdir();
-    let repo = garage().repo("node-stop", &dir);
+    let Some(server) = garage() else { return };
+    let repo = server.repo("node-stop", &dir);
     repo.cairn.init();
     let src = source(&dir, 120, 11);
     let mut backup = repo
@@ -359,7 +365,7 @@ fn backup_and_restore_through(
 #[test]
 fn backup_and_restore_succeed_with_30_percent_of_requests_failing() {
     let (_t, dir) = tempdir();
-    let server = s3s();
+    let Some(server) = s3s() else { return };
     let proxy = FaultProxy::start(&server.endpoint, Duration::from_secs(3), 42);
     let src = source(&dir, 48, 21);
 
@@ -400,7 +406,7 @@ fn backup_and_restore_succeed_with_30_percent_of_requests_failing() {
 #[test]
 fn a_store_gone_for_good_fails_the_backup_by_its_deadline_and_a_rerun_reuses_the_packs() {
     let (_t, dir) = tempdir();
-    let server = s3s();
+    let Some(server) = s3s() else { return };
     let proxy = FaultProxy::start(&server.endpoint, Duration::from_secs(3), 7);
     let repo = server.repo("gone", &dir);
     repo.cairn.init();
@@ -453,7 +459,7 @@ fn a_store_gone_for_good_fails_the_backup_by_its_deadline_and_a_rerun_reuses_the
 
 #[test]
 fn four_clients_back_up_the_same_new_data_at_once_through_the_cluster_index() {
-    let server = garage();
+    let Some(server) = garage() else { return };
     let prefix = format!("four-{}", random_marker());
     let f = ClusterFixture::with_repo(3, 2, |dir| server.client(&prefix, dir));
     let src = source(&f.dir, 40, 99);

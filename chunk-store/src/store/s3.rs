@@ -73,6 +73,13 @@ pub struct S3Options {
 }
 
 impl S3Options {
+    /// Requests in flight at most, unless configured.
+    pub const DEFAULT_CONNECTIONS: usize = 16;
+    /// Time one attempt may take, unless configured.
+    pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Time one call may take, retries included, unless configured.
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+
     /// Options for `s3://BUCKET/PREFIX` with the defaults.
     pub fn from_url(url: &str) -> Result<Self, String> {
         let rest = url
@@ -90,10 +97,10 @@ impl S3Options {
             endpoint: None,
             region: None,
             path_style: false,
-            connections: 16,
+            connections: Self::DEFAULT_CONNECTIONS,
             connect_timeout: Duration::from_secs(5),
-            attempt_timeout: Duration::from_secs(60),
-            deadline: Duration::from_secs(300),
+            attempt_timeout: Self::DEFAULT_ATTEMPT_TIMEOUT,
+            deadline: Self::DEFAULT_DEADLINE,
             max_attempts: 10,
         })
     }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 use super::cron::Schedule;
-use crate::context::{RepoArgs, hostname};
+use crate::context::{RepoArgs, S3Settings, hostname};
 use crate::retention::Policy;
 
 /// A config error, located in its file.
@@ -121,13 +121,23 @@ pub struct Job {
     pub on_success: Option<String>,
     /// Shell command run after a failed run.
     pub on_failure: Option<String>,
+    /// How to reach an `s3://` repository (`CAIRN_S3_*`, read when the
+    /// config is loaded).
+    pub s3: S3Settings,
 }
 
 impl Job {
     /// How to reach the job's repository and index (the password and the
     /// cluster token are read when a run starts).
     pub fn repo_args(&self) -> RepoArgs {
-        repo_args(self.repository.clone(), self.index.clone())
+        RepoArgs {
+            repo: self.repository.clone(),
+            password_file: None,
+            lock_wait: 0,
+            index: self.index.clone(),
+            index_token: None,
+            s3: self.s3.clone(),
+        }
     }
 
     /// The index cluster's token: `index_token_file`, else `CAIRN_INDEX_TOKEN`.
@@ -149,17 +159,6 @@ impl Job {
                 )
             }),
         }
-    }
-}
-
-fn repo_args(repo: Option<String>, index: Option<String>) -> RepoArgs {
-    RepoArgs {
-        repo,
-        password_file: None,
-        lock_wait: 0,
-        index,
-        index_token: None,
-        s3: crate::context::S3Settings::from_env(),
     }
 }
 
@@ -359,9 +358,12 @@ fn check_job(
             resolve(base, r).display().to_string()
         }
     });
-    if let Err(e) = repo_args(repository.clone(), None).local_path() {
+    if let Err(e) = RepoArgs::local_path_of(repository.as_deref()) {
         errors.push(doc.error(&key("repository"), format!("{e:#}")));
     }
+    let s3 = S3Settings::from_env()
+        .map_err(|e| errors.push(doc.error(&key("repository"), format!("{e:#}"))))
+        .ok();
     let index = match raw.index.as_deref().map(str::trim) {
         None | Some("embedded") => None,
         Some(urls) => {
@@ -443,7 +445,7 @@ fn check_job(
     };
     let mut duration = |k: &'static str, v: &Option<String>, default: Duration| match v {
         None => default,
-        Some(text) => humantime::parse_duration(text).unwrap_or_else(|e| {
+        Some(text) => crate::duration::parse(text).unwrap_or_else(|e| {
             errors.push(doc.error(
                 &key(k),
                 format!("invalid duration {text:?}: {e} (examples: \"90s\", \"10m\", \"1h 30m\")"),
@@ -457,7 +459,7 @@ fn check_job(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let (Some(password), Some(schedule)) = (password, schedule) else {
+    let (Some(password), Some(schedule), Some(s3)) = (password, schedule, s3) else {
         return Err(errors);
     };
     Ok(Job {
@@ -479,6 +481,7 @@ fn check_job(
         retention: raw.retention.filter(|p| !p.is_empty()),
         on_success: raw.on_success.filter(|c| !c.trim().is_empty()),
         on_failure: raw.on_failure.filter(|c| !c.trim().is_empty()),
+        s3,
     })
 }
 

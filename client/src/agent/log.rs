@@ -1,15 +1,16 @@
-//! The agent's log: one line per event on stderr, plain text or JSON.
+//! The agent's log: one event per line, with a stable event name for
+//! machines (`run_started`, `run_finished`, `run_skipped`, ...), the job if
+//! any, a message for people, and event fields.
 //!
-//! Every line carries a time, a level, an event name (stable, for machines:
-//! `run_started`, `run_finished`, `run_skipped`, ...), the job if any, a
-//! message for people, and event fields.
+//! The agent does not write the lines itself: each event is a `tracing`
+//! event under [`TARGET`], with the fields `event`, `job` and `fields` (a
+//! JSON object), and the front end renders it as text or JSON
+//! (`cairn agent --log-format`).
 
-use std::io::Write;
+use serde_json::Value;
 
-use jiff::Timestamp;
-use serde_json::{Map, Value};
-
-use super::config::LogFormat;
+/// The `tracing` target of the agent's log events.
+pub const TARGET: &str = "cairn::agent";
 
 /// Severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,29 +23,12 @@ pub enum Level {
     Error,
 }
 
-impl Level {
-    fn as_str(self) -> &'static str {
-        match self {
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
-    }
-}
-
-/// Writes log lines.
-#[derive(Debug, Clone, Copy)]
-pub struct Logger {
-    format: LogFormat,
-}
+/// Emits the agent's log events.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Logger;
 
 impl Logger {
-    /// A logger writing `format` to stderr.
-    pub fn new(format: LogFormat) -> Self {
-        Logger { format }
-    }
-
-    /// Writes one event; `fields` is a JSON object (anything else is ignored).
+    /// Emits one event; `fields` is a JSON object (anything else is ignored).
     pub fn event(
         &self,
         level: Level,
@@ -53,9 +37,15 @@ impl Logger {
         message: &str,
         fields: Value,
     ) {
-        let line = self.render(Timestamp::now(), level, job, event, message, fields);
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{line}");
+        let fields = match fields {
+            Value::Object(m) => Value::Object(m).to_string(),
+            _ => "{}".to_string(),
+        };
+        match level {
+            Level::Info => tracing::info!(target: TARGET, event, job, fields, "{message}"),
+            Level::Warn => tracing::warn!(target: TARGET, event, job, fields, "{message}"),
+            Level::Error => tracing::error!(target: TARGET, event, job, fields, "{message}"),
+        }
     }
 
     /// Info.
@@ -71,88 +61,5 @@ impl Logger {
     /// Error.
     pub fn error(&self, job: Option<&str>, event: &str, message: &str, fields: Value) {
         self.event(Level::Error, job, event, message, fields)
-    }
-
-    fn render(
-        &self,
-        time: Timestamp,
-        level: Level,
-        job: Option<&str>,
-        event: &str,
-        message: &str,
-        fields: Value,
-    ) -> String {
-        let fields = match fields {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        };
-        match self.format {
-            LogFormat::Json => {
-                let mut obj = Map::new();
-                obj.insert("time".into(), Value::String(time.to_string()));
-                obj.insert("level".into(), Value::String(level.as_str().into()));
-                obj.insert("event".into(), Value::String(event.into()));
-                if let Some(job) = job {
-                    obj.insert("job".into(), Value::String(job.into()));
-                }
-                obj.insert("message".into(), Value::String(message.into()));
-                for (k, v) in fields {
-                    obj.entry(k).or_insert(v);
-                }
-                Value::Object(obj).to_string()
-            }
-            LogFormat::Text => {
-                let mut line = format!(
-                    "{} {:<5} ",
-                    time.round(jiff::Unit::Millisecond).unwrap_or(time),
-                    level.as_str().to_uppercase()
-                );
-                if let Some(job) = job {
-                    line.push_str(&format!("[{job}] "));
-                }
-                line.push_str(&message.replace('\n', " "));
-                line
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn renders_text_and_json() {
-        let t: Timestamp = "2024-06-01T02:30:00.123456Z".parse().unwrap();
-        let text = Logger::new(LogFormat::Text).render(
-            t,
-            Level::Warn,
-            Some("home"),
-            "run_skipped",
-            "already running",
-            json!({"n": 1}),
-        );
-        assert_eq!(
-            text,
-            "2024-06-01T02:30:00.123Z WARN  [home] already running"
-        );
-        let line = Logger::new(LogFormat::Json).render(
-            t,
-            Level::Info,
-            Some("home"),
-            "run_finished",
-            "done",
-            json!({"snapshot": "3f2a", "message": "ignored: reserved"}),
-        );
-        let v: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["event"], "run_finished");
-        assert_eq!(v["job"], "home");
-        assert_eq!(v["level"], "info");
-        assert_eq!(v["message"], "done");
-        assert_eq!(v["snapshot"], "3f2a");
-        assert_eq!(v["time"], "2024-06-01T02:30:00.123456Z");
     }
 }

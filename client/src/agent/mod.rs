@@ -33,7 +33,6 @@ pub mod run;
 pub mod state;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +42,11 @@ use anyhow::{Result, anyhow};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde_json::json;
-use tokio::runtime::Runtime;
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use config::{Config, Job, LogFormat};
+use config::{Config, Job};
 use log::Logger;
 use metrics::Metrics;
 use run::RunOutcome;
@@ -58,44 +58,11 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 /// The longest single sleep: waits re-check the wall clock this often.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
-/// `cairn agent` options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AgentArgs {
-    /// Config file [default: $XDG_CONFIG_HOME/cairn/cairn.toml or ~/.config/cairn/cairn.toml].
-    #[arg(long, short = 'c', env = "CAIRN_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Check the config file, show each job's schedule and next runs, and exit.
-    #[arg(long)]
-    pub check_config: bool,
-    /// Run this job once, now, and exit (what the systemd units of `cairn schedule` run).
-    #[arg(long, value_name = "JOB")]
-    pub run_once: Option<String>,
-    /// Where to keep the agent's state [default: $XDG_STATE_HOME/cairn or ~/.local/state/cairn].
-    #[arg(long, env = "CAIRN_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Log format [default: the config's agent.log_format, else json with --json, else text].
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9184; port 0 picks one).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
-}
-
-/// The default config file: `$XDG_CONFIG_HOME/cairn/cairn.toml`, else
-/// `~/.config/cairn/cairn.toml`.
-pub fn default_config_path() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| Path::new(d).is_absolute()) {
-        return Ok(PathBuf::from(dir).join("cairn/cairn.toml"));
-    }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set; pass --config"))?;
-    Ok(PathBuf::from(home).join(".config/cairn/cairn.toml"))
-}
-
 /// Loads the config named by `--config` (or the default one).
 pub fn load_config(path: Option<&Path>) -> Result<Config> {
     let path = match path {
         Some(p) => p.to_path_buf(),
-        None => default_config_path()?,
+        None => crate::paths::default_config()?,
     };
     Ok(config::load(&path)?)
 }
@@ -107,43 +74,57 @@ pub fn state_dir(flag: Option<&Path>, config: &Config) -> Result<PathBuf> {
         .or_else(|| config.agent.state_dir.clone())
     {
         Some(d) => Ok(std::path::absolute(&d)?),
-        None => StateStore::default_dir(),
+        None => crate::paths::default_state_dir(),
     }
 }
 
-/// Runs `cairn agent`; returns the exit code.
-pub fn command(rt: &Runtime, args: AgentArgs, json: bool) -> Result<u8> {
-    let config = load_config(args.config.as_deref())?;
-    if args.check_config {
-        print_check(&config, json);
-        return Ok(0);
-    }
-    let format = args
-        .log_format
-        .or(config.agent.log_format)
-        .unwrap_or(if json {
-            LogFormat::Json
-        } else {
-            LogFormat::Text
-        });
-    let log = Logger::new(format);
-    let store = StateStore::open(&state_dir(args.state_dir.as_deref(), &config)?)?;
-    if let Some(name) = &args.run_once {
-        let job = config
-            .job(name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
-                anyhow!(
-                    "no job {name:?} in {} (jobs: {})",
-                    config.path.display(),
-                    names.join(", ")
-                )
-            })?
-            .clone();
-        return rt.block_on(run_once(rt, config, store, log, job));
-    }
-    let metrics_addr = args.metrics_addr.or(config.agent.metrics_addr);
-    rt.block_on(serve(rt, config, store, log, metrics_addr))
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every run stopped after the shutdown signal.
+    Cleanly,
+    /// A run did not stop within the grace period; the caller should end
+    /// the process (a backup thread that ignores its cancel flag would keep
+    /// the runtime from shutting down; the repository stays consistent
+    /// whenever the process ends: packs are create-only, no snapshot yet).
+    TimedOut,
+}
+
+/// A job's schedule as `--check-config` shows it.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    /// The job.
+    pub job: Job,
+    /// Its next firings after the given time, at most the number asked for.
+    pub next: Vec<Timestamp>,
+    /// The systemd `OnCalendar=` equivalent, or why there is none.
+    pub on_calendar: Result<String, String>,
+}
+
+/// The next `count` firings of every job after `now`.
+pub fn plan(config: &Config, now: Timestamp, tz: &TimeZone, count: usize) -> Vec<JobPlan> {
+    config
+        .jobs
+        .iter()
+        .map(|job| {
+            let mut next = Vec::new();
+            let mut t = now;
+            while next.len() < count {
+                match job.schedule.next_after(t, tz) {
+                    Some(n) => {
+                        next.push(n);
+                        t = n;
+                    }
+                    None => break,
+                }
+            }
+            JobPlan {
+                job: job.clone(),
+                next,
+                on_calendar: job.schedule.on_calendar(),
+            }
+        })
+        .collect()
 }
 
 /// What all job tasks share.
@@ -162,10 +143,9 @@ struct Agent {
 
 impl Agent {
     fn new(
-        rt: &Runtime,
+        handle: &Handle,
         config: &Config,
         store: StateStore,
-        log: Logger,
     ) -> Result<(Self, watch::Sender<bool>)> {
         let now = Timestamp::now();
         let names: Vec<String> = config.jobs.iter().map(|j| j.name.clone()).collect();
@@ -190,11 +170,11 @@ impl Agent {
             Agent {
                 store,
                 metrics: Arc::new(Metrics::new(&saved)),
-                log,
+                log: Logger,
                 cancel: Arc::new(AtomicBool::new(false)),
                 shutdown: rx,
                 repo_locks,
-                handle: rt.handle().clone(),
+                handle: handle.clone(),
                 tz: TimeZone::system(),
             },
             tx,
@@ -239,20 +219,18 @@ fn watch_signals(agent: &Agent, tx: watch::Sender<bool>) -> Result<()> {
     Ok(())
 }
 
-async fn serve(
-    rt: &Runtime,
+/// Runs every job on its schedule until SIGTERM or SIGINT, serving the
+/// agent's metrics on `metrics_listener` if given.
+pub async fn serve(
+    handle: &Handle,
     config: Config,
     store: StateStore,
-    log: Logger,
-    metrics_addr: Option<SocketAddr>,
-) -> Result<u8> {
-    let (agent, tx) = Agent::new(rt, &config, store, log)?;
+    metrics_listener: Option<TcpListener>,
+) -> Result<Stopped> {
+    let (agent, tx) = Agent::new(handle, &config, store)?;
+    let log = agent.log;
     watch_signals(&agent, tx)?;
-    if let Some(addr) = metrics_addr {
-        let listener = metrics::bind(addr).await?;
-        let bound = listener.local_addr()?;
-        // Tests (and people) find a port-0 listener from this line.
-        eprintln!("metrics: listening on http://{bound}/metrics");
+    if let Some(listener) = metrics_listener {
         let mut shutdown = agent.shutdown.clone();
         let metrics = agent.metrics.clone();
         tokio::spawn(async move {
@@ -296,13 +274,10 @@ async fn serve(
             ),
             json!({}),
         );
-        // A backup thread that ignores its cancel flag would keep the
-        // runtime from shutting down; the repository stays consistent
-        // whenever the process ends (packs are create-only, no snapshot yet).
-        std::process::exit(1);
+        return Ok(Stopped::TimedOut);
     }
     log.info(None, "stopped", "agent stopped", json!({}));
-    Ok(0)
+    Ok(Stopped::Cleanly)
 }
 
 /// Why a run happens.
@@ -640,16 +615,15 @@ async fn execute(agent: &Agent, job: &Job, due: Due, delay: Duration) -> Option<
     Some(record)
 }
 
-/// `--run-once JOB`: exit 0 on success, 3 if some files could not be read,
-/// 1 on failure, 1 if interrupted.
-async fn run_once(
-    rt: &Runtime,
+/// Runs `job` once, now (`cairn agent --run-once JOB`, what the systemd
+/// units run); fails if another process runs it already.
+pub async fn run_once(
+    handle: &Handle,
     config: Config,
     store: StateStore,
-    log: Logger,
     job: Job,
-) -> Result<u8> {
-    let (agent, tx) = Agent::new(rt, &config, store, log)?;
+) -> Result<RunResult> {
+    let (agent, tx) = Agent::new(handle, &config, store)?;
     watch_signals(&agent, tx)?;
     let due = Due {
         at: Timestamp::now(),
@@ -660,94 +634,7 @@ async fn run_once(
             "job {} is already running in another process",
             job.name
         )),
-        Some(r) => Ok(match r.result {
-            RunResult::Success => 0,
-            RunResult::Partial => 3,
-            RunResult::Failure | RunResult::Interrupted => 1,
-        }),
-    }
-}
-
-/// `--check-config`: the jobs, their schedules and next runs.
-fn print_check(config: &Config, json: bool) {
-    let tz = TimeZone::system();
-    let now = Timestamp::now();
-    let jobs: Vec<_> = config
-        .jobs
-        .iter()
-        .map(|job| {
-            let mut next = Vec::new();
-            let mut t = now;
-            while next.len() < 5 {
-                match job.schedule.next_after(t, &tz) {
-                    Some(n) => {
-                        next.push(n);
-                        t = n;
-                    }
-                    None => break,
-                }
-            }
-            (job, next, job.schedule.on_calendar())
-        })
-        .collect();
-    if json {
-        let list: Vec<_> = jobs
-            .iter()
-            .map(|(job, next, cal)| {
-                json!({
-                    "name": job.name,
-                    "schedule": job.schedule.to_string(),
-                    "on_calendar": cal.as_ref().ok(),
-                    "on_calendar_error": cal.as_ref().err(),
-                    "jitter_seconds": job.jitter.as_secs_f64(),
-                    "next_runs": next.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-                    "paths": job.paths,
-                    "repository": job.repo_args().local_path().ok(),
-                    "retention": job.retention.as_ref().map(|p| p.to_string()),
-                })
-            })
-            .collect();
-        println!("{}", json!({"config": config.path, "jobs": list}));
-        return;
-    }
-    println!(
-        "{}: {} job(s), configuration is valid",
-        config.path.display(),
-        jobs.len()
-    );
-    for (job, next, cal) in &jobs {
-        println!();
-        println!("job {}", job.name);
-        println!(
-            "  schedule:   {}{}",
-            job.schedule,
-            match cal {
-                Ok(c) => format!(" (systemd OnCalendar={c})"),
-                Err(_) => " (no systemd equivalent: runs under `cairn agent` only)".into(),
-            }
-        );
-        if !job.jitter.is_zero() {
-            println!(
-                "  jitter:     up to {}",
-                humantime::format_duration(job.jitter)
-            );
-        }
-        println!(
-            "  next runs:  {}",
-            next.iter()
-                .map(|t| crate::retention::local_time(*t, &tz))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let paths: Vec<String> = job.paths.iter().map(|p| p.display().to_string()).collect();
-        println!("  paths:      {}", paths.join(" "));
-        match job.repo_args().local_path() {
-            Ok(p) => println!("  repository: {}", p.display()),
-            Err(e) => println!("  repository: {e:#}"),
-        }
-        if let Some(p) = &job.retention {
-            println!("  retention:  {p}");
-        }
+        Some(r) => Ok(r.result),
     }
 }
 
@@ -777,6 +664,7 @@ mod tests {
             retention: None,
             on_success: None,
             on_failure: None,
+            s3: crate::context::S3Settings::from_env().unwrap(),
         }
     }
 

@@ -182,7 +182,7 @@ fn open_index(
                         "index_busy",
                         &format!(
                             "{e}; waiting up to {}",
-                            humantime::format_duration(job.lock_wait)
+                            crate::duration::format(job.lock_wait)
                         ),
                         json!({}),
                     );
@@ -254,7 +254,7 @@ fn apply_retention(
     if remove.is_empty() {
         return Ok(0);
     }
-    handle.block_on(retention::forget(repo, &remove))?;
+    handle.block_on(retention::remove_snapshots(repo, &remove))?;
     let kept: usize = plans.iter().map(|g| g.keep.len()).sum();
     log.info(
         Some(&job.name),

@@ -151,17 +151,6 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// `$XDG_STATE_HOME/cairn`, else `~/.local/state/cairn`.
-    pub fn default_dir() -> Result<PathBuf> {
-        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute())
-        {
-            return Ok(PathBuf::from(dir).join("cairn"));
-        }
-        let home =
-            std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set; pass --state-dir"))?;
-        Ok(PathBuf::from(home).join(".local/state/cairn"))
-    }
-
     /// Uses (and creates) `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join("locks"))

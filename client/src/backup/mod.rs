@@ -322,7 +322,7 @@ impl Shared {
     }
 
     fn warn_only(&self, message: String) {
-        eprintln!("warning: {message}");
+        crate::notify::warning(&message);
         self.warnings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -455,9 +455,9 @@ impl SessionGuard {
                     .unwrap_or_else(|p| p.into_inner())
                     .elapsed();
                 if since.as_secs_f64() < f64::from(lease) / 2.0 {
-                    eprintln!(
-                        "warning: the index did not confirm the backup session ({e}); its lease still runs, writing the snapshot"
-                    );
+                    crate::notify::warning(format!(
+                        "the index did not confirm the backup session ({e}); its lease still runs, writing the snapshot"
+                    ));
                     return Ok(());
                 }
                 return Err(anyhow!(
@@ -760,7 +760,7 @@ pub fn run(
     {
         // The snapshot references data prune may remove: withdrawn, so that
         // nothing in the repository points at it.
-        if let Err(w) = handle.block_on(crate::retention::forget(repo, &[snapshot_id])) {
+        if let Err(w) = handle.block_on(crate::retention::remove_snapshots(repo, &[snapshot_id])) {
             tracing::warn!("snapshot {} not withdrawn: {w:#}", snapshot_id.short());
         }
         session.end();
@@ -890,7 +890,7 @@ mod tests {
         let f = fixture();
         register(&f, &[1, 2, 3]);
         f.runtime
-            .block_on(crate::retention::forget(&f.repo, &[f.snapshot]))
+            .block_on(crate::retention::remove_snapshots(&f.repo, &[f.snapshot]))
             .expect("forget");
         confirm(&f, f.snapshot, &[1, 2, 2, 3]).expect("every chunk known");
 

@@ -1,0 +1,139 @@
+//! Reading snapshots: `cairn snapshots`, `ls`, `dump` and `diff`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use cairn_chunk_store::SnapshotId;
+use cairn_chunk_store::manifest::Snapshot;
+use cairn_chunk_store::tree::NodeKind;
+use cairn_client::browse::{self, Change};
+use cairn_client::context::RepoArgs;
+use cairn_client::source::BlobSource;
+use serde_json::json;
+use tokio::runtime::Runtime;
+
+use super::Globals;
+use super::render::{format_time, print_json, snapshot_json};
+
+#[derive(clap::Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id, unique prefix, or `latest`.
+    snapshot: String,
+    /// Only below this path.
+    path: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot id, unique prefix, or `latest`.
+    snapshot: String,
+    /// Absolute path of the file in the snapshot.
+    path: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    /// Older snapshot.
+    first: String,
+    /// Newer snapshot.
+    second: String,
+}
+
+pub fn snapshots(rt: &Runtime, g: &Globals) -> Result<u8> {
+    let repo = rt.block_on(g.repo.open())?;
+    let snaps = rt.block_on(repo.snapshots())?;
+    if g.json {
+        let list: Vec<_> = snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect();
+        print_json(&serde_json::Value::Array(list));
+    } else {
+        println!(
+            "{:<10} {:<20} {:<16} {:<16} paths",
+            "id", "time", "host", "tags"
+        );
+        for (id, s) in &snaps {
+            println!(
+                "{:<10} {:<20} {:<16} {:<16} {}",
+                id.short(),
+                format_time(s.time_ns, false),
+                s.host,
+                s.tags.join(","),
+                s.paths.join(" ")
+            );
+        }
+        println!("{} snapshot(s)", snaps.len());
+    }
+    Ok(0)
+}
+
+pub fn ls(rt: &Runtime, g: &Globals, a: LsArgs) -> Result<u8> {
+    let (source, _, snap) = open_snapshot(rt, &g.repo, &a.snapshot)?;
+    let root = snap.root_tree()?;
+    let start = a.path.unwrap_or_else(|| PathBuf::from("/"));
+    let json = g.json;
+    let mut out = std::io::stdout().lock();
+    rt.block_on(browse::walk(&source, &root, &start, &mut |e| {
+        if json {
+            let kind = match e.node.node_kind() {
+                Some(NodeKind::Dir) => "dir",
+                Some(NodeKind::File) => "file",
+                Some(NodeKind::Symlink) => "symlink",
+                _ => "other",
+            };
+            writeln!(
+                out,
+                "{}",
+                json!({"path": e.path, "type": kind, "size": e.node.size, "mode": e.node.mode, "mtime": format_time(e.node.mtime_ns, true)})
+            )?;
+        } else {
+            writeln!(out, "{}", e.path.display())?;
+        }
+        Ok(())
+    }))?;
+    Ok(0)
+}
+
+pub fn dump(rt: &Runtime, g: &Globals, a: DumpArgs) -> Result<u8> {
+    let (source, _, snap) = open_snapshot(rt, &g.repo, &a.snapshot)?;
+    let root = snap.root_tree()?;
+    let mut out = std::io::stdout().lock();
+    rt.block_on(browse::dump(&source, &root, &a.path, &mut out))?;
+    Ok(0)
+}
+
+pub fn diff(rt: &Runtime, g: &Globals, a: DiffArgs) -> Result<u8> {
+    let (source, _, first) = open_snapshot(rt, &g.repo, &a.first)?;
+    let repo = source.repo().clone();
+    let second_id = rt.block_on(repo.resolve_snapshot(&a.second))?;
+    let second = rt.block_on(repo.load_snapshot(&second_id))?;
+    let changes = rt.block_on(browse::diff(
+        &source,
+        &first.root_tree()?,
+        &second.root_tree()?,
+    ))?;
+    for c in &changes {
+        match c {
+            Change::Added(p) => println!("+    {}", p.display()),
+            Change::Removed(p) => println!("-    {}", p.display()),
+            Change::Modified(p) => println!("M    {}", p.display()),
+        }
+    }
+    Ok(0)
+}
+
+/// The repository, a snapshot named by id, prefix or `latest`, and where
+/// its chunks are read from (the index if it can be opened, else the pack
+/// trailers).
+pub fn open_snapshot(
+    rt: &Runtime,
+    args: &RepoArgs,
+    reference: &str,
+) -> Result<(BlobSource, SnapshotId, Snapshot)> {
+    let repo = rt.block_on(args.open())?;
+    let id = rt.block_on(repo.resolve_snapshot(reference))?;
+    let snap = rt.block_on(repo.load_snapshot(&id))?;
+    let index: Option<Arc<dyn cairn_index::Index>> =
+        rt.block_on(args.open_index_for_reading(&repo));
+    Ok((BlobSource::new(repo, index), id, snap))
+}

@@ -1,0 +1,56 @@
+//! `cairn init`.
+
+use anyhow::{Result, bail};
+use cairn_chunk_store::Repository;
+use cairn_chunk_store::crypto::Cipher;
+use cairn_chunk_store::fingerprint::HashAlgo;
+use cairn_chunk_store::repository::InitOptions;
+use cairn_client::context::{hostname, kdf_params, username};
+use serde_json::json;
+use tokio::runtime::Runtime;
+
+use super::Globals;
+use super::render::print_json;
+
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    /// Fingerprint algorithm: blake3 (keyed BLAKE3) or sha256 (HMAC-SHA256).
+    #[arg(long, default_value = "blake3")]
+    hash: HashAlgo,
+    /// Cipher of the repository's objects: aes-256-gcm (fastest wherever
+    /// the processor has AES instructions) or xchacha20-poly1305 (for
+    /// processors without them, and also readable by clients that know only config version 1).
+    #[arg(long, default_value = "aes-256-gcm")]
+    cipher: Cipher,
+}
+
+pub fn run(rt: &Runtime, g: &Globals, a: InitArgs) -> Result<u8> {
+    let store = rt.block_on(g.repo.store())?;
+    if rt.block_on(store.exists("config"))? {
+        bail!("a repository already exists at {}", store.location());
+    }
+    let password = g.repo.password(true)?;
+    let repo = rt.block_on(Repository::init(
+        store,
+        password.as_bytes(),
+        InitOptions {
+            hash: a.hash,
+            cipher: a.cipher,
+            kdf: kdf_params(),
+            host: hostname(),
+            user: username(),
+        },
+    ))?;
+    if g.json {
+        print_json(
+            &json!({"repo_id": repo.config().repo_id, "location": repo.location(), "cipher": repo.config().cipher.name()}),
+        );
+    } else {
+        println!(
+            "created repository {} at {}",
+            repo.config().repo_id.short(),
+            repo.location()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,177 @@
+//! The `cairn` command: the only code of the client that prints, reads the
+//! terminal or picks an exit code.
+//!
+//! One module per command, each a thin adapter from its clap arguments to an
+//! engine of the library and a renderer of the engine's report (text, or
+//! one JSON value with `--json`). Shared pieces: [`render`] (times, JSON
+//! shapes) and [`log`] (how engine events reach stderr).
+
+mod agent;
+mod backup;
+mod browse;
+mod check;
+mod forget;
+mod index;
+mod init;
+mod key;
+pub mod log;
+mod prune;
+pub mod render;
+mod restore;
+mod schedule;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use cairn_client::context::{RepoArgs, S3Settings};
+use clap::{Parser, Subcommand};
+use tokio::runtime::Runtime;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure (nothing was written, or the command could not complete)
+  2  invalid command line
+  3  backup: the snapshot was written, but some source files could not be read";
+
+/// Exit code for a snapshot written with unreadable source files.
+const EXIT_PARTIAL: u8 = 3;
+
+/// Deduplicating, encrypted backups.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Repository location (default: $XDG_DATA_HOME/cairn/repo or ~/.local/share/cairn/repo).
+    #[arg(long, short = 'r', env = "CAIRN_REPO", global = true)]
+    repo: Option<String>,
+    /// Read the password from this file (or set CAIRN_PASSWORD).
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    password_file: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for another cairn process that holds the repository index.
+    #[arg(long, env = "CAIRN_LOCK_WAIT", default_value_t = 0, global = true)]
+    lock_wait: u64,
+    /// No progress output.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
+    /// Index cluster (comma-separated gRPC URLs) instead of the embedded index.
+    #[arg(long, env = "CAIRN_INDEX", global = true)]
+    index: Option<String>,
+    #[command(flatten)]
+    s3: S3Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a repository.
+    Init(init::InitArgs),
+    /// Back up files and directories.
+    Backup(backup::BackupArgs),
+    /// List snapshots.
+    Snapshots,
+    /// List the files in a snapshot.
+    Ls(browse::LsArgs),
+    /// Restore a snapshot.
+    Restore(restore::RestoreArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(browse::DumpArgs),
+    /// Show what changed between two snapshots.
+    Diff(browse::DiffArgs),
+    /// Verify the repository.
+    Check(check::CheckArgs),
+    /// Manage the index.
+    Index {
+        #[command(subcommand)]
+        command: index::IndexCommand,
+    },
+    /// Manage passwords.
+    Key {
+        #[command(subcommand)]
+        command: key::KeyCommand,
+    },
+    /// Remove snapshots by a keep policy (or by id); `prune` reclaims their data.
+    Forget(forget::ForgetArgs),
+    /// Reclaim the space of data that no snapshot needs (safe beside running backups).
+    Prune(prune::PruneArgs),
+    /// Run the backup jobs of a config file on their schedules (foreground service).
+    Agent(agent::AgentArgs),
+    /// Install, remove or inspect systemd timers for the config file's jobs.
+    Schedule(schedule::ScheduleArgs),
+}
+
+/// What every command gets besides its own arguments.
+struct Globals {
+    repo: RepoArgs,
+    json: bool,
+    /// Progress bars on a terminal (not with `--quiet` or `--json`).
+    progress: bool,
+    agent_log: log::AgentFormat,
+}
+
+/// Runs `cairn` and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let agent_log = log::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(cli, &rt, agent_log) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A closed stdout (`cairn ls | head`) is not an error worth reporting.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
+    let g = Globals {
+        repo: RepoArgs {
+            repo: cli.repo,
+            password_file: cli.password_file,
+            lock_wait: cli.lock_wait,
+            index: cli.index,
+            index_token: RepoArgs::index_token_from_env(),
+            s3: cli.s3,
+        },
+        json: cli.json,
+        progress: cairn_client::progress::wanted(cli.quiet, cli.json),
+        agent_log,
+    };
+    match cli.command {
+        Command::Init(a) => init::run(rt, &g, a),
+        Command::Backup(a) => backup::run(rt, &g, a),
+        Command::Snapshots => browse::snapshots(rt, &g),
+        Command::Ls(a) => browse::ls(rt, &g, a),
+        Command::Restore(a) => restore::run(rt, &g, a),
+        Command::Dump(a) => browse::dump(rt, &g, a),
+        Command::Diff(a) => browse::diff(rt, &g, a),
+        Command::Check(a) => check::run(rt, &g, a),
+        Command::Index { command } => index::run(rt, &g, command),
+        Command::Key { command } => key::run(rt, &g, command),
+        Command::Forget(a) => forget::run(rt, &g, a),
+        Command::Prune(a) => prune::run(rt, &g, &a),
+        Command::Agent(a) => agent::run(rt, &g, a),
+        Command::Schedule(a) => schedule::run(rt, &g, a),
+    }
+}
