@@ -144,7 +144,7 @@ impl Job {
     pub fn index_token(&self) -> anyhow::Result<Option<String>> {
         match &self.index_token_file {
             Some(f) => Ok(Some(crate::context::read_password_file(f)?)),
-            None => Ok(std::env::var("CAIRN_INDEX_TOKEN").ok()),
+            None => Ok(RepoArgs::index_token_from_env()),
         }
     }
 
@@ -392,7 +392,7 @@ fn check_job(
     }
     if index.is_some()
         && index_token_file.is_none()
-        && std::env::var_os("CAIRN_INDEX_TOKEN").is_none()
+        && RepoArgs::index_token_from_env().is_none()
     {
         errors.push(doc.error(
             &key("index"),
