@@ -23,7 +23,7 @@ fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 #[test]
 fn repository_holds_no_plaintext() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let marker = random_marker();
     let src = dir.join("src");
     fs::create_dir_all(&src).unwrap();
@@ -49,8 +49,6 @@ fn repository_holds_no_plaintext() {
     // The search itself finds the marker where it is (the test can fail).
     assert!(files_containing(&src, marker.as_bytes()).len() >= 2);
 
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
     let stats = cairn.backup(&[&src], &[]);
     assert!(
         stats.u("bytes_new") >= 5 * MIB,

@@ -71,6 +71,15 @@ pub fn tempdir() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// A fresh temporary directory (as [`tempdir`]) with a new repository at
+/// `DIR/repo`, initialised with the defaults.
+pub fn tempdir_with_repo() -> (tempfile::TempDir, PathBuf, Cairn) {
+    let (tmp, dir) = tempdir();
+    let cairn = Cairn::new(dir.join("repo"));
+    cairn.init();
+    (tmp, dir, cairn)
+}
+
 /// The path under a restore target where an absolute source path lands.
 pub fn restored(target: &Path, source: &Path) -> PathBuf {
     target.join(source.strip_prefix("/").expect("absolute source path"))
@@ -572,6 +581,16 @@ pub fn write_random_file_with_prefix(path: &Path, prefix: &[u8], len: u64, seed:
 
 pub fn write_random_file(path: &Path, len: u64, seed: u64) {
     write_random_file_with_prefix(path, &[], len, seed);
+}
+
+/// Writes each `(path relative to root, contents)`, creating the
+/// directories on the way.
+pub fn write_files(root: &Path, files: &[(&str, &str)]) {
+    for (rel, contents) in files {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().expect("a file under root")).expect("create dirs");
+        fs::write(&path, contents).expect("write file");
+    }
 }
 
 /// A unique marker that appears nowhere by accident: 40 random hex chars.

@@ -31,11 +31,9 @@ fn build_source(src: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn truncated_pack_is_named_by_check() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
     build_source(&src);
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
     cairn.backup(&[&src], &[]);
     cairn.check_clean();
 
@@ -61,11 +59,9 @@ fn truncated_pack_is_named_by_check() {
 
 #[test]
 fn flipped_byte_is_named_and_restore_saves_the_rest() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
     let files = build_source(&src);
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
     let stats = cairn.backup(&[&src], &[]);
     cairn.check_clean();
     let snapshot = stats.snapshot_id();

@@ -7,11 +7,9 @@ use crate::common::*;
 
 #[test]
 fn unchanged_tree_stores_nothing_and_one_byte_insert_few_chunks() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let tree = build_full_tree(&dir.join("src"));
     let src = &tree.root;
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
 
     let first = cairn.backup(&[src], &[]);
     assert!(first.u("data_chunks_new") > 10_000, "{:?}", first);
@@ -24,16 +22,15 @@ fn unchanged_tree_stores_nothing_and_one_byte_insert_few_chunks() {
         "{:?}",
         second
     );
-    assert_eq!(second.u("data_chunks_new"), 0, "{:?}", second);
-    assert_eq!(second.u("bytes_read"), 0, "{:?}", second);
-    assert_eq!(
-        second.u("files_unmodified"),
-        tree.regular_files as u64,
-        "{:?}",
-        second
-    );
-    assert_eq!(second.u("files_new"), 0, "{:?}", second);
-    assert_eq!(second.u("files_changed"), 0, "{:?}", second);
+    for (field, expected) in [
+        ("data_chunks_new", 0),
+        ("bytes_read", 0),
+        ("files_unmodified", tree.regular_files as u64),
+        ("files_new", 0),
+        ("files_changed", 0),
+    ] {
+        assert_eq!(second.u(field), expected, "{field}: {:?}", second);
+    }
     assert_eq!(
         second.u("chunks_new"),
         second.u("data_chunks_new") + second.u("tree_chunks_new"),

@@ -6,9 +6,7 @@ use crate::common::*;
 
 #[test]
 fn wrong_password_is_one_clear_error() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
 
     let out = cairn.with_password("not the password").run(["snapshots"]);
     out.expect_clean_error(1, "wrong password");

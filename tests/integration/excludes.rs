@@ -7,7 +7,7 @@ use crate::common::*;
 
 #[test]
 fn excludes_leave_out_the_expected_entries() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
     for d in [
         "sub",
@@ -44,8 +44,6 @@ fn excludes_leave_out_the_expected_entries() {
     let exclude_file = dir.join("excludes");
     fs::write(&exclude_file, format!("*.log\n{}/notes/*.md\n", s(&src))).unwrap();
 
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
     cairn.backup(
         &[&src],
         &[

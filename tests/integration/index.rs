@@ -6,7 +6,7 @@ use crate::common::*;
 
 #[test]
 fn rebuilt_index_restores_dedup() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
     let mut files = Vec::new();
@@ -22,8 +22,6 @@ fn rebuilt_index_restores_dedup() {
     }
     let total_bytes: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
 
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
     let first = cairn.backup(&[&src], &[]);
 
     fs::remove_dir_all(cairn.repo.join("index")).unwrap();

@@ -8,11 +8,9 @@ use crate::inspect::Inspector;
 
 #[test]
 fn full_tree_round_trip_ls_dump_and_include() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let tree = build_full_tree(&dir.join("src"));
     let src = &tree.root;
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
 
     let stats = cairn.backup(&[src], &[]);
     assert_eq!(stats.u("errors"), 0, "{:?}", stats);
@@ -109,10 +107,14 @@ fn full_tree_round_trip_ls_dump_and_include() {
 fn sha256_repository_round_trips() {
     let (_tmp, dir) = tempdir();
     let src = dir.join("src");
-    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    write_files(
+        &src,
+        &[
+            ("sub/a.txt", "sha-256 repository\n"),
+            ("sub/deeper/b.txt", "b\n"),
+        ],
+    );
     write_random_file(&src.join("two-mib.bin"), 2 * MIB + 7, 0x256);
-    fs::write(src.join("sub/a.txt"), b"sha-256 repository\n").unwrap();
-    fs::write(src.join("sub/deeper/b.txt"), b"b\n").unwrap();
     std::os::unix::fs::symlink("sub/a.txt", src.join("link")).unwrap();
     set_mode(&src.join("sub/a.txt"), 0o640);
 
@@ -151,11 +153,10 @@ fn sha256_repository_round_trips() {
 fn each_cipher_round_trips_and_is_recorded() {
     let (_tmp, dir) = tempdir();
     let src = dir.join("src");
-    fs::create_dir_all(src.join("sub")).unwrap();
+    write_files(&src, &[("sub/a.txt", &"sealed either way\n".repeat(100))]);
     // Over the 8 MiB maximum chunk, so the file is cut at least once whatever
     // the repository's (random) chunker key: at least three data chunks.
     write_random_file(&src.join("nine-mib.bin"), 9 * MIB + 11, 0xC1);
-    fs::write(src.join("sub/a.txt"), b"sealed either way\n".repeat(100)).unwrap();
     std::os::unix::fs::symlink("sub/a.txt", src.join("link")).unwrap();
 
     for (cipher, version) in [("aes-256-gcm", 2u16), ("xchacha20-poly1305", 1)] {
@@ -209,14 +210,13 @@ fn each_cipher_round_trips_and_is_recorded() {
 /// stale file. A second restore over the first gives the same tree.
 #[test]
 fn restore_replaces_what_is_already_in_the_target() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
-    fs::create_dir_all(src.join("sub")).unwrap();
-    fs::write(src.join("a.txt"), b"restored content of a\n").unwrap();
-    fs::write(src.join("sub/b.txt"), b"b\n").unwrap();
+    write_files(
+        &src,
+        &[("a.txt", "restored content of a\n"), ("sub/b.txt", "b\n")],
+    );
     write_random_file(&src.join("large.bin"), 6 * MIB + 7, 0x1A);
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
     cairn.backup(&[&src], &[]);
 
     let target = dir.join("target");
@@ -241,15 +241,13 @@ fn restore_replaces_what_is_already_in_the_target() {
 /// the next backup records it.
 #[test]
 fn xattrs_follow_their_files_across_backups() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
     fs::create_dir_all(&src).unwrap();
     for (name, value) in [("kept.txt", "one"), ("changed.txt", "one")] {
         fs::write(src.join(name), format!("{name}\n")).unwrap();
         xattr::set(src.join(name), "user.cairn.v", value.as_bytes()).unwrap();
     }
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
     cairn.backup(&[&src], &[]);
 
     xattr::set(src.join("changed.txt"), "user.cairn.v", b"two").unwrap();

@@ -98,12 +98,9 @@ fn rfc3339_parser_accepts_and_rejects() {
 
 #[test]
 fn snapshots_json_latest_and_prefixes() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("a.txt"), b"a\n").unwrap();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    write_files(&src, &[("a.txt", "a\n")]);
     let start = now();
 
     let s1 = cairn
@@ -186,12 +183,9 @@ fn snapshots_json_latest_and_prefixes() {
 
 #[test]
 fn ambiguous_and_unknown_references_are_errors() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("x.txt"), b"x\n").unwrap();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    write_files(&src, &[("x.txt", "x\n")]);
 
     // Back up until two ids share their first hex digit (at most 17 times).
     let mut ids: Vec<String> = Vec::new();
@@ -232,14 +226,16 @@ fn ambiguous_and_unknown_references_are_errors() {
 
 #[test]
 fn diff_shows_added_removed_modified() {
-    let (_tmp, dir) = tempdir();
+    let (_tmp, dir, cairn) = tempdir_with_repo();
     let src = dir.join("src");
-    fs::create_dir_all(src.join("sub")).unwrap();
-    fs::write(src.join("keep.txt"), b"unchanged\n").unwrap();
-    fs::write(src.join("remove.txt"), b"going away\n").unwrap();
-    fs::write(src.join("sub/modify.txt"), b"before\n").unwrap();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    write_files(
+        &src,
+        &[
+            ("keep.txt", "unchanged\n"),
+            ("remove.txt", "going away\n"),
+            ("sub/modify.txt", "before\n"),
+        ],
+    );
     let s1 = cairn.backup(&[&src], &[]).snapshot_id();
 
     fs::remove_file(src.join("remove.txt")).unwrap();
