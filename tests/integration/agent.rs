@@ -25,10 +25,8 @@ struct Agent {
 
 impl Agent {
     fn start(cairn: &Cairn, args: &[&str], log_dir: &Path) -> Agent {
-        let mut all = vec!["agent", "--log-format", "json"];
-        all.extend_from_slice(args);
         Agent {
-            child: Some(cairn.spawn(&all, log_dir)),
+            child: Some(cairn.spawn(args, log_dir)),
             log_dir: log_dir.to_path_buf(),
         }
     }
@@ -163,6 +161,14 @@ fn metric(text: &str, metric: &str, job: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The config of a job that backs up the setup's source to its repository
+/// with its password file; `settings` (schedule, hooks...) follow from line 5.
+fn job(name: &str, settings: &str) -> String {
+    format!(
+        "[jobs.{name}]\npaths = [\"{{src}}\"]\nrepository = \"{{repo}}\"\npassword_file = \"{{password}}\"\n{settings}"
+    )
+}
+
 /// A repository, a password file and a place for the config and state.
 struct Setup {
     _dir: tempfile::TempDir,
@@ -174,20 +180,16 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let (dir, root) = tempdir();
-        let repo = root.join("repo");
-        let cairn = Cairn::new(&repo);
-        cairn.init();
+        let (dir, root, cairn) = tempdir_with_repo();
         std::fs::write(root.join("password"), format!("{PASSWORD}\n")).unwrap();
-        std::fs::create_dir_all(root.join("src/docs")).unwrap();
-        std::fs::write(root.join("src/docs/a.txt"), "alpha\n").unwrap();
+        write_files(&root.join("src"), &[("docs/a.txt", "alpha\n")]);
         std::fs::write(root.join("src/b.bin"), random_bytes(300_000, 7)).unwrap();
         Setup {
             _dir: dir,
             state: root.join("state"),
+            repo: cairn.repo.clone(),
             root,
             cairn,
-            repo,
         }
     }
 
@@ -208,8 +210,22 @@ impl Setup {
         path
     }
 
+    /// `agent --config CONFIG --state-dir STATE EXTRA...`.
+    fn agent_args<'a>(&'a self, config: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "agent",
+            "--config",
+            s(config),
+            "--state-dir",
+            s(&self.state),
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// Starts the agent with JSON log events; its output goes to `ROOT/LOG`.
     fn agent(&self, config: &Path, extra: &[&str], log: &str) -> Agent {
-        let mut args = vec!["--config", s(config), "--state-dir", s(&self.state)];
+        let mut args = self.agent_args(config, &["--log-format", "json"]);
         args.extend_from_slice(extra);
         Agent::start(&self.cairn, &args, &self.root.join(log))
     }
@@ -237,17 +253,13 @@ impl Setup {
 #[test]
 fn frequent_job_runs_repeatedly_and_never_overlaps() {
     let t = Setup::new();
-    let config = t.config(
-        r#"
-[jobs.often]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
-schedule = "* * * * * *"
+    let config = t.config(&job(
+        "often",
+        r#"schedule = "* * * * * *"
 # The run (backup + hook) lasts longer than the one-second interval.
 on_success = "sleep 1.5"
 "#,
-    );
+    ));
     let mut agent = t.agent(&config, &[], "agent");
     let finished = agent.wait_for("three finished runs", "run_finished", 3, |e| {
         e["job"] == "often"
@@ -312,27 +324,11 @@ on_success = "sleep 1.5"
 #[test]
 fn missed_run_runs_once_after_restart() {
     let t = Setup::new();
-    let config = t.config(
-        r#"
-[jobs.hourly]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
-schedule = "hourly"
-jitter = "2s"
-"#,
-    );
+    let config = t.config(&job("hourly", "schedule = \"hourly\"\njitter = \"2s\"\n"));
     // A first run, as systemd's timer would do it.
-    let out = t.cairn.run([
-        "agent",
-        "--config",
-        s(&config),
-        "--state-dir",
-        s(&t.state),
-        "--run-once",
-        "hourly",
-    ]);
-    out.expect_success();
+    t.cairn
+        .run(t.agent_args(&config, &["--run-once", "hourly"]))
+        .expect_success();
     assert_eq!(t.cairn.snapshots().len(), 1);
 
     // The agent was off for three hours since that run.
@@ -389,16 +385,10 @@ jitter = "2s"
 #[test]
 fn jitter_stays_within_its_bound() {
     let t = Setup::new();
-    let config = t.config(
-        r#"
-[jobs.jittery]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
-schedule = "*/2 * * * * *"
-jitter = "1500ms"
-"#,
-    );
+    let config = t.config(&job(
+        "jittery",
+        "schedule = \"*/2 * * * * *\"\njitter = \"1500ms\"\n",
+    ));
     let mut agent = t.agent(&config, &[], "agent");
     let starts = agent.wait_for("five runs", "run_started", 5, |_| true);
     agent.terminate();
@@ -504,17 +494,15 @@ schedule = "hourly"
 fn failures_run_hooks_retry_and_show_in_metrics() {
     let t = Setup::new();
     let hooks = t.root.join("hooks.log");
-    let config = t.config(&format!(
-        r#"
-[jobs.flaky]
-paths = ["{{src}}"]
-repository = "{{repo}}"
-password_file = "{{password}}"
-schedule = "* * * * * *"
+    let config = t.config(&job(
+        "flaky",
+        &format!(
+            r#"schedule = "* * * * * *"
 on_success = 'echo "success|$CAIRN_JOB|$CAIRN_SNAPSHOT_ID" >> {log}'
 on_failure = 'echo "failure|$CAIRN_JOB|$CAIRN_ERROR" >> {log}'
 "#,
-        log = s(&hooks)
+            log = s(&hooks)
+        ),
     ));
     let hook_lines = |kind: &str| -> Vec<String> {
         std::fs::read_to_string(&hooks)
@@ -657,15 +645,10 @@ fn systemd_calendar(expr: &str, n: usize) -> Vec<String> {
 fn schedule_install_writes_units_systemd_accepts_and_status_reports_them() {
     require_systemd_analyze();
     let t = Setup::new();
+    let nightly = job("nightly", "schedule = \"30 2 * * *\"\njitter = \"10m\"\n");
     let config = t.config(
-        r#"
-[jobs.nightly]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
-schedule = "30 2 * * *"
-jitter = "10m"
-
+        &(nightly
+            + r#"
 [jobs.weekdays]
 paths = ["{src}/docs"]
 repository = "{repo}"
@@ -677,26 +660,17 @@ paths = ["{src}"]
 repository = "{repo}"
 password_env = "CAIRN_TEST_JOB_PASSWORD"
 schedule = "*/15 * * * * *"
-"#,
+"#),
     );
     let cairn = t
         .cairn
         .with_env("CAIRN_TEST_JOB_PASSWORD", PASSWORD)
         .with_env("TZ", "UTC");
     let units = t.root.join("units");
-    let base = [
-        "--config",
-        s(&config),
-        "--state-dir",
-        s(&t.state),
-        "--unit-dir",
-        s(&units),
-    ];
     let run = |verb: &str, extra: &[&str]| {
-        let mut args = vec!["schedule", verb];
-        args.extend_from_slice(&base);
+        let mut args = vec!["--state-dir", s(&t.state)];
         args.extend_from_slice(extra);
-        cairn.run(args)
+        cairn.schedule(verb, &config, &units, &args)
     };
     let out = run("install", &["--system"]);
     out.expect_success();
@@ -755,17 +729,12 @@ schedule = "*/15 * * * * *"
 
     // User units verify too.
     let user_units = t.root.join("user-units");
-    let out = cairn.run([
-        "schedule",
+    let out = cairn.schedule(
         "install",
-        "--user",
-        "--config",
-        s(&config),
-        "--state-dir",
-        s(&t.state),
-        "--unit-dir",
-        s(&user_units),
-    ]);
+        &config,
+        &user_units,
+        &["--user", "--state-dir", s(&t.state)],
+    );
     out.expect_success();
     let user_files: Vec<PathBuf> = std::fs::read_dir(&user_units)
         .unwrap()
@@ -785,29 +754,11 @@ schedule = "*/15 * * * * *"
     assert!(text.contains("last run:      never"), "{text}");
     assert!(text.contains("last snapshot: none yet"), "{text}");
     cairn
-        .run([
-            "agent",
-            "--config",
-            s(&config),
-            "--state-dir",
-            s(&t.state),
-            "--run-once",
-            "nightly",
-        ])
+        .run(t.agent_args(&config, &["--run-once", "nightly"]))
         .expect_success();
     let out = run("status", &[]);
     out.expect_success();
-    let status = cairn.run([
-        "--json",
-        "schedule",
-        "status",
-        "--config",
-        s(&config),
-        "--state-dir",
-        s(&t.state),
-        "--unit-dir",
-        s(&units),
-    ]);
+    let status = run("status", &["--json"]);
     status.expect_success();
     let report = status.json_last_line();
     let nightly = report["jobs"]
@@ -849,12 +800,10 @@ schedule = "*/15 * * * * *"
     assert!(units.join("cairn-backup-nightly.timer").exists());
 
     // A schedule systemd cannot express is refused, and nothing is written.
-    std::fs::write(
-        &config,
-        format!("{trimmed}\n[jobs.odd]\npaths = [\"{}\"]\nrepository = \"{}\"\npassword_file = \"{}\"\nschedule = \"0 0 1 * MON\"\n",
-            s(&t.src()), s(&t.repo), s(&t.root.join("password"))),
-    )
-    .unwrap();
+    t.config(&format!(
+        "{trimmed}\n{}",
+        job("odd", "schedule = \"0 0 1 * MON\"\n")
+    ));
     run("install", &["--system"]).expect_clean_error(
         1,
         "job odd: schedule \"0 0 1 * MON\" has no systemd OnCalendar equivalent",
@@ -913,14 +862,7 @@ fn readme_example_config_loads() {
     );
 
     let units = home.join("units");
-    let out = cairn.run([
-        "schedule",
-        "install",
-        "--config",
-        s(&example),
-        "--unit-dir",
-        s(&units),
-    ]);
+    let out = cairn.schedule("install", &example, &units, &[]);
     out.expect_success();
     let files: Vec<PathBuf> = std::fs::read_dir(&units)
         .unwrap()
@@ -965,26 +907,28 @@ fn contrib_units_verify() {
 fn config_errors_name_file_line_and_key_before_anything_runs() {
     let t = Setup::new();
     let marker = t.root.join("hook-ran");
-    let job = |body: &str| {
-        format!(
-            "[jobs.home]\npaths = [\"{{src}}\"]\nrepository = \"{{repo}}\"\npassword_file = \"{{password}}\"\n\
-             on_success = \"touch {m}\"\non_failure = \"touch {m}\"\n{body}",
-            m = s(&marker)
+    let home = |body: &str| {
+        job(
+            "home",
+            &format!(
+                "on_success = \"touch {m}\"\non_failure = \"touch {m}\"\n{body}",
+                m = s(&marker)
+            ),
         )
     };
-    let missing_path = job("schedule = \"* * * * * *\"\n")
+    let missing_path = home("schedule = \"* * * * * *\"\n")
         .replace("[\"{src}\"]", "[\"{src}\", \"{root}/nowhere\"]");
     // The column of the second path: after `paths = ["SRC", `.
     let column = "paths = [\"\"".len() + s(&t.src()).len() + ", ".len() + 1;
     let cases = [
         // (config, line:column and key that the error must name, message)
         (
-            job("schedule = \"* * * * * *\"\nexclued = [\"*.tmp\"]\n"),
+            home("schedule = \"* * * * * *\"\nexclued = [\"*.tmp\"]\n"),
             ":8:1: jobs.home.exclued:".to_string(),
             "unknown key `exclued`",
         ),
         (
-            job("schedule = \"0 */2 * * * * *\"\n"),
+            home("schedule = \"0 */2 * * * * *\"\n"),
             ":7:12: jobs.home.schedule:".to_string(),
             "invalid cron expression \"0 */2 * * * * *\"",
         ),
@@ -998,9 +942,7 @@ fn config_errors_name_file_line_and_key_before_anything_runs() {
         let config = t.config(&text);
         let want = format!("{}{location}", s(&config));
         for extra in [&[][..], &["--check-config"][..]] {
-            let mut args = vec!["agent", "--config", s(&config), "--state-dir", s(&t.state)];
-            args.extend_from_slice(extra);
-            let out = t.cairn.run(&args);
+            let out = t.cairn.run(t.agent_args(&config, extra));
             out.expect_clean_error(1, &want);
             assert!(out.stderr.contains(message), "{}", out.describe());
             assert!(out.stdout.is_empty(), "{}", out.describe());
@@ -1095,29 +1037,19 @@ fn forget_applies_the_policy_and_removes_only_manifests() {
 #[test]
 fn retention_with_prune_runs_prune_after_forgetting() {
     let t = Setup::new();
-    let config = t.config(
-        r#"
-[jobs.nightly]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
-schedule = "daily"
+    let config = t.config(&job(
+        "nightly",
+        r#"schedule = "daily"
 
 [jobs.nightly.retention]
 keep_last = 1
 prune = true
 "#,
-    );
+    ));
     let run_once = || {
-        let out = t.cairn.run([
-            "agent",
-            "--config",
-            s(&config),
-            "--state-dir",
-            s(&t.state),
-            "--run-once",
-            "nightly",
-        ]);
+        let out = t
+            .cairn
+            .run(t.agent_args(&config, &["--run-once", "nightly"]));
         out.expect_success();
         out
     };

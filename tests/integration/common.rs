@@ -373,6 +373,21 @@ impl Cairn {
         );
     }
 
+    /// `schedule VERB --config CONFIG --unit-dir UNITS EXTRA...`: the unit
+    /// files go to `units`, and systemd itself is left alone.
+    pub fn schedule(&self, verb: &str, config: &Path, units: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "schedule",
+            verb,
+            "--config",
+            s(config),
+            "--unit-dir",
+            s(units),
+        ];
+        args.extend_from_slice(extra);
+        self.run(args)
+    }
+
     /// `snapshots --json`.
     pub fn snapshots(&self) -> Vec<Value> {
         let out = self.run(["snapshots", "--json"]);

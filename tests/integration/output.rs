@@ -119,6 +119,16 @@ fn assert_text(what: &str, actual: &str, expected: &str) {
     );
 }
 
+/// What a run that must succeed printed, stdout and stderr, normalized
+/// with `literals`.
+fn printed(out: &Output, literals: &[(&str, &str)]) -> (String, String) {
+    out.expect_success();
+    (
+        normalize(&out.stdout_text(), literals),
+        normalize(&out.stderr, literals),
+    )
+}
+
 fn fixture_copy(dir: &Path) -> Cairn {
     let fixture = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -139,14 +149,7 @@ fn fixture_commands_print_exactly() {
     let cairn = fixture_copy(&dir);
     let repo = s(&cairn.repo).to_string();
     let lit = [(repo.as_str(), "<repo>")];
-    let run = |args: &[&str]| {
-        let out = cairn.run(args);
-        out.expect_success();
-        (
-            normalize(&out.stdout_text(), &lit),
-            normalize(&out.stderr, &lit),
-        )
-    };
+    let run = |args: &[&str]| printed(&cairn.run(args), &lit);
 
     let (out, err) = run(&["index", "rebuild"]);
     assert_text(
@@ -229,20 +232,24 @@ fn fixture_commands_print_exactly() {
 
     let target = dir.join("target");
     let lit_target = [(repo.as_str(), "<repo>"), (s(&target), "<target>")];
-    let out = cairn.run(["restore", "latest", "--target", s(&target)]);
-    out.expect_success();
+    let (out, _) = printed(
+        &cairn.run(["restore", "latest", "--target", s(&target)]),
+        &lit_target,
+    );
     assert_text(
         "restore",
-        &normalize(&out.stdout_text(), &lit_target),
+        &out,
         "restored 5 files, 8 dirs, 1.50 MiB from snapshot <short> to <target>\n",
     );
     let target2 = dir.join("target2");
     let lit_target = [(repo.as_str(), "<repo>"), (s(&target2), "<target>")];
-    let out = cairn.run(["restore", "latest", "--json", "--target", s(&target2)]);
-    out.expect_success();
+    let (out, _) = printed(
+        &cairn.run(["restore", "latest", "--json", "--target", s(&target2)]),
+        &lit_target,
+    );
     assert_text(
         "restore --json",
-        &normalize(&out.stdout_text(), &lit_target),
+        &out,
         r#"{"bytes":1574870,"dirs":8,"failed":0,"files":5,"snapshot_id":"<id>"}
 "#,
     );
@@ -280,40 +287,40 @@ dry run: 0 snapshot(s) would be removed
 fn writing_commands_print_exactly() {
     let (_tmp, dir) = tempdir();
     let src = dir.join("src");
-    fs::create_dir_all(src.join("sub")).unwrap();
-    fs::write(src.join("a.txt"), "first file\n").unwrap();
-    fs::write(src.join("sub/b.txt"), "second file\n".repeat(100)).unwrap();
+    write_files(
+        &src,
+        &[
+            ("a.txt", "first file\n"),
+            ("sub/b.txt", &"second file\n".repeat(100)),
+        ],
+    );
     std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
     let repo = dir.join("repo");
     let cairn = Cairn::new(&repo).with_env("TZ", "UTC");
     let lit = [(s(&repo), "<repo>"), (s(&src), "<src>"), (s(&dir), "<dir>")];
 
-    let out = cairn.run(["init"]);
-    out.expect_success();
-    assert_text(
-        "init",
-        &normalize(&out.stdout_text(), &lit),
-        "created repository <short> at <repo>\n",
-    );
+    let (out, _) = printed(&cairn.run(["init"]), &lit);
+    assert_text("init", &out, "created repository <short> at <repo>\n");
     let json_repo = dir.join("repo-json");
     let lit_json = [(s(&json_repo), "<repo>")];
-    let out = Cairn::new(&json_repo).run(["init", "--json"]);
-    out.expect_success();
+    let (out, _) = printed(&Cairn::new(&json_repo).run(["init", "--json"]), &lit_json);
     assert_text(
         "init --json",
-        &normalize(&out.stdout_text(), &lit_json),
+        &out,
         r#"{"cipher":"aes-256-gcm","location":"<repo>","repo_id":"<id>"}
 "#,
     );
 
-    let out = cairn.run(["backup", s(&src), "--host", "golden", "--tag", "t1"]);
-    out.expect_success();
+    let (out, err) = printed(
+        &cairn.run(["backup", s(&src), "--host", "golden", "--tag", "t1"]),
+        &lit,
+    );
     assert_text(
         "backup",
-        &mask_stored(&normalize(&out.stdout_text(), &lit)),
+        &mask_stored(&out),
         "files: 2 new, 0 changed, 0 unmodified; 5 dirs\nchunks: 7 new, 0 reused; read 1.18 KiB, new 1.65 KiB, stored <size> in <t>s\nsnapshot <short> saved\n",
     );
-    assert_text("backup (stderr)", &normalize(&out.stderr, &lit), "");
+    assert_text("backup (stderr)", &err, "");
 
     fs::write(src.join("a.txt"), "first file, changed\n").unwrap();
     fs::write(src.join("c.txt"), "third file\n").unwrap();
@@ -341,21 +348,22 @@ fn writing_commands_print_exactly() {
         (times[0].as_str(), "<time 1>"),
         (times[1].as_str(), "<time 2>"),
     ];
-    let out = cairn.run(["diff", &first, &second]);
-    out.expect_success();
+    let (out, _) = printed(&cairn.run(["diff", &first, &second]), &lit);
     assert_text(
         "diff",
-        &normalize(&out.stdout_text(), &lit),
+        &out,
         "M    <src>/a.txt\n+    <src>/c.txt\n-    <src>/link\n",
     );
 
     // Nothing is unreferenced yet, so what prune finds does not depend on
     // the clock.
-    let out = cairn.run(["prune", "--grace", "0s", "--clock-skew", "0s"]);
-    out.expect_success();
+    let (out, _) = printed(
+        &cairn.run(["prune", "--grace", "0s", "--clock-skew", "0s"]),
+        &lit,
+    );
     assert_text(
         "prune",
-        &normalize(&out.stdout_text(), &lit),
+        &out,
         "2 snapshots use 13 chunks; 0 backup(s) running\nchunks condemned: 0\npacks repacked: 0 (0 chunks, 0 B written)\npacks deleted: 0 of 4, 0 B freed\n",
     );
     let out = cairn.run(["prune", "--json", "--dry-run"]);
@@ -368,11 +376,10 @@ fn writing_commands_print_exactly() {
         &normalize(&report.to_string(), &lit),
         r#"{"backups_from_forgotten_parents":0,"bytes_before":0,"bytes_freed":0,"bytes_repacked":0,"bytes_waiting":0,"chunks_condemned":0,"chunks_repacked":0,"chunks_revived":0,"chunks_used":13,"cutoff_unix":0,"dry_run":true,"packs":4,"packs_deleted":0,"packs_registered":0,"packs_repacked":0,"packs_unreadable":0,"packs_waiting":0,"running_backups":0,"snapshots":2}"#,
     );
-    let out = cairn.run(["forget", "--keep-last", "2", "--prune"]);
-    out.expect_success();
+    let (out, _) = printed(&cairn.run(["forget", "--keep-last", "2", "--prune"]), &lit);
     assert_text(
         "forget --prune",
-        &normalize(&out.stdout_text(), &lit),
+        &out,
         r#"applying policy: keep the last 2 snapshots
 
 snapshots for host "golden", paths [<src>]:
@@ -389,18 +396,12 @@ packs deleted: 0 of 4, 0 B freed
 "#,
     );
 
-    let out = cairn.run(["forget", &first]);
-    out.expect_success();
-    assert_text(
-        "forget ID",
-        &normalize(&out.stdout_text(), &lit),
-        "removed snapshot <short>\n",
-    );
-    let out = cairn.run(["forget", "--dry-run", "--json", &second]);
-    out.expect_success();
+    let (out, _) = printed(&cairn.run(["forget", &first]), &lit);
+    assert_text("forget ID", &out, "removed snapshot <short>\n");
+    let (out, _) = printed(&cairn.run(["forget", "--dry-run", "--json", &second]), &lit);
     assert_text(
         "forget ID --dry-run --json",
-        &normalize(&out.stdout_text(), &lit),
+        &out,
         r#"{"dry_run":true,"groups":[],"removed":["<id>"]}
 "#,
     );
@@ -435,11 +436,13 @@ fn agent_and_schedule_print_exactly() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let out = cairn.run(["agent", "--config", s(&config), "--check-config"]);
-    out.expect_success();
+    let (out, _) = printed(
+        &cairn.run(["agent", "--config", s(&config), "--check-config"]),
+        &lit,
+    );
     assert_text(
         "agent --check-config",
-        &strip_next(normalize(&out.stdout_text(), &lit)),
+        &strip_next(out),
         "<dir>/cairn.toml: 1 job(s), configuration is valid\n\njob home\n  schedule:   30 2 * * * (systemd OnCalendar=*-*-* 02:30:00)\n  jitter:     up to 10m\n  next runs:  <times>\n  paths:      <dir>/src\n  repository: <dir>/repo\n  retention:  keep 7 daily",
     );
     let out = cairn.run(["agent", "--config", s(&config), "--check-config", "--json"]);
@@ -454,36 +457,27 @@ fn agent_and_schedule_print_exactly() {
 
     let units = dir.join("units");
     let state = dir.join("state");
-    let out = cairn.run([
-        "schedule",
-        "install",
-        "--config",
-        s(&config),
-        "--state-dir",
-        s(&state),
-        "--unit-dir",
-        s(&units),
-        "--user",
-    ]);
-    out.expect_success();
+    let (out, _) = printed(
+        &cairn.schedule(
+            "install",
+            &config,
+            &units,
+            &["--state-dir", s(&state), "--user"],
+        ),
+        &lit,
+    );
     assert_text(
         "schedule install",
-        &normalize(&out.stdout_text(), &lit),
+        &out,
         "wrote cairn-backup-home.service and cairn-backup-home.timer in <dir>/units (OnCalendar=*-*-* 02:30:00)\nnot calling systemctl (--unit-dir); to activate: systemctl --user daemon-reload && systemctl --user enable --now cairn-backup-home.timer\n",
     );
-    let out = cairn.run([
-        "schedule",
-        "remove",
-        "--config",
-        s(&config),
-        "--unit-dir",
-        s(&units),
-        "--user",
-    ]);
-    out.expect_success();
+    let (out, _) = printed(
+        &cairn.schedule("remove", &config, &units, &["--user"]),
+        &lit,
+    );
     assert_text(
         "schedule remove",
-        &normalize(&out.stdout_text(), &lit),
+        &out,
         "removed <dir>/units/cairn-backup-home.service\nremoved <dir>/units/cairn-backup-home.timer\n",
     );
 }
