@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -68,9 +69,7 @@ struct TwoSnapshots {
 
 impl TwoSnapshots {
     fn new() -> Self {
-        let (tmp, dir) = tempdir();
-        let cairn = Cairn::new(dir.join("repo"));
-        cairn.init();
+        let (tmp, dir, cairn) = tempdir_with_repo();
         Self::on(cairn, dir, Some(tmp))
     }
 
@@ -163,41 +162,29 @@ fn dry_run_changes_nothing_and_forget_prune_does_both() {
     assert_eq!(pack_bytes(&t.repo()), before);
 
     // Group by host only: both snapshots are one group, the last one stays.
-    let out = t.cairn.run([
-        "forget",
-        "--keep-last",
-        "1",
-        "--group-by",
-        "host",
-        "--dry-run",
-        "--prune",
-        "--grace",
-        "0s",
-        "--clock-skew",
-        "0s",
-    ]);
-    out.expect_success();
+    let forget_and_prune = |extra: &[&str]| {
+        let mut args = vec![
+            "forget",
+            "--keep-last",
+            "1",
+            "--group-by",
+            "host",
+            "--prune",
+        ];
+        args.extend_from_slice(NOW);
+        args.extend_from_slice(extra);
+        let out = t.cairn.run(args);
+        out.expect_success();
+        out
+    };
+    let out = forget_and_prune(&["--dry-run"]);
     let text = out.stdout_text();
     assert!(text.contains("last snapshot"), "{text}");
     assert!(text.contains("chunks condemned: would be "), "{text}");
     assert_eq!(pack_bytes(&t.repo()), before);
     assert_eq!(t.cairn.snapshots().len(), 2);
 
-    let out = t.cairn.run([
-        "forget",
-        "--keep-last",
-        "1",
-        "--group-by",
-        "host",
-        "--prune",
-        "--grace",
-        "0s",
-        "--clock-skew",
-        "0s",
-        "--json",
-    ]);
-    out.expect_success();
-    let report = out.json_last_line();
+    let report = forget_and_prune(&["--json"]).json_last_line();
     assert!(n(&report, "bytes_freed") > 3 * MIB, "{report}");
     let snaps = t.cairn.snapshots();
     assert_eq!(snaps.len(), 1);
@@ -207,9 +194,7 @@ fn dry_run_changes_nothing_and_forget_prune_does_both() {
 
 #[test]
 fn a_condemned_chunk_is_uploaded_again_not_reused() {
-    let (_dir, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_dir, dir, cairn) = tempdir_with_repo();
     condemned_chunks_are_uploaded_again(&cairn, &dir);
 }
 
@@ -256,9 +241,7 @@ fn condemned_chunks_are_uploaded_again(cairn: &Cairn, dir: &Path) {
 
 #[test]
 fn a_forgotten_snapshot_is_freed_by_one_prune_after_the_grace_period() {
-    let (_dir, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_dir, dir, cairn) = tempdir_with_repo();
     let (a, b) = (dir.join("a"), dir.join("b"));
     fs::create_dir_all(&a).unwrap();
     fs::create_dir_all(&b).unwrap();
@@ -457,8 +440,7 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
     let report = prune(&cairn, NOW);
     eprintln!("prune while the backup was stopped: {report}");
     signal(&pid, "-CONT");
-    let status = wait_with_deadline(&mut backup, Duration::from_secs(120)).expect("backup ends");
-    let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+    let (status, stderr) = wait_for_backup(&mut backup, &log, Duration::from_secs(120));
     assert_eq!(status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr
         .lines()
@@ -535,8 +517,7 @@ fn a_parent_forgotten_while_a_backup_runs_keeps_its_data_until_the_backup_ends()
     assert_eq!(n(&report, "backups_from_forgotten_parents"), 1, "{report}");
     assert_eq!(n(&report, "chunks_condemned"), 0, "{report}");
 
-    let status = wait_with_deadline(&mut backup, Duration::from_secs(120)).expect("backup ends");
-    let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+    let (status, stderr) = wait_for_backup(&mut backup, &log, Duration::from_secs(120));
     assert_eq!(status.code(), Some(0), "{stderr}");
     let stdout = fs::read_to_string(log.join("stdout")).unwrap();
     let stats: Value = serde_json::from_str(stdout.lines().last().expect("stats line")).unwrap();
@@ -570,7 +551,7 @@ fn spawn_backup_until_packs(
     log: &Path,
     repo: &Path,
     packs: usize,
-) -> std::process::Child {
+) -> Child {
     let backup = cairn.spawn(args, log);
     poll_until(
         "the backup to store a pack",
@@ -580,24 +561,41 @@ fn spawn_backup_until_packs(
     backup
 }
 
+/// Waits up to `timeout` for a backup started by [`spawn_backup_until_packs`]
+/// to end: its exit status and what it wrote to stderr.
+fn wait_for_backup(backup: &mut Child, log: &Path, timeout: Duration) -> (ExitStatus, String) {
+    let status = wait_with_deadline(backup, timeout).expect("backup ends");
+    let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+    (status, stderr)
+}
+
+/// Backs up the big source through `f` with a session lease of `lease`
+/// seconds, kills index node `victim` once the backup has stored a pack, and
+/// waits for the backup to end: its exit status and stderr.
+fn backup_while_a_node_dies(
+    f: &mut ClusterFixture,
+    lease: &str,
+    victim: usize,
+) -> (ExitStatus, String) {
+    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", lease);
+    let log = f.dir.join("log");
+    let mut backup = spawn_backup_until_packs(
+        &cairn,
+        &["backup", s(big_source()), "--json"],
+        &log,
+        &f.dir.join("repo"),
+        1,
+    );
+    f.kill_node(victim);
+    wait_for_backup(&mut backup, &log, Duration::from_secs(300))
+}
+
 /// The index is an accelerator: losing the node that holds a backup's
 /// session costs the backup nothing while the lease it last confirmed runs.
 #[test]
 fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
     let mut f = ClusterFixture::start(1, 1);
-    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "600");
-    let log = f.dir.join("log");
-    let repo = f.dir.join("repo");
-    let mut backup = spawn_backup_until_packs(
-        &cairn,
-        &["backup", s(big_source()), "--json"],
-        &log,
-        &repo,
-        1,
-    );
-    f.kill_node(0);
-    let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
-    let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+    let (status, stderr) = backup_while_a_node_dies(&mut f, "600", 0);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("its lease still runs"), "{stderr}");
     let snaps = f
@@ -613,20 +611,7 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
 fn a_session_survives_one_of_its_replicas() {
     for victim in 0..2 {
         let mut f = ClusterFixture::start(2, 2);
-        let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "2");
-        let log = f.dir.join("log");
-        let repo = f.dir.join("repo");
-        let mut backup = spawn_backup_until_packs(
-            &cairn,
-            &["backup", s(big_source()), "--json"],
-            &log,
-            &repo,
-            1,
-        );
-        f.kill_node(victim);
-        let status =
-            wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
-        let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+        let (status, stderr) = backup_while_a_node_dies(&mut f, "2", victim);
         assert!(status.success(), "node {victim} killed: {stderr}");
         assert!(
             !stderr.contains("did not confirm the backup session"),
