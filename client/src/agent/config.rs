@@ -390,10 +390,7 @@ fn check_job(
             format!("{}: {}", f.display(), io_reason(&e)),
         ));
     }
-    if index.is_some()
-        && index_token_file.is_none()
-        && RepoArgs::index_token_from_env().is_none()
-    {
+    if index.is_some() && index_token_file.is_none() && RepoArgs::index_token_from_env().is_none() {
         errors.push(doc.error(
             &key("index"),
             "the index cluster needs a repository token: set index_token_file, or CAIRN_INDEX_TOKEN".into(),
