@@ -37,7 +37,7 @@ fn second_backup_is_refused_while_first_runs() {
         "the first backup finished while the second ran; the test proves nothing (make big_source() bigger)\n{}",
         second.describe()
     );
-    second.expect_clean_error(1, "in use by another cairn process");
+    second.expect_clean_error(12, "in use by another cairn process");
     assert!(
         second.stderr.contains(&format!("pid {pid}")),
         "the error names the holder\n{}",

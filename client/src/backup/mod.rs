@@ -36,6 +36,12 @@ use crate::progress::Ticker;
 use crate::source::BlobSource;
 use excludes::Excludes;
 
+/// A backup stopped by its cancel flag (SIGINT or SIGTERM): the packs it
+/// filled are stored and registered, no snapshot was written.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("backup interrupted; no snapshot was written (the next run reuses what was stored)")]
+pub struct Interrupted;
+
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -722,9 +728,7 @@ pub fn run(
         return Err(e);
     }
     if shared.counters.cancelled() {
-        return Err(anyhow!(
-            "backup interrupted; no snapshot was written (the next run reuses what was stored)"
-        ));
+        return Err(Interrupted.into());
     }
     packed?;
     let root_key = walked?;

@@ -30,13 +30,39 @@ use tokio::runtime::Runtime;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
-  1  failure (nothing was written, or the command could not complete)
-  2  invalid command line
-  3  backup: the snapshot was written, but some source files could not be read";
+  0    success
+  1    failure (nothing was written, or the command could not complete)
+  2    invalid command line
+  3    backup: the snapshot was written, but some source files could not be read
+  10   the repository does not exist
+  11   wrong password
+  12   the repository's index is in use by another cairn process
+  130  interrupted (SIGINT or SIGTERM)";
 
 /// Exit code for a snapshot written with unreadable source files.
 const EXIT_PARTIAL: u8 = 3;
+
+/// The exit code of a command that failed with `e`: the documented codes
+/// for the failures scripts act on (restic's where it has one), else 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use cairn_chunk_store::RepoError;
+    for cause in e.chain() {
+        if let Some(r) = cause.downcast_ref::<RepoError>() {
+            match r {
+                RepoError::NotFound { .. } => return 10,
+                RepoError::WrongPassword { .. } => return 11,
+                _ => {}
+            }
+        }
+        if let Some(cairn_index::IndexError::Locked { .. }) = cause.downcast_ref() {
+            return 12;
+        }
+        if cause.is::<cairn_client::backup::Interrupted>() {
+            return 130;
+        }
+    }
+    1
+}
 
 /// Deduplicating, encrypted backups.
 #[derive(Parser, Debug)]
@@ -132,7 +158,7 @@ pub fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
 }
