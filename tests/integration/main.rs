@@ -17,6 +17,7 @@ mod errors;
 mod excludes;
 mod faultproxy;
 mod fixture;
+mod generate;
 mod index;
 mod keys;
 mod lock;

@@ -11,6 +11,7 @@ mod backup;
 mod browse;
 mod check;
 mod forget;
+mod generate;
 mod index;
 mod init;
 mod key;
@@ -67,7 +68,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// Deduplicating, encrypted backups.
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, after_help = EXIT_CODES)]
-struct Cli {
+pub struct Cli {
     /// Repository location (default: $XDG_DATA_HOME/cairn/repo or ~/.local/share/cairn/repo).
     #[arg(long, short = 'r', env = "CAIRN_REPO", global = true)]
     repo: Option<String>,
@@ -128,6 +129,13 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Install, remove or inspect systemd timers for the config file's jobs.
     Schedule(schedule::ScheduleArgs),
+    /// Print the shell completion script (e.g. `source <(cairn completions bash)`).
+    Completions(generate::CompletionsArgs),
+    /// Generate files from the command-line definitions (manual pages).
+    Generate {
+        #[command(subcommand)]
+        command: generate::GenerateCommand,
+    },
 }
 
 /// What every command gets besides its own arguments.
@@ -199,5 +207,44 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
         Command::Prune(a) => prune::run(rt, &g, &a),
         Command::Agent(a) => agent::run(rt, &g, a),
         Command::Schedule(a) => schedule::run(rt, &g, a),
+        Command::Completions(a) => generate::completions(a),
+        Command::Generate { command } => generate::run(command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command, subcommand and option says what it does in `--help`
+    /// (and so in the manual pages, which are made from the same text).
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&command, "cairn", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }
