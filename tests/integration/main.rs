@@ -23,6 +23,7 @@ mod keys;
 mod lock;
 mod output;
 mod prune;
+mod prune_explains;
 mod roundtrip;
 mod s3;
 mod selftest;
