@@ -28,3 +28,4 @@ mod roundtrip;
 mod s3;
 mod selftest;
 mod snapshots;
+mod stdin;

@@ -15,6 +15,7 @@
 pub mod excludes;
 pub mod files;
 pub mod packer;
+pub mod stream;
 pub mod walk;
 
 use std::collections::HashSet;
@@ -62,6 +63,8 @@ pub struct BackupOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Lease of the backup's session, in seconds (renewed every third of it).
     pub lease_secs: u32,
+    /// Back up this stream as the snapshot's one file instead of `paths`.
+    pub stream: Option<stream::StreamFile>,
 }
 
 /// The outcome of a backup.
@@ -589,10 +592,27 @@ pub fn run(
             .map_err(|e| anyhow!("cannot back up {}: {e}", abs.display()))?;
         paths.push(abs);
     }
-    if paths.is_empty() {
-        return Err(anyhow!("nothing to back up: give at least one path"));
-    }
-    let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let path_strings: Vec<String> = match &options.stream {
+        Some(_) if !paths.is_empty() => {
+            return Err(anyhow!(
+                "give either paths or a stream to back up, not both"
+            ));
+        }
+        Some(s) => vec![s.snapshot_path()?],
+        None if paths.is_empty() => {
+            return Err(anyhow!("nothing to back up: give at least one path"));
+        }
+        None => paths.iter().map(|p| p.display().to_string()).collect(),
+    };
+    // A command starts before anything else, so a typo fails at once; its
+    // guard stops it on any early return.
+    let (stream_reader, stream_finish) = match &options.stream {
+        Some(s) => {
+            let (reader, finish) = s.open()?;
+            (Some(reader), Some(finish))
+        }
+        None => (None, None),
+    };
 
     handle.block_on(register_orphan_packs(repo, &*index))?;
     let snapshots = handle.block_on(repo.snapshots())?;
@@ -695,7 +715,10 @@ pub fn run(
     };
     drop(blob_tx);
 
-    let walked = {
+    let walked = if let (Some(reader), Some(s)) = (stream_reader, &options.stream) {
+        let mut walker = walk::Walker::new(&shared, &source, &options.excludes, job_tx, dir_tx);
+        walker.walk_stream(&s.name, reader)
+    } else {
         let trie = walk::SourceTrie::new(&paths);
         let pool = walk::Prefetch::new();
         std::thread::scope(|scope| {
@@ -731,6 +754,17 @@ pub fn run(
         return Err(Interrupted.into());
     }
     packed?;
+    if let Some(finish) = stream_finish {
+        finish.check()?;
+        if let Some(w) = shared
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+        {
+            return Err(anyhow!("{w}; no snapshot was written"));
+        }
+    }
     let root_key = walked?;
     let trees = trees?;
     let root = *trees

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+use cairn_client::backup::stream::{StreamFile, StreamSource};
 use cairn_client::backup::{self, BackupOptions, excludes::Excludes};
 use cairn_client::context::{hostname, username};
 use serde_json::json;
@@ -16,8 +17,21 @@ use super::{EXIT_PARTIAL, Globals};
 #[derive(clap::Args, Debug)]
 pub struct BackupArgs {
     /// Files and directories to back up.
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["stdin", "stdin_from_command"])]
     paths: Vec<PathBuf>,
+    /// Back up standard input as one file (named by --stdin-filename).
+    #[arg(long, conflicts_with_all = ["paths", "stdin_from_command"])]
+    stdin: bool,
+    /// The file name standard input (or the command's output) gets in the snapshot.
+    #[arg(long, value_name = "NAME", default_value = "stdin")]
+    stdin_filename: String,
+    /// Back up the standard output of the command given after `--`
+    /// (e.g. `-- pg_dump mydb`); the backup fails if it exits non-zero.
+    #[arg(long, requires = "command", conflicts_with = "paths")]
+    stdin_from_command: bool,
+    /// The command of --stdin-from-command and its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
     /// Leave out entries matching GLOB (a name, or an absolute path if it contains `/`).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
@@ -43,6 +57,20 @@ pub struct BackupArgs {
 }
 
 pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
+    if !a.command.is_empty() && !a.stdin_from_command {
+        anyhow::bail!("a command after `--` needs --stdin-from-command");
+    }
+    let stream = if a.stdin {
+        Some(StreamSource::Stdin)
+    } else if a.stdin_from_command {
+        Some(StreamSource::Command(a.command))
+    } else {
+        None
+    }
+    .map(|source| StreamFile {
+        name: a.stdin_filename,
+        source,
+    });
     let (repo, index) = rt.block_on(g.repo.open_for_backup())?;
     let options = BackupOptions {
         paths: a.paths,
@@ -58,6 +86,7 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
         progress: g.progress,
         cancel: Some(cancel_on_signal(rt)),
         lease_secs: a.session_lease,
+        stream,
     };
     let report = backup::run(rt.handle(), &repo, index, options)?;
     let s = &report.stats;
