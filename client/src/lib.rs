@@ -16,6 +16,7 @@ pub mod browse;
 pub mod check;
 pub mod context;
 pub mod duration;
+pub mod find;
 pub mod fsmeta;
 pub mod notify;
 pub mod paths;

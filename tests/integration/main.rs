@@ -16,6 +16,7 @@ mod dedup;
 mod errors;
 mod excludes;
 mod faultproxy;
+mod find;
 mod fixture;
 mod generate;
 mod index;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Result;
 use cairn_chunk_store::SnapshotId;
 use cairn_chunk_store::manifest::Snapshot;
-use cairn_chunk_store::tree::NodeKind;
 use cairn_client::browse::{self, Change};
 use cairn_client::context::RepoArgs;
 use cairn_client::source::BlobSource;
@@ -15,7 +14,7 @@ use serde_json::json;
 use tokio::runtime::Runtime;
 
 use super::Globals;
-use super::render::{format_time, print_json, snapshot_json};
+use super::render::{format_time, kind_name, print_json, snapshot_json};
 
 #[derive(clap::Args, Debug)]
 pub struct LsArgs {
@@ -75,12 +74,7 @@ pub fn ls(rt: &Runtime, g: &Globals, a: LsArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     rt.block_on(browse::walk(&source, &root, &start, &mut |e| {
         if json {
-            let kind = match e.node.node_kind() {
-                Some(NodeKind::Dir) => "dir",
-                Some(NodeKind::File) => "file",
-                Some(NodeKind::Symlink) => "symlink",
-                _ => "other",
-            };
+            let kind = kind_name(e.node.node_kind());
             writeln!(
                 out,
                 "{}",

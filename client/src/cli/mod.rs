@@ -10,6 +10,7 @@ mod agent;
 mod backup;
 mod browse;
 mod check;
+mod find;
 mod forget;
 mod generate;
 mod index;
@@ -109,6 +110,8 @@ enum Command {
     Dump(browse::DumpArgs),
     /// Show what changed between two snapshots.
     Diff(browse::DiffArgs),
+    /// Find files by name or path in every snapshot (reads trees only).
+    Find(find::FindArgs),
     /// Verify the repository.
     Check(check::CheckArgs),
     /// Manage the index.
@@ -200,6 +203,7 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
         Command::Restore(a) => restore::run(rt, &g, a),
         Command::Dump(a) => browse::dump(rt, &g, a),
         Command::Diff(a) => browse::diff(rt, &g, a),
+        Command::Find(a) => find::run(rt, &g, a),
         Command::Check(a) => check::run(rt, &g, a),
         Command::Index { command } => index::run(rt, &g, command),
         Command::Key { command } => key::run(rt, &g, command),

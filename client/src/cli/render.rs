@@ -41,6 +41,17 @@ pub fn format_time(ns: i64, precise: bool) -> String {
     t.strftime(format).to_string()
 }
 
+/// The `type` of a tree entry in JSON output.
+pub fn kind_name(kind: Option<cairn_chunk_store::tree::NodeKind>) -> &'static str {
+    use cairn_chunk_store::tree::NodeKind;
+    match kind {
+        Some(NodeKind::Dir) => "dir",
+        Some(NodeKind::File) => "file",
+        Some(NodeKind::Symlink) => "symlink",
+        _ => "other",
+    }
+}
+
 /// `entry` or `entries`.
 pub fn entries(n: usize) -> &'static str {
     if n == 1 { "entry" } else { "entries" }
