@@ -28,3 +28,4 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod source;
+pub mod stats;

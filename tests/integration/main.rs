@@ -29,4 +29,5 @@ mod roundtrip;
 mod s3;
 mod selftest;
 mod snapshots;
+mod stats;
 mod stdin;

@@ -21,6 +21,7 @@ mod prune;
 pub mod render;
 mod restore;
 mod schedule;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,6 +113,8 @@ enum Command {
     Diff(browse::DiffArgs),
     /// Find files by name or path in every snapshot (reads trees only).
     Find(find::FindArgs),
+    /// Sizes of the snapshots, and what deduplication and compression save.
+    Stats(stats::StatsArgs),
     /// Verify the repository.
     Check(check::CheckArgs),
     /// Manage the index.
@@ -204,6 +207,7 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
         Command::Dump(a) => browse::dump(rt, &g, a),
         Command::Diff(a) => browse::diff(rt, &g, a),
         Command::Find(a) => find::run(rt, &g, a),
+        Command::Stats(a) => stats::run(rt, &g, a),
         Command::Check(a) => check::run(rt, &g, a),
         Command::Index { command } => index::run(rt, &g, command),
         Command::Key { command } => key::run(rt, &g, command),
