@@ -29,3 +29,4 @@ pub mod retention;
 pub mod schedule;
 pub mod source;
 pub mod stats;
+pub mod tag;

@@ -36,6 +36,9 @@ use serde::Serialize;
 
 use crate::source::{BlobSource, bounded_map};
 
+/// Listings of the manifests prune makes at most while they keep changing.
+const MAX_LISTINGS: usize = 20;
+
 /// Default grace period: see the `cairn_index` crate docs for the reason.
 pub const DEFAULT_GRACE_SECS: i64 = 3600;
 /// Default margin for clocks that disagree between clients and index nodes.
@@ -243,23 +246,45 @@ pub async fn run(
     let source = BlobSource::new(repo.clone(), Some(index.clone()));
     let mut listed: HashSet<SnapshotId> = HashSet::new();
     let mut roots = Vec::new();
-    for id in repo.snapshot_ids().await? {
-        match repo.load_snapshot(&id).await {
-            Ok(snap) => {
-                let root = snap
-                    .root_tree()
-                    .with_context(|| format!("snapshot {}", id.short()))?;
-                roots.push((id, root));
-                listed.insert(id);
+    // A manifest listed but gone when read was forgotten, or rewritten
+    // (`cairn tag` writes the new manifest before it removes the old one):
+    // then the listing is stale, and the manifests are listed again until
+    // one pass finds none vanished.
+    let mut vanished: HashSet<SnapshotId> = HashSet::new();
+    for pass in 1.. {
+        let mut stale = false;
+        for id in repo.snapshot_ids().await? {
+            if listed.contains(&id) || vanished.contains(&id) {
+                continue;
             }
-            // Forgotten meanwhile: its data may go.
-            Err(e) if matches!(&e, cairn_chunk_store::RepoError::Store(s) if s.is_not_found()) => {}
-            Err(e) => {
-                return Err(anyhow!(e).context(format!(
-                    "cannot read snapshot {}; nothing was removed",
-                    id.short()
-                )));
+            match repo.load_snapshot(&id).await {
+                Ok(snap) => {
+                    let root = snap
+                        .root_tree()
+                        .with_context(|| format!("snapshot {}", id.short()))?;
+                    roots.push((id, root));
+                    listed.insert(id);
+                }
+                Err(e) if matches!(&e, cairn_chunk_store::RepoError::Store(s) if s.is_not_found()) =>
+                {
+                    vanished.insert(id);
+                    stale = true;
+                }
+                Err(e) => {
+                    return Err(anyhow!(e).context(format!(
+                        "cannot read snapshot {}; nothing was removed",
+                        id.short()
+                    )));
+                }
             }
+        }
+        if !stale {
+            break;
+        }
+        if pass == MAX_LISTINGS {
+            bail!(
+                "snapshots kept changing while prune read them ({MAX_LISTINGS} listings); nothing was removed, run prune again"
+            );
         }
     }
     report.snapshots = roots.len();

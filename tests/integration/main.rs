@@ -31,3 +31,4 @@ mod selftest;
 mod snapshots;
 mod stats;
 mod stdin;
+mod tag;

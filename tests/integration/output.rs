@@ -168,7 +168,7 @@ fn fixture_commands_print_exactly() {
     assert_text(
         "snapshots --json",
         &out,
-        r#"[{"host":"fixture","id":"<id>","parent":null,"paths":["/work/main/tests/fixtures/source-v1"],"short_id":"<short>","stats":{"bytes_new":1575880,"bytes_read":1574870,"bytes_stored":1575414,"bytes_total":1574870,"chunks_new":14,"chunks_reused":0,"dirs":9,"duration_ms":21,"errors":0,"files_changed":0,"files_new":5,"files_unmodified":0},"tags":["fixture-v2"],"time":"2026-12-02T09:30:35.390752660Z","user":"unknown"}]
+        r#"[{"host":"fixture","id":"<id>","original":null,"parent":null,"paths":["/work/main/tests/fixtures/source-v1"],"short_id":"<short>","stats":{"bytes_new":1575880,"bytes_read":1574870,"bytes_stored":1575414,"bytes_total":1574870,"chunks_new":14,"chunks_reused":0,"dirs":9,"duration_ms":21,"errors":0,"files_changed":0,"files_new":5,"files_unmodified":0},"tags":["fixture-v2"],"time":"2026-12-02T09:30:35.390752660Z","user":"unknown"}]
 "#,
     );
 

@@ -787,6 +787,7 @@ pub fn run(
         chunk_max: params.max,
         stats: Some(stats.clone()),
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        original: Vec::new(),
     };
     let (snapshot_id, sealed) = repo.seal_snapshot(&snapshot);
     session.commit(handle, snapshot_id)?;

@@ -22,6 +22,7 @@ pub mod render;
 mod restore;
 mod schedule;
 mod stats;
+mod tag;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +116,8 @@ enum Command {
     Find(find::FindArgs),
     /// Sizes of the snapshots, and what deduplication and compression save.
     Stats(stats::StatsArgs),
+    /// Add, remove or set the tags of snapshots.
+    Tag(tag::TagArgs),
     /// Verify the repository.
     Check(check::CheckArgs),
     /// Manage the index.
@@ -208,6 +211,7 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
         Command::Diff(a) => browse::diff(rt, &g, a),
         Command::Find(a) => find::run(rt, &g, a),
         Command::Stats(a) => stats::run(rt, &g, a),
+        Command::Tag(a) => tag::run(rt, &g, a),
         Command::Check(a) => check::run(rt, &g, a),
         Command::Index { command } => index::run(rt, &g, command),
         Command::Key { command } => key::run(rt, &g, command),

@@ -20,6 +20,7 @@ pub fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
         "paths": s.paths,
         "tags": s.tags,
         "parent": s.parent_id(),
+        "original": s.original_id(),
         "stats": s.stats,
     })
 }
