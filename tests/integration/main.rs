@@ -13,6 +13,7 @@ mod cluster;
 mod corruption;
 mod crash;
 mod dedup;
+mod dry_run;
 mod errors;
 mod excludes;
 mod faultproxy;

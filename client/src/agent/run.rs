@@ -111,6 +111,7 @@ fn backup_inner(
             cancel: Some(cancel.clone()),
             lease_secs: cairn_index::DEFAULT_LEASE_SECS,
             stream: job.stream.clone(),
+            dry_run: false,
         },
     )?;
     let stats = &report.stats;

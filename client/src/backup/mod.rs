@@ -65,11 +65,18 @@ pub struct BackupOptions {
     pub lease_secs: u32,
     /// Back up this stream as the snapshot's one file instead of `paths`.
     pub stream: Option<stream::StreamFile>,
+    /// Read and chunk everything, ask the index without changing it, and
+    /// report what would be stored; upload nothing, write no snapshot,
+    /// begin no session.
+    pub dry_run: bool,
 }
 
 /// The outcome of a backup.
 #[derive(Debug, Clone)]
 pub struct BackupReport {
+    /// A dry run: nothing was written; `snapshot_id` is the id the snapshot
+    /// would have had.
+    pub dry_run: bool,
     /// The new snapshot.
     pub snapshot_id: SnapshotId,
     /// The snapshot used to skip unchanged files.
@@ -223,9 +230,21 @@ pub struct Shared {
     pub counters: Counters,
     warnings: Mutex<Vec<String>>,
     index_warned: AtomicBool,
+    /// A dry run: the index is read, never written, and nothing is stored.
+    pub dry_run: bool,
 }
 
 impl Shared {
+    /// For a dry run: whether the index lacks `id` (or holds it condemned),
+    /// asked without refreshing anything.
+    fn unknown_read_only(&self, id: ChunkId) -> Result<Vec<bool>, cairn_index::IndexError> {
+        let found = self.handle.block_on(self.index.lookup(&[id]))?;
+        Ok(found
+            .iter()
+            .map(|r| r.is_none_or(|r| r.condemned))
+            .collect())
+    }
+
     /// Decides whether this run must store chunk `id`: true exactly once per
     /// chunk the index does not know. An index that does not answer counts
     /// as "unknown": the chunk is uploaded again rather than the backup failing.
@@ -239,7 +258,12 @@ impl Shared {
             Counters::add(&self.counters.reused, 1);
             return Ok(false);
         }
-        match self.handle.block_on(self.index.unknown_chunks(&[id])) {
+        let answer = if self.dry_run {
+            self.unknown_read_only(id)
+        } else {
+            self.handle.block_on(self.index.unknown_chunks(&[id]))
+        };
+        match answer {
             Ok(unknown) if unknown.first() == Some(&false) => {
                 Counters::add(&self.counters.reused, 1);
                 Ok(false)
@@ -381,6 +405,20 @@ struct SessionGuard {
 const FENCED: &str = "backup session expired (its lease was not renewed in time), so prune may have removed data this backup relies on; no snapshot was written, run the backup again";
 
 impl SessionGuard {
+    /// No session (a dry run).
+    fn none(handle: &Handle, index: &Arc<dyn Index>) -> Self {
+        Self {
+            handle: handle.clone(),
+            index: index.clone(),
+            ended: true,
+            session: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            fenced: Arc::new(Mutex::new(None)),
+            confirmed: Arc::new(Mutex::new(Instant::now())),
+            renewer: None,
+        }
+    }
+
     fn begin(
         handle: &Handle,
         index: &Arc<dyn Index>,
@@ -614,11 +652,16 @@ pub fn run(
         None => (None, None),
     };
 
-    handle.block_on(register_orphan_packs(repo, &*index))?;
+    if !options.dry_run {
+        handle.block_on(register_orphan_packs(repo, &*index))?;
+    }
     let snapshots = handle.block_on(repo.snapshots())?;
     let parent = find_parent(&snapshots, &options.host, &path_strings);
-    let mut session =
-        SessionGuard::begin(handle, &index, &options.host, parent, options.lease_secs);
+    let mut session = if options.dry_run {
+        SessionGuard::none(handle, &index)
+    } else {
+        SessionGuard::begin(handle, &index, &options.host, parent, options.lease_secs)
+    };
     let source = BlobSource::new(repo.clone(), Some(index.clone()));
     let parent_root = match parent {
         Some(id) => {
@@ -637,7 +680,8 @@ pub fn run(
         index: index.clone(),
         handle: handle.clone(),
         claimed: Mutex::new(HashSet::new()),
-        reuse_unasked: session.session.is_some() && parent.is_some(),
+        // A dry run changes nothing prune relies on, so it need not confirm.
+        reuse_unasked: (options.dry_run || session.session.is_some()) && parent.is_some(),
         unconfirmed: Mutex::new(Vec::new()),
         counters: Counters {
             cancel: options.cancel.clone(),
@@ -646,6 +690,7 @@ pub fn run(
         },
         warnings: Mutex::new(Vec::new()),
         index_warned: AtomicBool::new(false),
+        dry_run: options.dry_run,
     });
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -790,6 +835,22 @@ pub fn run(
         original: Vec::new(),
     };
     let (snapshot_id, sealed) = repo.seal_snapshot(&snapshot);
+    if options.dry_run {
+        return Ok(BackupReport {
+            dry_run: true,
+            snapshot_id,
+            parent,
+            data_chunks_new: Counters::get(&shared.counters.data_new),
+            tree_chunks_new: Counters::get(&shared.counters.tree_new),
+            stats,
+            seconds: start.elapsed().as_secs_f64(),
+            warnings: shared
+                .warnings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        });
+    }
     session.commit(handle, snapshot_id)?;
     handle.block_on(repo.put_sealed_snapshot(&snapshot_id, sealed))?;
     let unconfirmed =
@@ -812,6 +873,7 @@ pub fn run(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     Ok(BackupReport {
+        dry_run: false,
         snapshot_id,
         parent,
         data_chunks_new: Counters::get(&shared.counters.data_new),

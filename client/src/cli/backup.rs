@@ -50,6 +50,9 @@ pub struct BackupArgs {
     /// Host name to record (default: this machine's).
     #[arg(long)]
     host: Option<String>,
+    /// Read and chunk everything and report what would be uploaded; write nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
     /// Lease of the backup's session in seconds (renewed every third of it;
     /// a backup that cannot renew it in time stops without a snapshot).
     #[arg(long, env = "CAIRN_SESSION_LEASE", default_value_t = cairn_index::DEFAULT_LEASE_SECS, value_name = "SECS")]
@@ -87,11 +90,12 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
         cancel: Some(cancel_on_signal(rt)),
         lease_secs: a.session_lease,
         stream,
+        dry_run: a.dry_run,
     };
     let report = backup::run(rt.handle(), &repo, index, options)?;
     let s = &report.stats;
     if g.json {
-        print_json(&json!({
+        let mut v = json!({
             "snapshot_id": report.snapshot_id,
             "parent": report.parent,
             "files_new": s.files_new,
@@ -108,7 +112,24 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
             "bytes_total": s.bytes_total,
             "errors": s.errors,
             "seconds": report.seconds,
-        }));
+        });
+        if report.dry_run {
+            v["dry_run"] = json!(true);
+            v["snapshot_id"] = serde_json::Value::Null;
+        }
+        print_json(&v);
+    } else if report.dry_run {
+        println!(
+            "dry run: files: {} new, {} changed, {} unmodified; {} dirs",
+            s.files_new, s.files_changed, s.files_unmodified, s.dirs
+        );
+        println!(
+            "dry run: would read {}, upload {} new chunks ({}, {} stored); nothing was written",
+            indicatif::HumanBytes(s.bytes_read),
+            s.chunks_new,
+            indicatif::HumanBytes(s.bytes_new),
+            indicatif::HumanBytes(s.bytes_stored),
+        );
     } else {
         println!(
             "files: {} new, {} changed, {} unmodified; {} dirs",
