@@ -84,6 +84,11 @@ pub async fn find(
         snapshots: snapshots.len(),
         ..FindReport::default()
     };
+    let roots = snapshots
+        .iter()
+        .map(|(_, s)| s.root_tree())
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::browse::preload(source, &roots).await;
     for (id, snap) in snapshots {
         let root = snap.root_tree()?;
         let mut found: Vec<(PathBuf, Node)> = if query.match_path {

@@ -88,6 +88,11 @@ pub async fn stats(
             ..StatsReport::default()
         },
     };
+    let roots = snapshots
+        .iter()
+        .map(|(_, s)| s.root_tree())
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::browse::preload(source, &roots).await;
     for (_, snap) in snapshots {
         let t = walk.tree(snap.root_tree()?).await?;
         walk.report.files += t.files;

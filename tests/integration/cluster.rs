@@ -202,7 +202,7 @@ impl ClusterFixture {
         }
     }
 
-    fn total(&self, metric: &str) -> f64 {
+    pub(crate) fn total(&self, metric: &str) -> f64 {
         self.nodes.iter().map(|n| n.metric(metric)).sum()
     }
 }

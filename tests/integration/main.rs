@@ -26,6 +26,7 @@ mod lock;
 mod output;
 mod prune;
 mod prune_explains;
+mod round_trips;
 mod roundtrip;
 mod s3;
 mod selftest;

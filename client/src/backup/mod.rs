@@ -669,8 +669,12 @@ pub fn run(
                 .iter()
                 .find(|(s, _)| *s == id)
                 .map(|(_, s)| s.clone());
-            snap.and_then(|s| s.root_tree().ok())
-                .and_then(|root| source.tree_blocking(handle, &root).ok())
+            snap.and_then(|s| s.root_tree().ok()).and_then(|root| {
+                // The walk compares every directory with the parent's: its
+                // trees load in batches now, not one round trip each later.
+                handle.block_on(crate::browse::preload(&source, &[root]));
+                source.tree_blocking(handle, &root).ok()
+            })
         }
         None => None,
     };
