@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression, PackEntry};
 use cairn_chunk_store::{ChunkId, PackId, RepoId};
-use cairn_index::node::{Node, NodeConfig, add_token};
+use cairn_index_server::node::{Node, NodeConfig, add_token};
 use cairn_proto::convert::pack_ids;
 use cairn_proto::v1;
 use cairn_proto::v1::index_client::IndexClient;
@@ -135,7 +135,7 @@ fn main() {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(cairn_index::server::serve(
+        let server = tokio::spawn(cairn_index_server::server::serve(
             node.clone(),
             listener,
             None,

@@ -131,11 +131,7 @@ mod engine;
 mod error;
 mod index;
 mod lock;
-pub mod metrics;
-pub mod node;
 mod record;
-pub mod server;
-pub mod service;
 
 pub use engine::{DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS};
 pub use error::IndexError;

@@ -1,5 +1,5 @@
 //! The tonic service: parse, authorize, call the engine, map errors.
-//! Logic lives in [`crate::Engine`] and [`crate::node`].
+//! Logic lives in [`cairn_index::Engine`] and [`crate::node`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,12 +17,12 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::metrics::{MethodLabels, Metrics, RequestLabels};
 use crate::node::{Node, Tenant};
-use crate::{IndexError, PackObservation, Session};
+use cairn_index::{IndexError, PackObservation, Session};
 
 /// The one place where engine errors become statuses: internal by default,
 /// details only in the log.
-impl From<IndexError> for Status {
-    fn from(e: IndexError) -> Self {
+fn status(e: IndexError) -> Status {
+    {
         match e {
             IndexError::Locked { .. } => Status::unavailable("repository index is busy; retry"),
             IndexError::Unavailable(m) => Status::unavailable(m),
@@ -101,7 +101,7 @@ impl IndexService {
                 let repo = self.authorize(&request, repo_of(request.get_ref()))?;
                 let tenant = {
                     let node = self.node.clone();
-                    blocking(move || node.tenant(&repo).map_err(Status::from)).await?
+                    blocking(move || node.tenant(&repo).map_err(status)).await?
                 };
                 f(repo, tenant, request.into_inner()).await
             }
@@ -210,13 +210,9 @@ impl IndexRpc for IndexService {
             |_, tenant, req| async move {
                 let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
                 metrics.fingerprints_queried.inc_by(ids.len() as u64);
-                let unknown = blocking(move || {
-                    tenant
-                        .engine
-                        .unknown_chunks_sync(&ids)
-                        .map_err(Status::from)
-                })
-                .await?;
+                let unknown =
+                    blocking(move || tenant.engine.unknown_chunks_sync(&ids).map_err(status))
+                        .await?;
                 Ok(v1::UnknownChunksResponse {
                     unknown: to_bitmap(&unknown).into(),
                 })
@@ -250,10 +246,7 @@ impl IndexRpc for IndexService {
                     .map_err(invalid)?;
                 if req.relocate {
                     let moved = blocking(move || {
-                        tenant
-                            .engine
-                            .relocate_sync(pack, &entries)
-                            .map_err(Status::from)
+                        tenant.engine.relocate_sync(pack, &entries).map_err(status)
                     })
                     .await?;
                     return Ok(v1::RegisterPackResponse {
@@ -266,7 +259,7 @@ impl IndexRpc for IndexService {
                     let out = tenant
                         .engine
                         .register_pack_sync(pack, &entries)
-                        .map_err(Status::from)?;
+                        .map_err(status)?;
                     if out.new > 0 {
                         let mut parts: Vec<u32> =
                             entries.iter().map(|e| partition_of(&e.id)).collect();
@@ -300,7 +293,7 @@ impl IndexRpc for IndexService {
             |_, tenant, req| async move {
                 let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
                 let (ids2, found) = blocking(move || {
-                    let found = tenant.engine.lookup_sync(&ids).map_err(Status::from)?;
+                    let found = tenant.engine.lookup_sync(&ids).map_err(status)?;
                     Ok((ids, found))
                 })
                 .await?;
@@ -376,7 +369,7 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |_, tenant, _| async move {
                 blocking(move || {
-                    tenant.engine.clear_sync().map_err(Status::from)?;
+                    tenant.engine.clear_sync().map_err(status)?;
                     for p in 0..PARTITIONS {
                         tenant.epochs.bump(p);
                     }
@@ -419,7 +412,7 @@ impl IndexRpc for IndexService {
                                 .begin_session_sync(&req.host, parent, req.lease_seconds)
                         }
                     }
-                    .map_err(Status::from)
+                    .map_err(status)
                 })
                 .await?;
                 Ok(session_to_wire(&s))
@@ -439,8 +432,7 @@ impl IndexRpc for IndexService {
             |_, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
                 let s =
-                    blocking(move || tenant.engine.renew_session_sync(&id).map_err(Status::from))
-                        .await?;
+                    blocking(move || tenant.engine.renew_session_sync(&id).map_err(status)).await?;
                 Ok(session_to_wire(&s))
             },
         )
@@ -458,8 +450,7 @@ impl IndexRpc for IndexService {
             |_, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
                 if req.finished {
-                    blocking(move || tenant.engine.end_session_sync(&id).map_err(Status::from))
-                        .await?;
+                    blocking(move || tenant.engine.end_session_sync(&id).map_err(status)).await?;
                     return Ok(v1::CommitManifestResponse { session: None });
                 }
                 let snapshot = SnapshotId::from_slice(&req.snapshot_id).map_err(invalid)?;
@@ -467,7 +458,7 @@ impl IndexRpc for IndexService {
                     tenant
                         .engine
                         .commit_session_sync(&id, snapshot)
-                        .map_err(Status::from)
+                        .map_err(status)
                 })
                 .await?;
                 Ok(v1::CommitManifestResponse {
@@ -487,8 +478,7 @@ impl IndexRpc for IndexService {
             request,
             |r| &r.repo_id,
             |_, tenant, _| async move {
-                let list =
-                    blocking(move || tenant.engine.sessions_sync().map_err(Status::from)).await?;
+                let list = blocking(move || tenant.engine.sessions_sync().map_err(status)).await?;
                 Ok(v1::ListSessionsResponse {
                     sessions: list.sessions.iter().map(session_to_wire).collect(),
                     now_unix: list.now,
@@ -509,13 +499,9 @@ impl IndexRpc for IndexService {
             |_, tenant, req| async move {
                 let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
                 let cutoff = req.cutoff_unix;
-                let condemned = blocking(move || {
-                    tenant
-                        .engine
-                        .condemn_sync(&ids, cutoff)
-                        .map_err(Status::from)
-                })
-                .await?;
+                let condemned =
+                    blocking(move || tenant.engine.condemn_sync(&ids, cutoff).map_err(status))
+                        .await?;
                 Ok(v1::CondemnResponse {
                     condemned: to_bitmap(&condemned).into(),
                 })
@@ -556,10 +542,7 @@ impl IndexRpc for IndexService {
                     })
                     .collect::<Result<Vec<_>, Status>>()?;
                 let (dead_since, now) = blocking(move || {
-                    let d = tenant
-                        .engine
-                        .pack_states_sync(&packs)
-                        .map_err(Status::from)?;
+                    let d = tenant.engine.pack_states_sync(&packs).map_err(status)?;
                     Ok((d, cairn_chunk_store::now_unix_nanos() / 1_000_000_000))
                 })
                 .await?;
@@ -642,7 +625,7 @@ fn build_filters(
                 let ids = tenant
                     .engine
                     .ids_in_range(&start, end.as_ref().map(|e| &e[..]))
-                    .map_err(Status::from)?;
+                    .map_err(status)?;
                 let filter = if ids.is_empty() {
                     Bytes::new()
                 } else {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use cairn_chunk_store::RepoId;
-use cairn_index::node::{Node, NodeConfig, add_token};
+use cairn_index_server::node::{Node, NodeConfig, add_token};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -218,7 +218,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     tracing::info!("shutting down: draining requests and flushing");
                 };
-                cairn_index::server::serve(node, listener, metrics, shutdown).await
+                cairn_index_server::server::serve(node, listener, metrics, shutdown).await
             })
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cairn_chunk_store::RepoId;
 use cairn_proto::cluster::PARTITIONS;
 
-use crate::{Engine, EngineOptions, IndexError, LockWait};
+use cairn_index::{Engine, EngineOptions, IndexError, LockWait};
 
 /// Node configuration (`node.toml`; flags override).
 #[derive(Debug, Clone, serde::Deserialize)]
