@@ -1,7 +1,8 @@
 //! The Cairn backup client: backup, restore, check, prune and agent engines
 //! behind the `cairn` command.
 //!
-//! Engines are generic over [`cairn_index::Index`], so the same pipeline
+//! Engines are generic over the index traits ([`cairn_index::DedupIndex`],
+//! [`cairn_index::GcIndex`]), so the same pipeline
 //! runs against the embedded index (local mode) and a remote cluster.
 //!
 //! **Who prints.** Engines return typed reports and errors and never write

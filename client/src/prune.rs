@@ -693,7 +693,12 @@ fn count_condemned(records: &HashMap<ChunkId, Vec<ChunkRecord>>, ids: &[ChunkId]
 async fn condemn_batched(index: &dyn Index, ids: &[ChunkId], cutoff: i64) -> Result<u64> {
     let mut n = 0;
     for batch in ids.chunks(GC_BATCH) {
-        n += index.condemn(batch, cutoff).await?;
+        n += index
+            .condemn(batch, cutoff)
+            .await?
+            .into_iter()
+            .filter(|c| *c)
+            .count() as u64;
     }
     Ok(n)
 }

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use cairn_chunk_store::pack::{BlobLocation, PackEntry, pack_key};
 use cairn_chunk_store::tree::{NodeKind, Tree};
 use cairn_chunk_store::{ChunkId, PackId, RepoError, Repository};
-use cairn_index::Index;
+use cairn_index::DedupIndex;
 use tokio::runtime::Handle;
 
 /// Trees held in memory at most (a kernel source tree has about 5,000).
@@ -107,7 +107,7 @@ where
 #[derive(Clone)]
 pub struct BlobSource {
     repo: Repository,
-    index: Option<Arc<dyn Index>>,
+    index: Option<Arc<dyn DedupIndex>>,
     trailers: Arc<tokio::sync::OnceCell<TrailerMap>>,
     trees: Arc<Mutex<HashMap<ChunkId, Arc<Tree>>>>,
 }
@@ -120,7 +120,7 @@ impl std::fmt::Debug for BlobSource {
 
 impl BlobSource {
     /// A source reading through `index` when given.
-    pub fn new(repo: Repository, index: Option<Arc<dyn Index>>) -> Self {
+    pub fn new(repo: Repository, index: Option<Arc<dyn DedupIndex>>) -> Self {
         Self {
             repo,
             index,

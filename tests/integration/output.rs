@@ -18,7 +18,8 @@ const FIXTURE_SOURCE: &str = "/work/main/tests/fixtures/source-v1";
 /// Replaces what changes between runs: the given literal values (longest
 /// first), runs of 64 and 8 hex digits, and `in 0.4s`-style durations.
 fn normalize(text: &str, literals: &[(&str, &str)]) -> String {
-    let mut out = text.to_string();
+    // Durations first: their digits could pass for a short id.
+    let mut out = normalize_seconds(text);
     let mut literals = literals.to_vec();
     literals.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
     for (from, to) in literals {
@@ -48,7 +49,7 @@ fn normalize(text: &str, literals: &[(&str, &str)]) -> String {
         result.push(chars[i]);
         i += 1;
     }
-    normalize_seconds(&result)
+    result
 }
 
 /// `in 0.4s` → `in <t>s`, `"seconds":0.41` → `"seconds":<t>`.
@@ -491,10 +492,11 @@ fn agent_and_schedule_print_exactly() {
 #[test]
 fn normalize_replaces_ids_paths_and_durations() {
     let id = "a".repeat(64);
-    let text =
-        format!("snapshot 3f2a9c01 saved\n{id} in 0.4s at /tmp/x\n\"seconds\":1.25,\n1234567\n");
+    let text = format!(
+        "snapshot 3f2a9c01 saved\n{id} in 0.4s at /tmp/x\n\"seconds\":1.25,\n1234567\n\"seconds\":0.12345678,\n"
+    );
     assert_eq!(
         normalize(&text, &[("/tmp/x", "<dir>")]),
-        "snapshot <short> saved\n<id> in <t>s at <dir>\n\"seconds\":<t>,\n1234567\n"
+        "snapshot <short> saved\n<id> in <t>s at <dir>\n\"seconds\":<t>,\n1234567\n\"seconds\":<t>,\n"
     );
 }

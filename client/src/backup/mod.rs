@@ -898,7 +898,7 @@ mod tests {
     use cairn_chunk_store::pack::{BlobLocation, Compression, PackEntry};
     use cairn_chunk_store::repository::InitOptions;
     use cairn_chunk_store::store::LocalStore;
-    use cairn_index::{Engine, EngineOptions};
+    use cairn_index::{DedupIndex, Engine, EngineOptions};
 
     /// A local repository, its embedded index, and one stored snapshot.
     struct Fixture {

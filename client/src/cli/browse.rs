@@ -127,7 +127,7 @@ pub fn open_snapshot(
     let repo = rt.block_on(args.open())?;
     let id = rt.block_on(repo.resolve_snapshot(reference))?;
     let snap = rt.block_on(repo.load_snapshot(&id))?;
-    let index: Option<Arc<dyn cairn_index::Index>> =
+    let index: Option<Arc<dyn cairn_index::DedupIndex>> =
         rt.block_on(args.open_index_for_reading(&repo));
     Ok((BlobSource::new(repo, index), id, snap))
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cairn_chunk_store::RepoId;
 use cairn_proto::cluster::PARTITIONS;
 
-use cairn_index::{Engine, EngineOptions, IndexError, LockWait};
+use cairn_index::{DedupIndex, Engine, EngineOptions, IndexError, LockWait};
 
 /// Node configuration (`node.toml`; flags override).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -328,7 +328,8 @@ impl Node {
         walk(&self.config.data_dir)
     }
 
-    /// Flushes every open database (shutdown).
+    /// Flushes every open database (shutdown). Call on a blocking thread:
+    /// RocksDB flushes are disk writes.
     pub fn flush_all(&self) {
         let tenants: Vec<Arc<Tenant>> = self
             .tenants
@@ -338,7 +339,7 @@ impl Node {
             .cloned()
             .collect();
         for t in tenants {
-            if let Err(e) = t.engine.flush_sync() {
+            if let Err(e) = tokio::runtime::Handle::current().block_on(t.engine.flush()) {
                 tracing::error!("flush failed: {e}");
             }
         }
