@@ -148,7 +148,9 @@ impl RemoteIndex {
 
     fn warn_once(&self, what: &str) {
         if !self.warned.swap(true, Ordering::Relaxed) {
-            eprintln!("warning: {what}; affected chunks are treated as new and uploaded again");
+            crate::notify::warning(format!(
+                "{what}; affected chunks are treated as new and uploaded again"
+            ));
         }
     }
 
