@@ -531,21 +531,131 @@ mod tests {
         assert_ne!(a, b);
     }
 
+    /// The chunker key of the golden tests.
+    const GOLDEN_KEY: [u8; 32] = *b"cairn chunker golden test key 01";
+
+    /// Deterministic input for the golden tests: xorshift64 words, little
+    /// endian, independent of the code under test.
+    fn xorshift_bytes(len: usize) -> Vec<u8> {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.extend_from_slice(&state.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// The end offset of every chunk of the first `len` golden bytes.
+    fn golden_cut_offsets(params: ChunkerParams, len: usize) -> Vec<usize> {
+        let data = xorshift_bytes(len);
+        let mut end = 0;
+        Chunker::new(params, &GOLDEN_KEY)
+            .chunks(&data)
+            .map(|chunk| {
+                end += chunk.len();
+                end
+            })
+            .collect()
+    }
+
+    // Frozen: the same key and bounds must cut the same data identically
+    // forever, or deduplication against old snapshots is lost. The config
+    // records min/avg/max (FastCDC 2020, normalization level 1, is the only
+    // algorithm); `init` writes the defaults, and the bounds at FastCDC's
+    // limits pin mask selection at both ends of the range a config may hold.
+
     #[test]
-    fn cut_points_are_pinned() {
-        // Frozen: the same key and bounds must cut the same data identically
-        // forever, or deduplication against old snapshots is lost.
-        let data = pseudo_random(200_000, 9);
-        let lens: Vec<usize> = Chunker::new(SMALL, &[5; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        let again: Vec<usize> = Chunker::new(SMALL, &[5; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        assert_eq!(lens, again);
-        assert_eq!(lens.iter().sum::<usize>(), 200_000);
+    fn gear_table_is_pinned() {
+        let chunker = Chunker::new(ChunkerParams::DEFAULT, &GOLDEN_KEY);
+        assert_eq!(chunker.gear[0], 0x5de9_e81d_8872_73f2);
+        assert_eq!(chunker.gear[255], 0x988a_4107_e24a_b361);
+        assert!(
+            chunker
+                .gear
+                .iter()
+                .zip(chunker.gear_ls.iter())
+                .all(|(g, ls)| *ls == g << 1)
+        );
+        assert_eq!(
+            xorshift_bytes(8),
+            [0xad, 0x4d, 0xf3, 0x0b, 0xae, 0x77, 0x1b, 0xdc]
+        );
+    }
+
+    #[test]
+    fn cuts_are_pinned_with_the_default_bounds() {
+        assert_eq!(
+            golden_cut_offsets(ChunkerParams::DEFAULT, 32 << 20),
+            [
+                1090695, 2401361, 4006530, 6012856, 7593426, 8714143, 9776132, 10881383, 11558900,
+                12950716, 13926444, 15304605, 16489331, 18127062, 19645240, 21557593, 22611990,
+                23828627, 25414092, 26312325, 27323752, 29021151, 30143312, 31482304, 33047471,
+                33554432,
+            ]
+        );
+    }
+
+    #[test]
+    fn cuts_are_pinned_with_small_bounds() {
+        assert_eq!(
+            golden_cut_offsets(SMALL, 1 << 20),
+            [
+                10198, 22168, 32615, 43692, 56624, 68404, 71683, 79627, 88778, 102367, 104597,
+                114414, 116591, 124522, 134940, 141380, 149761, 155906, 164160, 180201, 190833,
+                206848, 217580, 223863, 237229, 244464, 253480, 265084, 267227, 273402, 276276,
+                281845, 291641, 302243, 311744, 325214, 337106, 346443, 353643, 371685, 380656,
+                403886, 415248, 422422, 432280, 442597, 453315, 477977, 500009, 508330, 512756,
+                523839, 530620, 539060, 547115, 557008, 566792, 580206, 584973, 593640, 601208,
+                606926, 613746, 619423, 623626, 625989, 638645, 641603, 648017, 658025, 667848,
+                677753, 680828, 685549, 695422, 702193, 713686, 725750, 738837, 746759, 752383,
+                756187, 771634, 787218, 802745, 812420, 828602, 836903, 840315, 844138, 855143,
+                866344, 869699, 881171, 897224, 907754, 917257, 925651, 932543, 937549, 946297,
+                957810, 962922, 971665, 976167, 984924, 992674, 995041, 1007986, 1011182, 1015226,
+                1026440, 1039879, 1048576,
+            ]
+        );
+    }
+
+    #[test]
+    fn cuts_are_pinned_with_the_smallest_bounds() {
+        let smallest = ChunkerParams {
+            min: 64,
+            avg: 256,
+            max: 1024,
+        };
+        smallest.validate().unwrap();
+        assert_eq!(
+            golden_cut_offsets(smallest, 16 << 10),
+            [
+                272, 567, 852, 989, 1351, 1944, 2175, 2507, 3167, 3278, 3573, 3711, 4371, 4701,
+                4894, 5261, 5540, 5749, 6132, 6400, 6709, 7032, 7389, 7680, 7760, 8061, 8261, 8560,
+                8704, 8778, 9220, 9517, 9869, 10015, 10332, 10631, 10833, 11125, 11442, 11755,
+                12037, 12311, 12794, 13133, 13456, 13627, 13883, 14256, 14914, 15202, 15473, 15762,
+                16145, 16345, 16384,
+            ]
+        );
+    }
+
+    #[test]
+    fn cuts_are_pinned_with_the_largest_bounds() {
+        let largest = ChunkerParams {
+            min: 1 << 20,
+            avg: 4 << 20,
+            max: 16 << 20,
+        };
+        largest.validate().unwrap();
+        assert_eq!(
+            golden_cut_offsets(largest, 96 << 20),
+            [
+                9810969, 18365435, 25440602, 29021151, 33805539, 35621306, 41488326, 45800258,
+                48097248, 56396839, 61013134, 68153624, 74224817, 82319805, 83870161, 89154777,
+                92275580, 95352983, 100517827, 100663296,
+            ]
+        );
     }
 
     #[test]
