@@ -47,17 +47,13 @@ fn main() {
     let token = add_token(&dir.path().join("tokens.toml"), &repo).expect("token");
     let node = Arc::new(
         Node::new(NodeConfig {
-            node_id: "bench".into(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            metrics_listen: None,
-            data_dir: dir.path().join("data"),
-            members: None,
-            replication: 1,
-            tokens: dir.path().join("tokens.toml"),
             max_in_flight: 1024,
             request_timeout_secs: 60,
-            tls_cert: None,
-            tls_key: None,
+            ..NodeConfig::new(
+                "bench",
+                dir.path().join("data"),
+                dir.path().join("tokens.toml"),
+            )
         })
         .expect("node"),
     );

@@ -41,6 +41,19 @@ pub async fn preload(source: &BlobSource, roots: &[ChunkId]) {
     }
 }
 
+/// [`preload`] for the root trees of `snapshots`.
+pub async fn preload_snapshots(
+    source: &BlobSource,
+    snapshots: &[(cairn_chunk_store::SnapshotId, cairn_chunk_store::manifest::Snapshot)],
+) -> Result<()> {
+    let roots = snapshots
+        .iter()
+        .map(|(_, s)| s.root_tree())
+        .collect::<Result<Vec<_>, _>>()?;
+    preload(source, &roots).await;
+    Ok(())
+}
+
 /// Finds the node at `path` under `root` (`None` for `/` itself).
 pub async fn find(source: &BlobSource, root: &ChunkId, path: &Path) -> Result<Option<Node>> {
     let mut tree_id = *root;

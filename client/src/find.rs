@@ -84,11 +84,7 @@ pub async fn find(
         snapshots: snapshots.len(),
         ..FindReport::default()
     };
-    let roots = snapshots
-        .iter()
-        .map(|(_, s)| s.root_tree())
-        .collect::<Result<Vec<_>, _>>()?;
-    crate::browse::preload(source, &roots).await;
+    crate::browse::preload_snapshots(source, snapshots).await?;
     for (id, snap) in snapshots {
         let root = snap.root_tree()?;
         let mut found: Vec<(PathBuf, Node)> = if query.match_path {

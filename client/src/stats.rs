@@ -88,11 +88,7 @@ pub async fn stats(
             ..StatsReport::default()
         },
     };
-    let roots = snapshots
-        .iter()
-        .map(|(_, s)| s.root_tree())
-        .collect::<Result<Vec<_>, _>>()?;
-    crate::browse::preload(source, &roots).await;
+    crate::browse::preload_snapshots(source, snapshots).await?;
     for (_, snap) in snapshots {
         let t = walk.tree(snap.root_tree()?).await?;
         walk.report.files += t.files;

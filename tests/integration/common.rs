@@ -72,6 +72,15 @@ pub fn tempdir() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// The path under a restore target where an absolute source path lands.
+/// A temporary directory holding a new repository at `DIR/repo`, and a
+/// client for it.
+pub fn new_repo() -> (tempfile::TempDir, PathBuf, Cairn) {
+    let (tmp, dir) = tempdir();
+    let cairn = Cairn::new(dir.join("repo"));
+    cairn.init();
+    (tmp, dir, cairn)
+}
+
 pub fn restored(target: &Path, source: &Path) -> PathBuf {
     target.join(source.strip_prefix("/").expect("absolute source path"))
 }

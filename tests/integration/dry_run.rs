@@ -18,9 +18,7 @@ fn objects(repo: &Path) -> BTreeMap<PathBuf, u64> {
 
 #[test]
 fn a_dry_run_reports_what_the_backup_stores_and_writes_nothing() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
     write_random_file(&src.join("old.bin"), 2 << 20, 1);

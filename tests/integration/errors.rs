@@ -6,9 +6,7 @@ use crate::common::*;
 
 #[test]
 fn wrong_password_is_one_clear_error() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
 
     let out = cairn.with_password("not the password").run(["snapshots"]);
     out.expect_clean_error(11, "wrong password");
@@ -170,9 +168,7 @@ fn unreadable_source_file_warns_and_exits_3() {
 #[test]
 fn an_interrupted_backup_exits_130_and_writes_no_snapshot() {
     let src = big_source();
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let log = dir.join("interrupted");
     let mut child = cairn.spawn(["backup", s(src)], &log);
     poll_until(

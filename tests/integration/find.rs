@@ -9,9 +9,7 @@ use crate::common::*;
 
 #[test]
 fn find_reads_each_distinct_tree_once_across_thirty_snapshots() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     for d in ["d1", "d2", "d3", "d4", "d5"] {
         fs::create_dir_all(src.join(d)).unwrap();

@@ -9,9 +9,7 @@ use crate::common::*;
 #[test]
 fn second_backup_is_refused_while_first_runs() {
     let src = big_source();
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let small = dir.join("small");
     fs::create_dir_all(&small).unwrap();
     fs::write(small.join("f.txt"), b"small\n").unwrap();

@@ -9,9 +9,7 @@ const MIB: u64 = 1 << 20;
 
 #[test]
 fn stats_count_restore_size_distinct_contents_and_savings() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     fs::create_dir_all(&src).unwrap();
     write_random_file(&src.join("a.bin"), MIB, 1);

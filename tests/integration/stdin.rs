@@ -45,9 +45,7 @@ fn backup_from_stdin(cairn: &Cairn, input: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn standard_input_is_stored_as_one_file_and_restores_exactly() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let input = dir.join("input");
     write_random_file(&input, 3 << 20, 5);
 
@@ -68,9 +66,7 @@ fn standard_input_is_stored_as_one_file_and_restores_exactly() {
 
 #[test]
 fn a_failing_command_leaves_no_snapshot_and_says_why() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let out = cairn.run([
         "backup",
         "--stdin-from-command",
@@ -108,9 +104,7 @@ fn a_failing_command_leaves_no_snapshot_and_says_why() {
 
 #[test]
 fn a_dump_that_differs_by_one_row_stores_under_one_percent_new() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let rows = 6_000_000; // about 500 MB of SQL
     let (first, second) = (dir.join("dump1.sql"), dir.join("dump2.sql"));
     write_dump(&first, rows, None);

@@ -7,9 +7,7 @@ use crate::common::*;
 
 #[test]
 fn tags_change_and_the_original_id_is_kept() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     write_random_file(&src.join("f"), 100_000, 3);
@@ -57,9 +55,7 @@ fn tags_change_and_the_original_id_is_kept() {
 
 #[test]
 fn retagging_beside_a_running_prune_loses_nothing() {
-    let (_tmp, dir) = tempdir();
-    let cairn = Cairn::new(dir.join("repo"));
-    cairn.init();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..4 {

@@ -839,21 +839,22 @@ pub fn run(
         original: Vec::new(),
     };
     let (snapshot_id, sealed) = repo.seal_snapshot(&snapshot);
+    let report = |dry_run: bool| BackupReport {
+        dry_run,
+        snapshot_id,
+        parent,
+        data_chunks_new: Counters::get(&shared.counters.data_new),
+        tree_chunks_new: Counters::get(&shared.counters.tree_new),
+        stats: stats.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+        warnings: shared
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    };
     if options.dry_run {
-        return Ok(BackupReport {
-            dry_run: true,
-            snapshot_id,
-            parent,
-            data_chunks_new: Counters::get(&shared.counters.data_new),
-            tree_chunks_new: Counters::get(&shared.counters.tree_new),
-            stats,
-            seconds: start.elapsed().as_secs_f64(),
-            warnings: shared
-                .warnings
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        });
+        return Ok(report(true));
     }
     session.commit(handle, snapshot_id)?;
     handle.block_on(repo.put_sealed_snapshot(&snapshot_id, sealed))?;
@@ -871,21 +872,7 @@ pub fn run(
         return Err(e);
     }
     session.end();
-    let warnings = shared
-        .warnings
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    Ok(BackupReport {
-        dry_run: false,
-        snapshot_id,
-        parent,
-        data_chunks_new: Counters::get(&shared.counters.data_new),
-        tree_chunks_new: Counters::get(&shared.counters.tree_new),
-        stats,
-        seconds: start.elapsed().as_secs_f64(),
-        warnings,
-    })
+    Ok(report(false))
 }
 
 #[cfg(test)]

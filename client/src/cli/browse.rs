@@ -9,6 +9,7 @@ use cairn_chunk_store::SnapshotId;
 use cairn_chunk_store::manifest::Snapshot;
 use cairn_client::browse::{self, Change};
 use cairn_client::context::RepoArgs;
+use cairn_client::retention::{Filter, SnapshotMeta};
 use cairn_client::source::BlobSource;
 use serde_json::json;
 use tokio::runtime::Runtime;
@@ -114,6 +115,30 @@ pub fn diff(rt: &Runtime, g: &Globals, a: DiffArgs) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// The snapshots named by `refs` (every one if none) that pass `filter`,
+/// oldest first, and where their chunks are read from.
+pub fn select_snapshots(
+    rt: &Runtime,
+    args: &RepoArgs,
+    refs: &[String],
+    filter: &Filter,
+) -> Result<(BlobSource, Vec<(SnapshotId, Snapshot)>)> {
+    let repo = rt.block_on(args.open())?;
+    let mut wanted = Vec::new();
+    for r in refs {
+        wanted.push(rt.block_on(repo.resolve_snapshot(r))?);
+    }
+    let snapshots = rt
+        .block_on(repo.snapshots())?
+        .into_iter()
+        .filter(|(id, s)| {
+            (wanted.is_empty() || wanted.contains(id)) && filter.matches(&SnapshotMeta::new(*id, s))
+        })
+        .collect();
+    let index = rt.block_on(args.open_index_for_reading(&repo));
+    Ok((BlobSource::new(repo, index), snapshots))
 }
 
 /// The repository, a snapshot named by id, prefix or `latest`, and where

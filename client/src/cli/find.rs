@@ -2,13 +2,14 @@
 
 use anyhow::Result;
 use cairn_client::find::{self, FindQuery};
-use cairn_client::retention::{SnapshotMeta, TagList, local_time};
+use cairn_client::retention::{Filter, TagList, local_time};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde_json::json;
 use tokio::runtime::Runtime;
 
 use super::Globals;
+use super::browse::select_snapshots;
 use super::render::{format_time, kind_name, print_json};
 
 #[derive(clap::Args, Debug)]
@@ -56,23 +57,12 @@ fn parse_time(s: &str) -> Result<Timestamp, String> {
 }
 
 pub fn run(rt: &Runtime, g: &Globals, a: FindArgs) -> Result<u8> {
-    let repo = rt.block_on(g.repo.open())?;
-    let mut wanted = Vec::new();
-    for r in &a.snapshot {
-        wanted.push(rt.block_on(repo.resolve_snapshot(r))?);
-    }
-    let snapshots: Vec<_> = rt
-        .block_on(repo.snapshots())?
-        .into_iter()
-        .filter(|(id, s)| {
-            let meta = SnapshotMeta::new(*id, s);
-            (wanted.is_empty() || wanted.contains(id))
-                && (a.host.is_empty() || a.host.contains(&meta.host))
-                && (a.tag.is_empty() || a.tag.iter().any(|t| t.matches(&meta.tags)))
-        })
-        .collect();
-    let index = rt.block_on(g.repo.open_index_for_reading(&repo));
-    let source = cairn_client::source::BlobSource::new(repo, index);
+    let filter = Filter {
+        hosts: a.host,
+        tags: a.tag,
+        paths: Vec::new(),
+    };
+    let (source, snapshots) = select_snapshots(rt, &g.repo, &a.snapshot, &filter)?;
     // Nanoseconds, clamped to what a tree can record.
     let ns = |t: Option<Timestamp>| {
         t.map(|t| {

@@ -1,12 +1,13 @@
 //! `cairn stats`.
 
 use anyhow::Result;
-use cairn_client::source::BlobSource;
+use cairn_client::retention::Filter;
 use cairn_client::stats;
 use serde_json::json;
 use tokio::runtime::Runtime;
 
 use super::Globals;
+use super::browse::select_snapshots;
 use super::render::print_json;
 
 /// What `stats` counts.
@@ -32,18 +33,8 @@ pub struct StatsArgs {
 }
 
 pub fn run(rt: &Runtime, g: &Globals, a: StatsArgs) -> Result<u8> {
-    let repo = rt.block_on(g.repo.open())?;
-    let mut wanted = Vec::new();
-    for r in &a.snapshots {
-        wanted.push(rt.block_on(repo.resolve_snapshot(r))?);
-    }
-    let snapshots: Vec<_> = rt
-        .block_on(repo.snapshots())?
-        .into_iter()
-        .filter(|(id, _)| wanted.is_empty() || wanted.contains(id))
-        .collect();
-    let index = rt.block_on(g.repo.open_index_for_reading(&repo));
-    let r = rt.block_on(stats::stats(&BlobSource::new(repo, index), &snapshots))?;
+    let (source, snapshots) = select_snapshots(rt, &g.repo, &a.snapshots, &Filter::default())?;
+    let r = rt.block_on(stats::stats(&source, &snapshots))?;
     if g.json {
         print_json(&json!({
             "snapshots": r.snapshots,

@@ -47,6 +47,27 @@ pub struct NodeConfig {
     pub tls_key: Option<PathBuf>,
 }
 
+impl NodeConfig {
+    /// A node `node_id` keeping its databases in `data_dir` and its tokens
+    /// in `tokens`, every other setting at its default (no membership file:
+    /// it owns every partition).
+    pub fn new(node_id: &str, data_dir: PathBuf, tokens: PathBuf) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            listen: default_listen(),
+            metrics_listen: None,
+            data_dir,
+            members: None,
+            replication: default_replication(),
+            tokens,
+            max_in_flight: default_in_flight(),
+            request_timeout_secs: default_timeout_secs(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7420))
 }

@@ -28,19 +28,11 @@ impl Fixture {
         let repo = RepoId::random();
         let token = add_token(&dir.path().join("tokens.toml"), &repo).unwrap();
         let node = Arc::new(
-            Node::new(NodeConfig {
-                node_id: "n1".into(),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                metrics_listen: None,
-                data_dir: dir.path().join("data"),
-                members: None,
-                replication: 1,
-                tokens: dir.path().join("tokens.toml"),
-                max_in_flight: 64,
-                request_timeout_secs: 30,
-                tls_cert: None,
-                tls_key: None,
-            })
+            Node::new(NodeConfig::new(
+                "n1",
+                dir.path().join("data"),
+                dir.path().join("tokens.toml"),
+            ))
             .unwrap(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
