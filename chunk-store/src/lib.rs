@@ -37,6 +37,7 @@
 //!    in the `cairn_index` crate docs: a chunk a committed manifest needs is
 //!    never in a deleted pack.
 
+mod cdc;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
