@@ -36,7 +36,14 @@
 //!    manifests and keys that are ever removed) under the protocol written
 //!    in the `cairn_index` crate docs: a chunk a committed manifest needs is
 //!    never in a deleted pack.
+//!
+//! # Features
+//!
+//! `test-support` (off by default) compiles `store::conformance`, the suite
+//! every [`store::ObjectStore`] must pass, for the tests of other crates, so
+//! that release binaries never carry test machinery.
 
+mod cdc;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
