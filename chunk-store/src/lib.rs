@@ -40,8 +40,9 @@
 //! # Features
 //!
 //! `test-support` (off by default) compiles `store::conformance`, the suite
-//! every [`store::ObjectStore`] must pass, for the tests of other crates, so
-//! that release binaries never carry test machinery.
+//! every [`store::ObjectStore`] must pass, for the tests of other crates,
+//! and turns on the crash points of [`fault`]; release binaries carry no
+//! test machinery.
 
 mod cdc;
 pub mod chunker;
