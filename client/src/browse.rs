@@ -44,7 +44,10 @@ pub async fn preload(source: &BlobSource, roots: &[ChunkId]) {
 /// [`preload`] for the root trees of `snapshots`.
 pub async fn preload_snapshots(
     source: &BlobSource,
-    snapshots: &[(cairn_chunk_store::SnapshotId, cairn_chunk_store::manifest::Snapshot)],
+    snapshots: &[(
+        cairn_chunk_store::SnapshotId,
+        cairn_chunk_store::manifest::Snapshot,
+    )],
 ) -> Result<()> {
     let roots = snapshots
         .iter()

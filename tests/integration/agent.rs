@@ -197,7 +197,18 @@ impl Setup {
 
     /// Writes `cairn.toml` from a job body; `{repo}`, `{src}`, `{password}`
     /// and `{root}` are replaced by the setup's paths.
+    /// Writes the config file. `{job NAME}` on a line of its own stands for
+    /// a job table backing up `{src}` into `{repo}` with `{password}`.
     fn config(&self, text: &str) -> PathBuf {
+        let text: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("{job ").and_then(|l| l.strip_suffix('}')) {
+                Some(name) => format!(
+                    "[jobs.{name}]\npaths = [\"{{src}}\"]\nrepository = \"{{repo}}\"\npassword_file = \"{{password}}\"\n"
+                ),
+                None => format!("{line}\n"),
+            })
+            .collect();
         let text = text
             .replace("{repo}", s(&self.repo))
             .replace("{src}", s(&self.src()))
@@ -239,10 +250,7 @@ fn frequent_job_runs_repeatedly_and_never_overlaps() {
     let t = Setup::new();
     let config = t.config(
         r#"
-[jobs.often]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
+{job often}
 schedule = "* * * * * *"
 # The run (backup + hook) lasts longer than the one-second interval.
 on_success = "sleep 1.5"
@@ -314,10 +322,7 @@ fn missed_run_runs_once_after_restart() {
     let t = Setup::new();
     let config = t.config(
         r#"
-[jobs.hourly]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
+{job hourly}
 schedule = "hourly"
 jitter = "2s"
 "#,
@@ -391,10 +396,7 @@ fn jitter_stays_within_its_bound() {
     let t = Setup::new();
     let config = t.config(
         r#"
-[jobs.jittery]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
+{job jittery}
 schedule = "*/2 * * * * *"
 jitter = "1500ms"
 "#,
@@ -659,10 +661,7 @@ fn schedule_install_writes_units_systemd_accepts_and_status_reports_them() {
     let t = Setup::new();
     let config = t.config(
         r#"
-[jobs.nightly]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
+{job nightly}
 schedule = "30 2 * * *"
 jitter = "10m"
 
@@ -1097,10 +1096,7 @@ fn retention_with_prune_runs_prune_after_forgetting() {
     let t = Setup::new();
     let config = t.config(
         r#"
-[jobs.nightly]
-paths = ["{src}"]
-repository = "{repo}"
-password_file = "{password}"
+{job nightly}
 schedule = "daily"
 
 [jobs.nightly.retention]

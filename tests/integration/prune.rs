@@ -534,6 +534,15 @@ fn a_parent_forgotten_while_a_backup_runs_keeps_its_data_until_the_backup_ends()
     let report = pruned.json_last_line();
     assert_eq!(n(&report, "backups_from_forgotten_parents"), 1, "{report}");
     assert_eq!(n(&report, "chunks_condemned"), 0, "{report}");
+    // Prune says what it holds back, and why.
+    let waiting = report["waiting"].as_array().expect("waiting");
+    assert_eq!(waiting.len(), 1, "{report}");
+    assert_eq!(waiting[0]["reason"], "forgotten_parent", "{report}");
+    assert!(
+        n(&waiting[0], "bytes") > 0 && n(&waiting[0], "packs") >= 1,
+        "{report}"
+    );
+    assert!(waiting[0]["until"].is_null(), "{report}");
 
     let status = wait_with_deadline(&mut backup, Duration::from_secs(120)).expect("backup ends");
     let stderr = fs::read_to_string(log.join("stderr")).unwrap();
@@ -585,19 +594,7 @@ fn spawn_backup_until_packs(
 #[test]
 fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
     let mut f = ClusterFixture::start(1, 1);
-    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "600");
-    let log = f.dir.join("log");
-    let repo = f.dir.join("repo");
-    let mut backup = spawn_backup_until_packs(
-        &cairn,
-        &["backup", s(big_source()), "--json"],
-        &log,
-        &repo,
-        1,
-    );
-    f.kill_node(0);
-    let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
-    let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+    let (status, stderr) = backup_losing_a_node(&mut f, "600", 0);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("its lease still runs"), "{stderr}");
     let snaps = f
@@ -613,26 +610,35 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
 fn a_session_survives_one_of_its_replicas() {
     for victim in 0..2 {
         let mut f = ClusterFixture::start(2, 2);
-        let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "2");
-        let log = f.dir.join("log");
-        let repo = f.dir.join("repo");
-        let mut backup = spawn_backup_until_packs(
-            &cairn,
-            &["backup", s(big_source()), "--json"],
-            &log,
-            &repo,
-            1,
-        );
-        f.kill_node(victim);
-        let status =
-            wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
-        let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+        let (status, stderr) = backup_losing_a_node(&mut f, "2", victim);
         assert!(status.success(), "node {victim} killed: {stderr}");
         assert!(
             !stderr.contains("did not confirm the backup session"),
             "node {victim} killed: {stderr}"
         );
     }
+}
+
+/// A backup with a session lease of `lease` seconds that loses node
+/// `victim` once it stored its first pack: how it ended, and its stderr.
+fn backup_losing_a_node(
+    f: &mut ClusterFixture,
+    lease: &str,
+    victim: usize,
+) -> (std::process::ExitStatus, String) {
+    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", lease);
+    let log = f.dir.join("log");
+    let repo = f.dir.join("repo");
+    let mut backup = spawn_backup_until_packs(
+        &cairn,
+        &["backup", s(big_source()), "--json"],
+        &log,
+        &repo,
+        1,
+    );
+    f.kill_node(victim);
+    let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ends");
+    (status, fs::read_to_string(log.join("stderr")).unwrap())
 }
 
 /// What one client of the concurrency test put in a snapshot.

@@ -132,3 +132,73 @@ fn prune_says_what_waits_for_the_clock_skew_margin_and_the_grace_period() {
         "{text}"
     );
 }
+
+/// Data seen after a running backup began waits for that backup: prune
+/// names its host and start.
+#[test]
+fn prune_names_the_running_backup_that_holds_data_back() {
+    let f = crate::cluster::ClusterFixture::start(1, 1);
+    let busy = f.cairn.with_env("CAIRN_SESSION_LEASE", "600");
+    let log = f.dir.join("busy");
+    let repo = f.dir.join("repo");
+    let mut running = busy.spawn(["backup", "--host", "web-3", s(big_source())], &log);
+    poll_until(
+        "the running backup stores a pack",
+        Duration::from_secs(300),
+        || !pack_files(&repo).is_empty(),
+    );
+    let pid = running.id().to_string();
+    let stop = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    stop("-STOP");
+    // After the running backup began: a snapshot of other data, forgotten.
+    let began = unix_now();
+    poll_until("the clock passes a second", Duration::from_secs(5), || {
+        unix_now() > began
+    });
+    let other = f.dir.join("other");
+    fs::create_dir_all(&other).unwrap();
+    write_random_file(&other.join("x.bin"), 2 << 20, 77);
+    let snap = f.cairn.backup(&[&other], &["--host", "laptop"]);
+    f.cairn
+        .run(["forget", &snap.snapshot_id()])
+        .expect_success();
+    let later = unix_now();
+    poll_until("the clock passes a second", Duration::from_secs(5), || {
+        unix_now() > later
+    });
+
+    let out = f
+        .cairn
+        .run(["prune", "--json", "--dry-run", "--clock-skew", "0s"]);
+    let text = f.cairn.run(["prune", "--dry-run", "--clock-skew", "0s"]);
+    stop("-CONT");
+    out.expect_success();
+    text.expect_success();
+    let report = out.json_last_line();
+    let held: Vec<&Value> = report["waiting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["reason"] == "running_backup")
+        .collect();
+    assert_eq!(held.len(), 1, "{report}");
+    assert_eq!(held[0]["host"], "web-3", "{report}");
+    assert!(held[0]["bytes"].as_u64().unwrap() >= 2 << 20, "{report}");
+    assert!(held[0]["started"].is_string(), "{report}");
+    assert!(
+        text.stdout_text()
+            .contains("is held by a running backup's session (host web-3, started "),
+        "{}",
+        text.describe()
+    );
+    let status = wait_with_deadline(&mut running, Duration::from_secs(300)).expect("backup ends");
+    assert!(status.success());
+}

@@ -66,7 +66,7 @@ fn standard_input_is_stored_as_one_file_and_restores_exactly() {
 
 #[test]
 fn a_failing_command_leaves_no_snapshot_and_says_why() {
-    let (_tmp, dir, cairn) = new_repo();
+    let (_tmp, _dir, cairn) = new_repo();
     let out = cairn.run([
         "backup",
         "--stdin-from-command",
@@ -141,4 +141,59 @@ fn a_dump_that_differs_by_one_row_stores_under_one_percent_new() {
     dumped.expect_success();
     assert!(dumped.stdout == fs::read(&second).unwrap(), "dump differs");
     let _ = fs::remove_file(&first);
+}
+
+#[test]
+fn an_agent_job_backs_up_a_command() {
+    let (_tmp, dir, cairn) = new_repo();
+    let password = dir.join("password");
+    fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let config = dir.join("cairn.toml");
+    fs::write(
+        &config,
+        format!(
+            "[jobs.db]\ncommand = [\"printf\", \"row 1\\nrow 2\\n\"]\nstdin_filename = \"db.sql\"\nrepository = \"{}\"\npassword_file = \"{}\"\nschedule = \"daily\"\n",
+            s(&cairn.repo),
+            s(&password)
+        ),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let run = |job: &str| {
+        cairn.run([
+            "agent",
+            "--config",
+            s(&config),
+            "--state-dir",
+            s(&state),
+            "--run-once",
+            job,
+        ])
+    };
+    run("db").expect_success();
+    let snaps = cairn.snapshots();
+    assert_eq!(snaps[0]["paths"], serde_json::json!(["/db.sql"]));
+    let dumped = cairn.run(["dump", "latest", "/db.sql"]);
+    dumped.expect_success();
+    assert_eq!(dumped.stdout, b"row 1\nrow 2\n");
+
+    // A job cannot have both paths and a command.
+    fs::write(
+        &config,
+        format!(
+            "[jobs.db]\ncommand = [\"true\"]\npaths = [\"{}\"]\nrepository = \"{}\"\npassword_file = \"{}\"\nschedule = \"daily\"\n",
+            s(&dir),
+            s(&cairn.repo),
+            s(&password)
+        ),
+    )
+    .unwrap();
+    let out = run("db");
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("give either paths or a command, not both"),
+        "{}",
+        out.describe()
+    );
 }
