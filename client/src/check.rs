@@ -151,6 +151,9 @@ pub async fn run(
         }
     };
     report.snapshots = snapshots.len();
+    // Trees in batches first; the walk below reads (and reports) any tree
+    // the preload could not verify.
+    let _ = crate::browse::preload_snapshots(&source, &snapshots).await;
     let mut needed_by: BTreeMap<Option<PackId>, Vec<String>> = BTreeMap::new();
     let mut other: Vec<String> = Vec::new();
     for (snap_id, snap) in &snapshots {
