@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression, PackEntry};
 use cairn_chunk_store::{ChunkId, PackId, RepoId};
-use cairn_index::node::{Node, NodeConfig, add_token};
+use cairn_index::DedupIndex;
+use cairn_index_server::node::{Node, NodeConfig, add_token};
 use cairn_proto::convert::pack_ids;
 use cairn_proto::v1;
 use cairn_proto::v1::index_client::IndexClient;
@@ -29,6 +30,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Runs an engine call to completion on this thread: the embedded engine
+/// never waits inside its async methods, so this measures RocksDB alone.
+fn engine_call<F: std::future::Future>(call: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(call)
+}
+
 fn main() {
     let total = env_u64("CAIRN_BENCH_FINGERPRINTS", 10_000_000);
     let seconds = Duration::from_secs(env_u64("CAIRN_BENCH_SECONDS", 10));
@@ -37,17 +47,13 @@ fn main() {
     let token = add_token(&dir.path().join("tokens.toml"), &repo).expect("token");
     let node = Arc::new(
         Node::new(NodeConfig {
-            node_id: "bench".into(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            metrics_listen: None,
-            data_dir: dir.path().join("data"),
-            members: None,
-            replication: 1,
-            tokens: dir.path().join("tokens.toml"),
             max_in_flight: 1024,
             request_timeout_secs: 60,
-            tls_cert: None,
-            tls_key: None,
+            ..NodeConfig::new(
+                "bench",
+                dir.path().join("data"),
+                dir.path().join("tokens.toml"),
+            )
         })
         .expect("node"),
     );
@@ -71,13 +77,10 @@ fn main() {
                 },
             })
             .collect();
-        tenant
-            .engine
-            .register_pack_sync(pack, &entries)
-            .expect("register");
+        engine_call(tenant.engine.register_pack(pack, &entries)).expect("register");
         i += n;
     }
-    tenant.engine.flush_sync().expect("flush");
+    engine_call(tenant.engine.flush()).expect("flush");
     println!(
         "loaded {total} fingerprints in {:.1}s",
         start.elapsed().as_secs_f64()
@@ -107,7 +110,7 @@ fn main() {
                         let mut round = t as u64 * 1_000_000;
                         while Instant::now() < deadline {
                             let ids = batch(round);
-                            let found = tenant.engine.lookup_sync(&ids).expect("lookup");
+                            let found = engine_call(tenant.engine.lookup(&ids)).expect("lookup");
                             assert!(found.iter().all(Option::is_some));
                             n += ids.len() as u64;
                             round += 1;
@@ -135,7 +138,7 @@ fn main() {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(cairn_index::server::serve(
+        let server = tokio::spawn(cairn_index_server::server::serve(
             node.clone(),
             listener,
             None,

@@ -1,165 +1,23 @@
 //! Content-defined chunking: FastCDC (2020) with a key-derived gear table.
 //!
-//! The cut-point search is `fastcdc::v2020::cut_gear`; the gear table is not
-//! the public default but 256 words drawn from BLAKE3's extendable output
-//! keyed with the repository's chunker key, so chunk sizes cannot be used by
-//! an outsider to recognise a known file. Min/avg/max are recorded in the
-//! repository config so every client of one repository cuts alike.
+//! [`Chunker`] decides where chunks end; that rule is frozen and lives in
+//! its own module (`cdc.rs`), re-exported here. This module applies it to
+//! readers: a [`ChunkStream`] cuts a file through the segments of a shared
+//! [`SegmentPool`], optionally with helpers that cut ahead of it on other
+//! threads ([`crate::cut_ahead`]).
 
 use std::io::{self, Read};
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 
-use fastcdc::v2020::{Normalization, cut_gear, select_masks};
-
+pub use crate::cdc::{Chunker, ChunkerParams};
 use crate::cut_ahead::{AheadParts, CutHelpers};
 
-/// Chunk size bounds in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkerParams {
-    /// No cut before this many bytes (except at the end of a file).
-    pub min: u32,
-    /// Target average chunk size.
-    pub avg: u32,
-    /// A cut is forced at this many bytes.
-    pub max: u32,
-}
-
-impl ChunkerParams {
-    /// The defaults: 512 KiB / 1 MiB / 8 MiB.
-    ///
-    /// Restic's proven bounds. Around 1 MiB keeps the index at roughly a
-    /// million entries per TiB of unique data while an edit in a large file
-    /// still costs only one or two new chunks; most source files are far
-    /// below the minimum and become a single chunk whatever the bounds.
-    pub const DEFAULT: Self = Self {
-        min: 512 * 1024,
-        avg: 1024 * 1024,
-        max: 8 * 1024 * 1024,
-    };
-
-    /// Checks the bounds against what FastCDC supports.
-    pub fn validate(&self) -> Result<(), String> {
-        use fastcdc::v2020::{
-            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
-        };
-        let (min, avg, max) = (self.min as usize, self.avg as usize, self.max as usize);
-        let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
-            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
-            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max)
-            && min <= avg
-            && avg <= max;
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "chunker bounds min={min} avg={avg} max={max} are outside FastCDC's limits"
-            ))
-        }
-    }
-}
-
-/// A FastCDC chunker bound to one repository's key and bounds.
-#[derive(Clone)]
-pub struct Chunker {
-    params: ChunkerParams,
-    gear: Box<[u64; 256]>,
-    gear_ls: Box<[u64; 256]>,
-    mask_s: u64,
-    mask_l: u64,
-}
-
-impl std::fmt::Debug for Chunker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Chunker({:?})", self.params)
-    }
-}
-
 impl Chunker {
-    /// A chunker whose gear table is derived from `key`.
-    pub fn new(params: ChunkerParams, key: &[u8; 32]) -> Self {
-        let mut xof = blake3::Hasher::new_keyed(key).finalize_xof();
-        let mut bytes = [0u8; 256 * 8];
-        xof.fill(&mut bytes);
-        let mut gear = Box::new([0u64; 256]);
-        for (slot, word) in gear.iter_mut().zip(bytes.chunks_exact(8)) {
-            let mut le = [0u8; 8];
-            le.copy_from_slice(word);
-            *slot = u64::from_le_bytes(le);
-        }
-        let mut gear_ls = Box::new([0u64; 256]);
-        for (ls, g) in gear_ls.iter_mut().zip(gear.iter()) {
-            *ls = g << 1;
-        }
-        let (mask_s, mask_l) = select_masks(params.avg as usize, Normalization::Level1);
-        Self {
-            params,
-            gear,
-            gear_ls,
-            mask_s,
-            mask_l,
-        }
-    }
-
-    /// The bounds in use.
-    pub fn params(&self) -> ChunkerParams {
-        self.params
-    }
-
-    /// Length of the chunk that starts at `data[0]`. `data` must hold at least
-    /// `max` bytes unless it is the end of the input.
-    pub fn cut(&self, data: &[u8]) -> usize {
-        if data.len() <= self.params.min as usize {
-            return data.len();
-        }
-        let (_, cut) = cut_gear(
-            data,
-            self.params.min as usize,
-            self.params.avg as usize,
-            self.params.max as usize,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
-            &self.gear[..],
-            &self.gear_ls[..],
-        );
-        cut.clamp(1, data.len())
-    }
-
-    /// The length of the chunk that starts at `data[0]` if `data` decides it:
-    /// when a cut is found before its end, when it holds a maximum chunk, or
-    /// when it ends the input (`eof`). `None` means more input is needed.
-    ///
-    /// A cut found inside fewer than `max` bytes is the cut the whole input
-    /// has, because FastCDC scans forward from `min` and each candidate
-    /// depends only on the bytes before it and on its distance from the
-    /// chunk start (`prefix_cuts_are_final` checks it).
-    pub fn final_cut(&self, data: &[u8], eof: bool) -> Option<usize> {
-        if data.is_empty() {
-            return None;
-        }
-        let n = self.cut(data);
-        (eof || n < data.len() || data.len() >= self.params.max as usize).then_some(n)
-    }
-
-    /// Splits an in-memory buffer into chunks.
-    pub fn chunks<'a>(&'a self, mut data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        std::iter::from_fn(move || {
-            if data.is_empty() {
-                return None;
-            }
-            let n = self.cut(data);
-            let (chunk, rest) = data.split_at(n);
-            data = rest;
-            Some(chunk)
-        })
-    }
-
     /// The size of the segments a [`ChunkStream`] reads into.
     pub fn stream_buffer_len(&self) -> usize {
-        self.params.max as usize * 2
+        self.params().max as usize * 2
     }
 }
 
@@ -382,7 +240,7 @@ impl<'c, R: Read> ChunkStream<'c, R> {
         self.eof = n < want;
         if let Some((helpers, parts)) = &self.helpers {
             // A part shorter than a few chunks is not worth a hand-off.
-            let min_part = 4 * self.chunker.params.avg as usize;
+            let min_part = 4 * self.chunker.params().avg as usize;
             self.ahead
                 .hand_out(helpers, &self.segment, self.eof, *parts, min_part);
         }
@@ -410,20 +268,8 @@ impl<R> Drop for ChunkStream<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut out = vec![0u8; len];
-        let mut xof = blake3::Hasher::new_keyed(&[seed as u8; 32]).finalize_xof();
-        xof.fill(&mut out);
-        out
-    }
-
-    const SMALL: ChunkerParams = ChunkerParams {
-        min: 2048,
-        avg: 8192,
-        max: 32768,
-    };
+    use crate::cdc::tests::{SMALL, pseudo_random};
+    use crate::cut_ahead::CutAhead;
 
     #[test]
     fn stream_matches_in_memory_and_covers_input() {
@@ -441,36 +287,6 @@ mod tests {
         assert!(mem.len() > 60 && mem.len() < 250, "{} chunks", mem.len());
         for c in &mem[..mem.len() - 1] {
             assert!(c.len() >= SMALL.min as usize && c.len() <= SMALL.max as usize);
-        }
-    }
-
-    /// A cut found in a prefix shorter than `max` is the cut of the whole
-    /// input, whatever the prefix length; a prefix without one reports its
-    /// own length. [`ChunkStream`] relies on both.
-    #[test]
-    fn prefix_cuts_are_final() {
-        let chunker = Chunker::new(SMALL, &[3; 32]);
-        for seed in 0..8 {
-            let data = pseudo_random(4 * SMALL.max as usize, 100 + seed);
-            let full = chunker.cut(&data);
-            for len in (0..SMALL.max as usize)
-                .step_by(97)
-                .chain([full, full + 1, full + 2])
-            {
-                let len = len.min(data.len());
-                let n = chunker.cut(&data[..len]);
-                if n < len {
-                    assert_eq!(n, full, "seed {seed}, prefix {len}");
-                } else {
-                    assert_eq!(n, len);
-                    // Candidates are tested in pairs, so a prefix that ends
-                    // just after the cut may not have tested it yet.
-                    assert!(
-                        len <= full + 1,
-                        "seed {seed}: prefix {len} missed the cut {full}"
-                    );
-                }
-            }
         }
     }
 
@@ -517,72 +333,86 @@ mod tests {
         assert!(state.allocated <= 3, "{} segments", state.allocated);
     }
 
-    #[test]
-    fn key_changes_cut_points() {
-        let data = pseudo_random(1 << 20, 2);
-        let a: Vec<usize> = Chunker::new(SMALL, &[1; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        let b: Vec<usize> = Chunker::new(SMALL, &[2; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        assert_ne!(a, b);
+    /// How helpers treat the parts handed to them.
+    #[derive(Clone, Copy, Debug)]
+    enum Helper {
+        /// A thread per part, started at once.
+        Thread,
+        /// Accepts every part and never runs one.
+        Idle,
+        /// Refuses every part.
+        Refuse,
+        /// Runs every part before the stream goes on.
+        Inline,
     }
 
-    #[test]
-    fn cut_points_are_pinned() {
-        // Frozen: the same key and bounds must cut the same data identically
-        // forever, or deduplication against old snapshots is lost.
-        let data = pseudo_random(200_000, 9);
-        let lens: Vec<usize> = Chunker::new(SMALL, &[5; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        let again: Vec<usize> = Chunker::new(SMALL, &[5; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        assert_eq!(lens, again);
-        assert_eq!(lens.iter().sum::<usize>(), 200_000);
-    }
-
-    #[test]
-    fn insertion_changes_few_chunks() {
-        let data = pseudo_random(1 << 20, 4);
-        let chunker = Chunker::new(SMALL, &[6; 32]);
-        let before: std::collections::HashSet<Vec<u8>> =
-            chunker.chunks(&data).map(<[u8]>::to_vec).collect();
-        let mut edited = vec![0x42];
-        edited.extend_from_slice(&data);
-        let new = chunker
-            .chunks(&edited)
-            .filter(|c| !before.contains(*c))
-            .count();
-        assert!(new <= 2, "{new} new chunks after a one-byte insertion");
-    }
-
-    #[test]
-    fn default_params_are_valid() {
-        ChunkerParams::DEFAULT.validate().unwrap();
-        assert!(
-            ChunkerParams {
-                min: 10,
-                avg: 20,
-                max: 30
+    fn helpers(chunker: &Chunker, how: Helper) -> CutHelpers {
+        let chunker = Arc::new(chunker.clone());
+        Arc::new(move |part: CutAhead| match how {
+            Helper::Thread => {
+                let chunker = chunker.clone();
+                std::thread::spawn(move || part.run(&chunker));
+                true
             }
-            .validate()
-            .is_err()
-        );
+            Helper::Idle => true,
+            Helper::Refuse => false,
+            Helper::Inline => {
+                part.run(&chunker);
+                true
+            }
+        })
     }
 
-    proptest! {
-        #[test]
-        fn chunks_concatenate_to_input(data in proptest::collection::vec(any::<u8>(), 0..100_000)) {
-            let chunker = Chunker::new(SMALL, &[9; 32]);
-            let joined: Vec<u8> = chunker.chunks(&data).flat_map(|c| c.to_vec()).collect();
-            prop_assert_eq!(joined, data);
+    /// Streams `data` and returns the chunk lengths and the cuts the stream
+    /// computed itself.
+    fn stream(chunker: &Chunker, data: &[u8], how: Option<(Helper, usize)>) -> (Vec<usize>, u64) {
+        let pool = SegmentPool::new(chunker, 1, 2);
+        let mut s = ChunkStream::new(chunker, data, &pool);
+        if let Some((how, parts)) = how {
+            s = s.with_helpers(helpers(chunker, how), parts);
         }
+        let mut lens = Vec::new();
+        while let Some(c) = s.next_chunk().unwrap() {
+            lens.push(c.len());
+        }
+        (lens, s.cuts_computed())
+    }
+
+    #[test]
+    fn helpers_never_change_the_cuts() {
+        let chunker = Chunker::new(SMALL, &[7; 32]);
+        let data = pseudo_random(3 << 20, 1);
+        let sequential: Vec<usize> = chunker.chunks(&data).map(<[u8]>::len).collect();
+        let (alone, computed) = stream(&chunker, &data, None);
+        assert_eq!(alone, sequential);
+        assert_eq!(computed, sequential.len() as u64);
+        for how in [Helper::Thread, Helper::Idle, Helper::Refuse, Helper::Inline] {
+            for parts in [2, 3, 7] {
+                for len in [0, 1, 5000, 70_000, 1 << 20, data.len()] {
+                    let expected: Vec<usize> =
+                        chunker.chunks(&data[..len]).map(<[u8]>::len).collect();
+                    let (lens, _) = stream(&chunker, &data[..len], Some((how, parts)));
+                    assert_eq!(lens, expected, "{how:?}, {parts} parts, {len} bytes");
+                }
+            }
+        }
+    }
+
+    /// With helpers that run, the stream computes only the first part of
+    /// each segment and the few cuts before its chain meets a helper's.
+    #[test]
+    fn helpers_take_most_of_the_cutting() {
+        let chunker = Chunker::new(ChunkerParams::DEFAULT, &[8; 32]);
+        let data = pseudo_random(256 << 20, 2);
+        let (lens, computed) = stream(&chunker, &data, Some((Helper::Inline, 2)));
+        let share = computed as f64 / lens.len() as f64;
+        assert!(
+            share < 0.6,
+            "the stream computed {computed} of {} cuts",
+            lens.len()
+        );
+        let (idle, computed) = stream(&chunker, &data, Some((Helper::Idle, 2)));
+        assert_eq!(idle, lens);
+        assert_eq!(computed, lens.len() as u64);
     }
 }

@@ -5,7 +5,7 @@
 //! the cut that follows a position depends only on that position and the
 //! bytes after it, so a chain of cuts started at a guessed position is made
 //! of true cuts from the first position the true chain also reaches: from
-//! there on the two chains are the same. A [`ChunkStream`] therefore hands
+//! there on the two chains are the same. A chunk stream therefore hands
 //! the later parts of each segment to other threads, which cut them from
 //! their first byte as if a chunk started there ([`CutAhead`]). The stream
 //! itself cuts from the segment's start as always; once its position is one
@@ -16,15 +16,13 @@
 //! Nothing waits on work that has not started: a job still queued when the
 //! stream reaches its part is withdrawn and the stream cuts that part
 //! itself, so a busy or missing helper costs speed, never progress.
-//!
-//! [`ChunkStream`]: crate::chunker::ChunkStream
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::chunker::Chunker;
+use crate::cdc::Chunker;
 
 /// One part of a segment to cut ahead of the stream, shared by the stream
 /// and the thread that runs it.
@@ -215,104 +213,7 @@ impl Drop for AheadParts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunker::{ChunkStream, ChunkerParams, SegmentPool};
-
-    fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
-        let mut out = vec![0u8; len];
-        blake3::Hasher::new_keyed(&[seed; 32])
-            .finalize_xof()
-            .fill(&mut out);
-        out
-    }
-
-    const SMALL: ChunkerParams = ChunkerParams {
-        min: 2048,
-        avg: 8192,
-        max: 32768,
-    };
-
-    /// How helpers treat the parts handed to them.
-    #[derive(Clone, Copy, Debug)]
-    enum Helper {
-        /// A thread per part, started at once.
-        Thread,
-        /// Accepts every part and never runs one.
-        Idle,
-        /// Refuses every part.
-        Refuse,
-        /// Runs every part before the stream goes on.
-        Inline,
-    }
-
-    fn helpers(chunker: &Chunker, how: Helper) -> CutHelpers {
-        let chunker = Arc::new(chunker.clone());
-        Arc::new(move |part: CutAhead| match how {
-            Helper::Thread => {
-                let chunker = chunker.clone();
-                std::thread::spawn(move || part.run(&chunker));
-                true
-            }
-            Helper::Idle => true,
-            Helper::Refuse => false,
-            Helper::Inline => {
-                part.run(&chunker);
-                true
-            }
-        })
-    }
-
-    /// Streams `data` and returns the chunk lengths and the cuts the stream
-    /// computed itself.
-    fn stream(chunker: &Chunker, data: &[u8], how: Option<(Helper, usize)>) -> (Vec<usize>, u64) {
-        let pool = SegmentPool::new(chunker, 1, 2);
-        let mut s = ChunkStream::new(chunker, data, &pool);
-        if let Some((how, parts)) = how {
-            s = s.with_helpers(helpers(chunker, how), parts);
-        }
-        let mut lens = Vec::new();
-        while let Some(c) = s.next_chunk().unwrap() {
-            lens.push(c.len());
-        }
-        (lens, s.cuts_computed())
-    }
-
-    #[test]
-    fn helpers_never_change_the_cuts() {
-        let chunker = Chunker::new(SMALL, &[7; 32]);
-        let data = pseudo_random(3 << 20, 1);
-        let sequential: Vec<usize> = chunker.chunks(&data).map(<[u8]>::len).collect();
-        let (alone, computed) = stream(&chunker, &data, None);
-        assert_eq!(alone, sequential);
-        assert_eq!(computed, sequential.len() as u64);
-        for how in [Helper::Thread, Helper::Idle, Helper::Refuse, Helper::Inline] {
-            for parts in [2, 3, 7] {
-                for len in [0, 1, 5000, 70_000, 1 << 20, data.len()] {
-                    let expected: Vec<usize> =
-                        chunker.chunks(&data[..len]).map(<[u8]>::len).collect();
-                    let (lens, _) = stream(&chunker, &data[..len], Some((how, parts)));
-                    assert_eq!(lens, expected, "{how:?}, {parts} parts, {len} bytes");
-                }
-            }
-        }
-    }
-
-    /// With helpers that run, the stream computes only the first part of
-    /// each segment and the few cuts before its chain meets a helper's.
-    #[test]
-    fn helpers_take_most_of_the_cutting() {
-        let chunker = Chunker::new(ChunkerParams::DEFAULT, &[8; 32]);
-        let data = pseudo_random(256 << 20, 2);
-        let (lens, computed) = stream(&chunker, &data, Some((Helper::Inline, 2)));
-        let share = computed as f64 / lens.len() as f64;
-        assert!(
-            share < 0.6,
-            "the stream computed {computed} of {} cuts",
-            lens.len()
-        );
-        let (idle, computed) = stream(&chunker, &data, Some((Helper::Idle, 2)));
-        assert_eq!(idle, lens);
-        assert_eq!(computed, lens.len() as u64);
-    }
+    use crate::cdc::tests::SMALL;
 
     /// A withdrawn part lets go of its segment at once: a queue that is
     /// never drained cannot pin the pool.

@@ -36,7 +36,15 @@
 //!    manifests and keys that are ever removed) under the protocol written
 //!    in the `cairn_index` crate docs: a chunk a committed manifest needs is
 //!    never in a deleted pack.
+//!
+//! # Features
+//!
+//! `test-support` (off by default) compiles `store::conformance`, the suite
+//! every [`store::ObjectStore`] must pass, for the tests of other crates,
+//! and turns on the crash points of [`fault`]; release binaries carry no
+//! test machinery.
 
+mod cdc;
 pub mod chunker;
 pub mod config;
 pub mod crypto;

@@ -93,6 +93,10 @@ pub struct Snapshot {
     /// Version of the program that wrote it.
     #[prost(string, tag = "12")]
     pub program: String,
+    /// The snapshot this one rewrites with other tags (`cairn tag`): the id
+    /// the backup wrote, kept through every rewrite. Empty for a backup.
+    #[prost(bytes = "vec", tag = "13")]
+    pub original: Vec<u8>,
 }
 
 impl Snapshot {
@@ -107,6 +111,11 @@ impl Snapshot {
     /// Parent snapshot id, if any.
     pub fn parent_id(&self) -> Option<SnapshotId> {
         SnapshotId::from_slice(&self.parent).ok()
+    }
+
+    /// The snapshot the backup wrote, if this one is a rewrite of it.
+    pub fn original_id(&self) -> Option<SnapshotId> {
+        SnapshotId::from_slice(&self.original).ok()
     }
 
     /// Seals the manifest; returns its id and bytes.

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use cairn_chunk_store::ChunkId;
 use cairn_chunk_store::tree::{Node, NodeKind, Tree};
 
-use crate::source::BlobSource;
+use crate::source::{BlobSource, PRELOAD_LIMIT};
 
 /// A tree entry with its absolute path in the snapshot.
 #[derive(Debug, Clone)]
@@ -30,6 +30,31 @@ pub fn components(path: &Path) -> Result<Vec<Vec<u8>>> {
         }
     }
     Ok(out)
+}
+
+/// Loads the trees under `roots` in batches before a walk (see
+/// [`BlobSource::preload_trees`]). Only a speed-up: a tree it could not load
+/// is read on demand by the walk, which reports any error.
+pub async fn preload(source: &BlobSource, roots: &[ChunkId]) {
+    if let Err(e) = source.preload_trees(roots, PRELOAD_LIMIT).await {
+        tracing::debug!("trees not preloaded: {e:#}");
+    }
+}
+
+/// [`preload`] for the root trees of `snapshots`.
+pub async fn preload_snapshots(
+    source: &BlobSource,
+    snapshots: &[(
+        cairn_chunk_store::SnapshotId,
+        cairn_chunk_store::manifest::Snapshot,
+    )],
+) -> Result<()> {
+    let roots = snapshots
+        .iter()
+        .map(|(_, s)| s.root_tree())
+        .collect::<Result<Vec<_>, _>>()?;
+    preload(source, &roots).await;
+    Ok(())
 }
 
 /// Finds the node at `path` under `root` (`None` for `/` itself).
@@ -66,6 +91,7 @@ pub async fn walk(
     start: &Path,
     visit: &mut dyn FnMut(&Entry) -> Result<()>,
 ) -> Result<()> {
+    preload(source, &[*root]).await;
     let start_node = find(source, root, start).await?;
     let mut stack: Vec<(PathBuf, ChunkId)> = Vec::new();
     match start_node {
@@ -133,6 +159,7 @@ pub enum Change {
 
 /// Compares two trees; unchanged subtrees (same id) are skipped unread.
 pub async fn diff(source: &BlobSource, a: &ChunkId, b: &ChunkId) -> Result<Vec<Change>> {
+    preload(source, &[*a, *b]).await;
     let mut out = Vec::new();
     let mut stack = vec![(PathBuf::from("/"), Some(*a), Some(*b))];
     while let Some((dir, ta, tb)) = stack.pop() {

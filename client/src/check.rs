@@ -16,7 +16,7 @@ use anyhow::Result;
 use cairn_chunk_store::pack::{self, PackEntry, pack_key};
 use cairn_chunk_store::tree::NodeKind;
 use cairn_chunk_store::{ChunkId, PackId, Repository};
-use cairn_index::Index;
+use cairn_index::DedupIndex;
 
 use crate::source::{BlobSource, bounded_map, read_all_trailers};
 
@@ -45,7 +45,7 @@ struct Damage {
 /// Runs the check.
 pub async fn run(
     repo: &Repository,
-    index: Option<Arc<dyn Index>>,
+    index: Option<Arc<dyn DedupIndex>>,
     read_data: bool,
 ) -> Result<CheckReport> {
     let mut report = CheckReport::default();
@@ -127,7 +127,7 @@ pub async fn run(
     }
 
     // Which pack an unlisted chunk was in, according to the index.
-    let index_pack = |index: &Option<Arc<dyn Index>>, id: ChunkId| {
+    let index_pack = |index: &Option<Arc<dyn DedupIndex>>, id: ChunkId| {
         let index = index.clone();
         async move {
             let index = index?;
@@ -151,6 +151,9 @@ pub async fn run(
         }
     };
     report.snapshots = snapshots.len();
+    // Trees in batches first; the walk below reads (and reports) any tree
+    // the preload could not verify.
+    let _ = crate::browse::preload_snapshots(&source, &snapshots).await;
     let mut needed_by: BTreeMap<Option<PackId>, Vec<String>> = BTreeMap::new();
     let mut other: Vec<String> = Vec::new();
     for (snap_id, snap) in &snapshots {

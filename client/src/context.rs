@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use cairn_chunk_store::Repository;
 use cairn_chunk_store::keys::KdfParams;
 use cairn_chunk_store::store::{LocalStore, ObjectStore, S3Options, S3Store};
-use cairn_index::{Engine, EngineOptions, Index, IndexError, LockWait};
+use cairn_index::{DedupIndex, Engine, EngineOptions, Index, IndexError, LockWait};
 
 /// How the user pointed at a repository and proved they may open it.
 #[derive(Debug, Clone)]
@@ -304,11 +304,11 @@ impl RepoArgs {
 
     /// Opens the index for reading if it exists and is free; readers fall
     /// back to pack trailers otherwise, so they never wait for a backup.
-    pub async fn open_index_for_reading(&self, repo: &Repository) -> Option<Arc<dyn Index>> {
+    pub async fn open_index_for_reading(&self, repo: &Repository) -> Option<Arc<dyn DedupIndex>> {
         if self.index.is_some() {
             // Restore must work with every node down: then trailers answer.
             return match self.open_remote(repo).await {
-                Ok(r) => r.map(|r| r as Arc<dyn Index>),
+                Ok(r) => r.map(|r| r as Arc<dyn DedupIndex>),
                 Err(e) => {
                     crate::notify::warning(format!(
                         "index cluster unavailable ({e:#}); reading pack trailers instead"

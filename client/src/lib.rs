@@ -1,7 +1,8 @@
 //! The Cairn backup client: backup, restore, check, prune and agent engines
 //! behind the `cairn` command.
 //!
-//! Engines are generic over [`cairn_index::Index`], so the same pipeline
+//! Engines are generic over the index traits ([`cairn_index::DedupIndex`],
+//! [`cairn_index::GcIndex`]), so the same pipeline
 //! runs against the embedded index (local mode) and a remote cluster.
 //!
 //! **Who prints.** Engines return typed reports and errors and never write
@@ -16,6 +17,7 @@ pub mod browse;
 pub mod check;
 pub mod context;
 pub mod duration;
+pub mod find;
 pub mod fsmeta;
 pub mod notify;
 pub mod paths;
@@ -27,3 +29,5 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod source;
+pub mod stats;
+pub mod tag;

@@ -36,6 +36,9 @@ use serde::Serialize;
 
 use crate::source::{BlobSource, bounded_map};
 
+/// Listings of the manifests prune makes at most while they keep changing.
+const MAX_LISTINGS: usize = 20;
+
 /// Default grace period: see the `cairn_index` crate docs for the reason.
 pub const DEFAULT_GRACE_SECS: i64 = 3600;
 /// Default margin for clocks that disagree between clients and index nodes.
@@ -111,6 +114,95 @@ pub struct PruneReport {
     pub bytes_waiting: u64,
     /// Packs whose table cannot be read (left alone; see `cairn check`).
     pub packs_unreadable: usize,
+    /// Data no snapshot needs that this run did not free, and why: one
+    /// entry per reason, so a prune that frees less than `forget` made
+    /// unreachable always says what it waits for.
+    pub waiting: Vec<Waiting>,
+}
+
+/// Why unreachable data was not freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// Seen by a backup within the clock-skew margin: a backup whose clock
+    /// runs behind may still reference it.
+    ClockSkew,
+    /// Seen after a running backup's session began: that backup may
+    /// reference it.
+    RunningBackup,
+    /// A running backup reuses data of a snapshot that was forgotten, so
+    /// nothing is condemned until it ends.
+    ForgottenParent,
+    /// Its pack has been dead for less than the grace period.
+    GracePeriod,
+}
+
+/// An amount of unreachable data that waits, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    /// Why it waits.
+    pub reason: WaitReason,
+    /// Packs that hold it.
+    pub packs: usize,
+    /// Its stored bytes (chunk bytes for chunks not yet condemned, pack
+    /// bytes for dead packs).
+    pub bytes: u64,
+    /// When a prune can free it (RFC 3339), when that is known.
+    #[serde(serialize_with = "rfc3339")]
+    pub until: Option<i64>,
+    /// With `running_backup`: the host of the oldest running backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// With `running_backup`: when that backup began (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339")]
+    pub started: Option<i64>,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t.and_then(|t| jiff::Timestamp::from_second(t).ok()) {
+        Some(t) => s.serialize_str(&t.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Adds up unreachable chunks that stay live, by reason: who holds each,
+/// in which pack, with how many bytes.
+#[derive(Default)]
+struct Held {
+    /// Per reason: packs, bytes and the latest time it is held until.
+    by_reason: Vec<(WaitReason, HashSet<PackId>, u64, Option<i64>)>,
+}
+
+impl Held {
+    fn add(&mut self, reason: WaitReason, pack: PackId, bytes: u64, until: Option<i64>) {
+        let i = match self.by_reason.iter().position(|(r, ..)| *r == reason) {
+            Some(i) => i,
+            None => {
+                self.by_reason.push((reason, HashSet::new(), 0, None));
+                self.by_reason.len() - 1
+            }
+        };
+        let entry = &mut self.by_reason[i];
+        entry.1.insert(pack);
+        entry.2 += bytes;
+        entry.3 = entry.3.max(until);
+    }
+}
+
+impl PruneReport {
+    /// Records the dead packs that wait for the grace period, if any.
+    fn add_grace_wait(&mut self, until: i64) {
+        if self.packs_waiting > 0 {
+            self.waiting.push(Waiting {
+                reason: WaitReason::GracePeriod,
+                packs: self.packs_waiting,
+                bytes: self.bytes_waiting,
+                until: Some(until),
+                host: None,
+                started: None,
+            });
+        }
+    }
 }
 
 /// A point where the tests that kill prune midway make it crash
@@ -154,23 +246,45 @@ pub async fn run(
     let source = BlobSource::new(repo.clone(), Some(index.clone()));
     let mut listed: HashSet<SnapshotId> = HashSet::new();
     let mut roots = Vec::new();
-    for id in repo.snapshot_ids().await? {
-        match repo.load_snapshot(&id).await {
-            Ok(snap) => {
-                let root = snap
-                    .root_tree()
-                    .with_context(|| format!("snapshot {}", id.short()))?;
-                roots.push((id, root));
-                listed.insert(id);
+    // A manifest listed but gone when read was forgotten, or rewritten
+    // (`cairn tag` writes the new manifest before it removes the old one):
+    // then the listing is stale, and the manifests are listed again until
+    // one pass finds none vanished.
+    let mut vanished: HashSet<SnapshotId> = HashSet::new();
+    for pass in 1.. {
+        let mut stale = false;
+        for id in repo.snapshot_ids().await? {
+            if listed.contains(&id) || vanished.contains(&id) {
+                continue;
             }
-            // Forgotten meanwhile: its data may go.
-            Err(e) if matches!(&e, cairn_chunk_store::RepoError::Store(s) if s.is_not_found()) => {}
-            Err(e) => {
-                return Err(anyhow!(e).context(format!(
-                    "cannot read snapshot {}; nothing was removed",
-                    id.short()
-                )));
+            match repo.load_snapshot(&id).await {
+                Ok(snap) => {
+                    let root = snap
+                        .root_tree()
+                        .with_context(|| format!("snapshot {}", id.short()))?;
+                    roots.push((id, root));
+                    listed.insert(id);
+                }
+                Err(e) if matches!(&e, cairn_chunk_store::RepoError::Store(s) if s.is_not_found()) =>
+                {
+                    vanished.insert(id);
+                    stale = true;
+                }
+                Err(e) => {
+                    return Err(anyhow!(e).context(format!(
+                        "cannot read snapshot {}; nothing was removed",
+                        id.short()
+                    )));
+                }
             }
+        }
+        if !stale {
+            break;
+        }
+        if pass == MAX_LISTINGS {
+            bail!(
+                "snapshots kept changing while prune read them ({MAX_LISTINGS} listings); nothing was removed, run prune again"
+            );
         }
     }
     report.snapshots = roots.len();
@@ -279,6 +393,44 @@ pub async fn run(
         report.chunks_revived = revive(&*index, &views, &used, &mut records).await?;
     }
 
+    // Unreachable chunks that stay live, and why (nothing is freed for
+    // them by this run).
+    let oldest_running = running.iter().min_by_key(|s| s.started);
+    let mut held = Held::default();
+    for id in &candidates {
+        let Some(recs) = records.get(id) else {
+            continue;
+        };
+        for r in recs.iter().filter(|r| !r.condemned) {
+            let seen = r.first_seen.max(r.last_seen);
+            let (reason, until) = if !condemn {
+                (WaitReason::ForgottenParent, None)
+            } else if seen >= now - options.skew_secs {
+                // Condemned by the first prune whose cutoff passes it.
+                (WaitReason::ClockSkew, Some(seen + options.skew_secs + 1))
+            } else {
+                (WaitReason::RunningBackup, None)
+            };
+            held.add(
+                reason,
+                r.location.pack,
+                u64::from(r.location.stored_len),
+                until,
+            );
+        }
+    }
+    for (reason, packs, bytes, until) in held.by_reason {
+        let running = reason == WaitReason::RunningBackup;
+        report.waiting.push(Waiting {
+            reason,
+            packs: packs.len(),
+            bytes,
+            until,
+            host: oldest_running.filter(|_| running).map(|s| s.host.clone()),
+            started: oldest_running.filter(|_| running).map(|s| s.started),
+        });
+    }
+
     // 5. Liveness per pack.
     let live = |pack: &PackId, e: &PackEntry, records: &HashMap<ChunkId, Vec<ChunkRecord>>| {
         match records.get(&e.id) {
@@ -363,6 +515,7 @@ pub async fn run(
         .map(|p| (*p, PackObservation::Live))
         .collect();
     states.extend(dead.iter().copied());
+    let mut grace_until = 0;
     if options.dry_run {
         for (pack, seen) in &dead {
             if let PackObservation::Dead { since } = seen {
@@ -372,9 +525,11 @@ pub async fn run(
                 } else {
                     report.packs_waiting += 1;
                     report.bytes_waiting += views[pack].size;
+                    grace_until = grace_until.max(since + options.grace_secs);
                 }
             }
         }
+        report.add_grace_wait(grace_until);
         return Ok(report);
     }
     let since = index.pack_states(&states).await?;
@@ -388,8 +543,10 @@ pub async fn run(
         } else {
             report.packs_waiting += 1;
             report.bytes_waiting += views[pack].size;
+            grace_until = grace_until.max(since + options.grace_secs);
         }
     }
+    report.add_grace_wait(grace_until);
     // Re-check right before deleting: a pack that holds a live chunk again
     // (on any replica) is live.
     let recheck_ids: Vec<ChunkId> = due
@@ -536,7 +693,12 @@ fn count_condemned(records: &HashMap<ChunkId, Vec<ChunkRecord>>, ids: &[ChunkId]
 async fn condemn_batched(index: &dyn Index, ids: &[ChunkId], cutoff: i64) -> Result<u64> {
     let mut n = 0;
     for batch in ids.chunks(GC_BATCH) {
-        n += index.condemn(batch, cutoff).await?;
+        n += index
+            .condemn(batch, cutoff)
+            .await?
+            .into_iter()
+            .filter(|c| *c)
+            .count() as u64;
     }
     Ok(n)
 }

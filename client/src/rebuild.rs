@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use cairn_chunk_store::{PackId, Repository};
-use cairn_index::Index;
+use cairn_index::DedupIndex;
 
 use crate::source::read_trailers;
 
@@ -20,7 +20,7 @@ pub struct RebuildReport {
 }
 
 /// Clears `index` and registers every readable pack of `repo`.
-pub async fn run(repo: &Repository, index: Arc<dyn Index>) -> Result<RebuildReport> {
+pub async fn run(repo: &Repository, index: Arc<dyn DedupIndex>) -> Result<RebuildReport> {
     index.clear().await?;
     let results = read_trailers(repo).await?;
     let mut report = RebuildReport::default();

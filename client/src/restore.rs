@@ -94,6 +94,7 @@ pub fn run(
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let is_root = running_as_root();
+    handle.block_on(crate::browse::preload(source, &[*root]));
     fs::create_dir_all(&options.target)
         .with_context(|| format!("cannot create target {}", options.target.display()))?;
 

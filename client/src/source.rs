@@ -6,10 +6,30 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
 use cairn_chunk_store::pack::{BlobLocation, PackEntry, pack_key};
-use cairn_chunk_store::tree::Tree;
+use cairn_chunk_store::tree::{NodeKind, Tree};
 use cairn_chunk_store::{ChunkId, PackId, RepoError, Repository};
-use cairn_index::Index;
+use cairn_index::DedupIndex;
 use tokio::runtime::Handle;
+
+/// Trees held in memory at most (a kernel source tree has about 5,000).
+pub const TREE_CACHE: usize = 20_000;
+
+/// Trees a walk preloads at most ([`BlobSource::preload_trees`]); the
+/// rest of a larger snapshot loads on demand.
+pub const PRELOAD_LIMIT: usize = TREE_CACHE * 3 / 4;
+
+/// Trees located per index call when preloading.
+const PRELOAD_BATCH: usize = 4096;
+
+/// Store reads in flight when preloading trees.
+const PRELOAD_READS: usize = 16;
+
+/// Neighbouring trees in a pack are read together if at most this many
+/// bytes lie between them.
+const RUN_GAP: u64 = 64 * 1024;
+
+/// Trees read together at most.
+const RUN_TREES: usize = 256;
 
 /// Chunk locations read from every pack trailer in the store.
 pub type TrailerMap = HashMap<ChunkId, BlobLocation>;
@@ -87,7 +107,7 @@ where
 #[derive(Clone)]
 pub struct BlobSource {
     repo: Repository,
-    index: Option<Arc<dyn Index>>,
+    index: Option<Arc<dyn DedupIndex>>,
     trailers: Arc<tokio::sync::OnceCell<TrailerMap>>,
     trees: Arc<Mutex<HashMap<ChunkId, Arc<Tree>>>>,
 }
@@ -100,7 +120,7 @@ impl std::fmt::Debug for BlobSource {
 
 impl BlobSource {
     /// A source reading through `index` when given.
-    pub fn new(repo: Repository, index: Option<Arc<dyn Index>>) -> Self {
+    pub fn new(repo: Repository, index: Option<Arc<dyn DedupIndex>>) -> Self {
         Self {
             repo,
             index,
@@ -206,11 +226,101 @@ impl BlobSource {
             .map_err(|e| anyhow!("tree {id}: {e:#}"))?;
         let tree = Arc::new(Tree::decode_bytes(&bytes).map_err(|e| anyhow!("tree {id}: {e}"))?);
         let mut cache = self.trees.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() > 20_000 {
+        if cache.len() > TREE_CACHE {
             cache.clear();
         }
         cache.insert(*id, tree.clone());
         Ok(tree)
+    }
+
+    /// Loads the trees below `roots` ahead of a walk, level by level: one
+    /// index call per level (per [`PRELOAD_BATCH`] trees) and one store read
+    /// per run of neighbouring trees in a pack, instead of one of each per
+    /// directory. On a cluster across a network, or on S3, that turns a
+    /// walk's thousands of round trips into tens. Stops after `limit` trees
+    /// (the rest load on demand); a tree that cannot be preloaded is simply
+    /// left to [`BlobSource::tree`], which reports the error. Returns how
+    /// many trees it loaded.
+    pub async fn preload_trees(&self, roots: &[ChunkId], limit: usize) -> Result<usize> {
+        let mut level: Vec<ChunkId> = roots.to_vec();
+        let mut loaded = 0usize;
+        while !level.is_empty() && loaded < limit {
+            level.sort_unstable();
+            level.dedup();
+            {
+                let cache = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+                level.retain(|id| !cache.contains_key(id));
+            }
+            level.truncate(limit - loaded);
+            let mut located = Vec::with_capacity(level.len());
+            for batch in level.chunks(PRELOAD_BATCH) {
+                for (id, loc) in batch.iter().zip(self.locate(batch).await?) {
+                    if let Some(loc) = loc {
+                        located.push((*id, loc));
+                    }
+                }
+            }
+            let trees = self.read_trees(located).await;
+            let mut next = Vec::new();
+            let mut cache = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, tree) in trees {
+                for node in &tree.nodes {
+                    if node.node_kind() == Some(NodeKind::Dir)
+                        && let Ok(sub) = node.subtree_id()
+                    {
+                        next.push(sub);
+                    }
+                }
+                if cache.len() >= TREE_CACHE {
+                    break;
+                }
+                cache.insert(id, tree);
+                loaded += 1;
+            }
+            level = next;
+        }
+        Ok(loaded)
+    }
+
+    /// Reads located trees, neighbours in a pack in one read, with bounded
+    /// concurrency; trees that fail to read or decode are left out.
+    async fn read_trees(
+        &self,
+        mut located: Vec<(ChunkId, BlobLocation)>,
+    ) -> Vec<(ChunkId, Arc<Tree>)> {
+        located.sort_by_key(|(_, l)| (l.pack, l.offset));
+        let mut runs: Vec<Vec<(ChunkId, BlobLocation)>> = Vec::new();
+        for (id, loc) in located {
+            match runs.last_mut() {
+                Some(run)
+                    if run.last().is_some_and(|(_, prev)| {
+                        prev.pack == loc.pack
+                            && loc.offset <= prev.offset + u64::from(prev.stored_len) + RUN_GAP
+                    }) && run.len() < RUN_TREES =>
+                {
+                    run.push((id, loc));
+                }
+                _ => runs.push(vec![(id, loc)]),
+            }
+        }
+        let read = bounded_map(runs, PRELOAD_READS, |run| {
+            let source = self.clone();
+            async move {
+                let plain = source.read_run(&run).await;
+                (run, plain)
+            }
+        })
+        .await;
+        let mut out = Vec::new();
+        for (run, plain) in read {
+            let Ok(plain) = plain else { continue };
+            for ((id, _), bytes) in run.into_iter().zip(plain) {
+                if let Some(tree) = bytes.ok().and_then(|b| Tree::decode_bytes(&b).ok()) {
+                    out.push((id, Arc::new(tree)));
+                }
+            }
+        }
+        out
     }
 
     /// Blocking form of [`BlobSource::tree`] for pipeline threads.

@@ -31,8 +31,8 @@ use crate::record::{
     encode_session,
 };
 use crate::{
-    ChunkRecord, Index, IndexError, IndexStats, LockWait, PackObservation, RegisterOutcome,
-    Session, SessionId, SessionList,
+    ChunkRecord, DedupIndex, GcIndex, IndexError, IndexStats, LockWait, PackObservation,
+    RegisterOutcome, Session, SessionId, SessionList,
 };
 
 const CF_CHUNKS: &str = "chunks";
@@ -183,95 +183,6 @@ impl Engine {
             .collect()
     }
 
-    /// Synchronous form of [`Index::unknown_chunks`].
-    pub fn unknown_chunks_sync(&self, ids: &[ChunkId]) -> Result<Vec<bool>, IndexError> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let records = self.get_records(ids)?;
-        let now = now_secs();
-        let cf = self.cf(CF_CHUNKS)?;
-        let mut batch = WriteBatch::default();
-        let unknown = ids
-            .iter()
-            .zip(&records)
-            .map(|(id, rec)| match rec {
-                // Condemned: the caller uploads a fresh copy (GC invariant).
-                Some(rec) if rec.condemned => true,
-                Some(rec) => {
-                    if rec.last_seen != now {
-                        let mut rec = *rec;
-                        rec.last_seen = now;
-                        batch.put_cf(cf, id.as_bytes(), encode_chunk(&rec));
-                    }
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        if !batch.is_empty() {
-            self.db.write(batch).map_err(|e| self.db_err(e))?;
-        }
-        Ok(unknown)
-    }
-
-    /// Synchronous form of [`Index::register_pack`]. A chunk already known
-    /// and live stays where it is (first writer wins) but its last-seen time
-    /// is refreshed, because the registering backup is about to reference
-    /// it; a condemned chunk is revived at this new copy. A pack prune
-    /// deleted is never registered again.
-    pub fn register_pack_sync(
-        &self,
-        pack: PackId,
-        entries: &[PackEntry],
-    ) -> Result<RegisterOutcome, IndexError> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut outcome = RegisterOutcome::default();
-        if self.pack_record(&pack)?.is_some_and(|r| r.deleted) {
-            outcome.duplicates = entries.len();
-            return Ok(outcome);
-        }
-        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
-        let existing = self.get_records(&ids)?;
-        let now = now_secs();
-        let chunks = self.cf(CF_CHUNKS)?;
-        let mut batch = WriteBatch::default();
-        let mut seen = std::collections::HashSet::new();
-        for (entry, old) in entries.iter().zip(existing) {
-            if !seen.insert(entry.id) {
-                outcome.duplicates += 1;
-                continue;
-            }
-            match old {
-                Some(mut rec) if !rec.condemned => {
-                    outcome.duplicates += 1;
-                    if rec.last_seen != now {
-                        rec.last_seen = now;
-                        batch.put_cf(chunks, entry.id.as_bytes(), encode_chunk(&rec));
-                    }
-                }
-                _ => {
-                    let rec = ChunkRecord {
-                        location: entry.location,
-                        first_seen: now,
-                        last_seen: now,
-                        condemned: false,
-                    };
-                    batch.put_cf(chunks, entry.id.as_bytes(), encode_chunk(&rec));
-                    outcome.new += 1;
-                }
-            }
-        }
-        let pack_rec = PackRecord {
-            kind: entries.first().map_or(0, |e| e.location.kind as u8),
-            count: entries.len() as u32,
-            registered: now,
-            dead_since: 0,
-            deleted: false,
-        };
-        batch.put_cf(self.cf(CF_PACKS)?, pack.as_bytes(), encode_pack(&pack_rec));
-        self.db.write(batch).map_err(|e| self.db_err(e))?;
-        Ok(outcome)
-    }
-
     fn pack_record(&self, pack: &PackId) -> Result<Option<PackRecord>, IndexError> {
         match self
             .db
@@ -283,38 +194,35 @@ impl Engine {
         }
     }
 
-    /// Synchronous form of [`Index::condemn`]. The index enforces the
-    /// cutoff it can check: never later than its own clock, nor than the
-    /// start of any session it holds whose lease still runs (whatever a
-    /// client asks).
-    pub fn condemn_sync(&self, ids: &[ChunkId], cutoff: i64) -> Result<Vec<bool>, IndexError> {
-        let cutoff = self.enforced_cutoff(cutoff)?;
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let records = self.get_records(ids)?;
-        let cf = self.cf(CF_CHUNKS)?;
-        let mut batch = WriteBatch::default();
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, rec) in ids.iter().zip(records) {
-            match rec {
-                Some(rec) if rec.condemned => out.push(true),
-                Some(mut rec) if rec.last_seen < cutoff && rec.first_seen < cutoff => {
-                    rec.condemned = true;
-                    batch.put_cf(cf, id.as_bytes(), encode_chunk(&rec));
-                    out.push(true);
-                }
-                _ => out.push(false),
+    /// Every session, forgetting those that expired long ago.
+    fn session_list(&self) -> Result<SessionList, IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_secs();
+        let cf = self.cf(CF_SESSIONS)?;
+        let mut sessions = Vec::new();
+        let mut stale = WriteBatch::default();
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| self.db_err(e))?;
+            let id: SessionId = key[..]
+                .try_into()
+                .map_err(|_| self.corrupt(format!("session key of {} bytes", key.len())))?;
+            let s = decode_session(id, &value).map_err(|d| self.corrupt(d))?;
+            if s.expires + SESSION_MEMORY_SECS < now {
+                stale.delete_cf(cf, key);
+            } else {
+                sessions.push(s);
             }
         }
-        if !batch.is_empty() {
-            self.db.write(batch).map_err(|e| self.db_err(e))?;
+        if !stale.is_empty() {
+            self.db.write(stale).map_err(|e| self.db_err(e))?;
         }
-        Ok(out)
+        Ok(SessionList { sessions, now })
     }
 
     fn enforced_cutoff(&self, asked: i64) -> Result<i64, IndexError> {
         let now = now_secs();
         let oldest_live = self
-            .sessions_sync()?
+            .session_list()?
             .sessions
             .iter()
             .filter(|s| s.expires > now)
@@ -324,103 +232,9 @@ impl Engine {
         Ok(asked.min(now).min(oldest_live))
     }
 
-    /// Synchronous form of [`Index::relocate`].
-    pub fn relocate_sync(&self, pack: PackId, entries: &[PackEntry]) -> Result<u64, IndexError> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
-        let records = self.get_records(&ids)?;
-        let now = now_secs();
-        let cf = self.cf(CF_CHUNKS)?;
-        let mut batch = WriteBatch::default();
-        let mut moved = 0;
-        for (entry, rec) in entries.iter().zip(records) {
-            if let Some(mut rec) = rec.filter(|r| !r.condemned) {
-                rec.location = entry.location;
-                batch.put_cf(cf, entry.id.as_bytes(), encode_chunk(&rec));
-                moved += 1;
-            }
-        }
-        if self.pack_record(&pack)?.is_none() {
-            let rec = PackRecord {
-                kind: entries.first().map_or(0, |e| e.location.kind as u8),
-                count: entries.len() as u32,
-                registered: now,
-                dead_since: 0,
-                deleted: false,
-            };
-            batch.put_cf(self.cf(CF_PACKS)?, pack.as_bytes(), encode_pack(&rec));
-        }
-        self.db.write(batch).map_err(|e| self.db_err(e))?;
-        Ok(moved)
-    }
-
-    /// Synchronous form of [`Index::pack_states`].
-    pub fn pack_states_sync(
-        &self,
-        packs: &[(PackId, PackObservation)],
-    ) -> Result<Vec<i64>, IndexError> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_secs();
-        let cf = self.cf(CF_PACKS)?;
-        let mut batch = WriteBatch::default();
-        let mut out = Vec::with_capacity(packs.len());
-        for (pack, seen) in packs {
-            let mut rec = self.pack_record(pack)?.unwrap_or(PackRecord {
-                kind: 0,
-                count: 0,
-                registered: now,
-                dead_since: 0,
-                deleted: false,
-            });
-            match seen {
-                PackObservation::Live => rec.dead_since = 0,
-                PackObservation::Dead { since } => {
-                    if rec.dead_since == 0 {
-                        rec.dead_since = (*since).clamp(1, now);
-                    }
-                }
-                PackObservation::Deleted => {
-                    rec.deleted = true;
-                    if rec.dead_since == 0 {
-                        rec.dead_since = now;
-                    }
-                }
-            }
-            out.push(rec.dead_since);
-            batch.put_cf(cf, pack.as_bytes(), encode_pack(&rec));
-        }
-        self.db.write(batch).map_err(|e| self.db_err(e))?;
-        Ok(out)
-    }
-
-    /// Synchronous form of [`Index::begin_session`].
-    pub fn begin_session_sync(
-        &self,
-        host: &str,
-        parent: Option<SnapshotId>,
-        lease_secs: u32,
-    ) -> Result<Session, IndexError> {
-        let lease = i64::from(match lease_secs {
-            0 => DEFAULT_LEASE_SECS,
-            n => n.min(MAX_LEASE_SECS),
-        });
-        let now = now_secs();
-        let session = Session {
-            id: cairn_chunk_store::crypto::random_bytes::<16>(),
-            host: host.to_string(),
-            parent,
-            started: now,
-            expires: now + lease,
-            lease,
-            committed: None,
-        };
-        self.put_session(&session)?;
-        Ok(session)
-    }
-
     /// Records a replica of a session another node began (same id and
     /// start), with a fresh lease on this node's clock.
-    pub fn adopt_session_sync(
+    pub fn adopt_session(
         &self,
         id: SessionId,
         host: &str,
@@ -471,91 +285,6 @@ impl Engine {
             return Err(fenced());
         }
         Ok(s)
-    }
-
-    /// Synchronous form of [`Index::renew_session`].
-    pub fn renew_session_sync(&self, id: &SessionId) -> Result<Session, IndexError> {
-        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = self.live_session(id)?;
-        s.expires = now_secs() + s.lease;
-        self.put_session(&s)?;
-        Ok(s)
-    }
-
-    /// Synchronous form of [`Index::commit_session`].
-    pub fn commit_session_sync(
-        &self,
-        id: &SessionId,
-        snapshot: SnapshotId,
-    ) -> Result<Session, IndexError> {
-        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = self.live_session(id)?;
-        s.expires = now_secs() + s.lease;
-        s.committed = Some(snapshot);
-        self.put_session(&s)?;
-        Ok(s)
-    }
-
-    /// Synchronous form of [`Index::end_session`].
-    pub fn end_session_sync(&self, id: &SessionId) -> Result<(), IndexError> {
-        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.db
-            .delete_cf(self.cf(CF_SESSIONS)?, id)
-            .map_err(|e| self.db_err(e))
-    }
-
-    /// Synchronous form of [`Index::sessions`]; forgets sessions that
-    /// expired long ago.
-    pub fn sessions_sync(&self) -> Result<SessionList, IndexError> {
-        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_secs();
-        let cf = self.cf(CF_SESSIONS)?;
-        let mut sessions = Vec::new();
-        let mut stale = WriteBatch::default();
-        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-            let (key, value) = item.map_err(|e| self.db_err(e))?;
-            let id: SessionId = key[..]
-                .try_into()
-                .map_err(|_| self.corrupt(format!("session key of {} bytes", key.len())))?;
-            let s = decode_session(id, &value).map_err(|d| self.corrupt(d))?;
-            if s.expires + SESSION_MEMORY_SECS < now {
-                stale.delete_cf(cf, key);
-            } else {
-                sessions.push(s);
-            }
-        }
-        if !stale.is_empty() {
-            self.db.write(stale).map_err(|e| self.db_err(e))?;
-        }
-        Ok(SessionList { sessions, now })
-    }
-
-    /// Synchronous form of [`Index::lookup`].
-    pub fn lookup_sync(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkRecord>>, IndexError> {
-        self.get_records(ids)
-    }
-
-    /// Synchronous form of [`Index::clear`].
-    pub fn clear_sync(&self) -> Result<(), IndexError> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        for name in [CF_CHUNKS, CF_PACKS] {
-            let cf = self.cf(name)?;
-            self.db
-                .delete_range_cf(cf, &[0u8; 0][..], &[0xffu8; 33][..])
-                .map_err(|e| self.db_err(e))?;
-        }
-        Ok(())
-    }
-
-    /// Synchronous form of [`Index::flush`].
-    pub fn flush_sync(&self) -> Result<(), IndexError> {
-        self.db.flush_wal(true).map_err(|e| self.db_err(e))?;
-        for name in [CF_CHUNKS, CF_PACKS, CF_SESSIONS, CF_META] {
-            self.db
-                .flush_cf(self.cf(name)?)
-                .map_err(|e| self.db_err(e))?;
-        }
-        self.compact_if_small()
     }
 
     /// Merges the chunk records when a flush added a table file next to older
@@ -622,34 +351,170 @@ impl Engine {
 }
 
 #[async_trait]
-impl Index for Engine {
+impl DedupIndex for Engine {
     async fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>, IndexError> {
-        self.unknown_chunks_sync(ids)
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let records = self.get_records(ids)?;
+        let now = now_secs();
+        let cf = self.cf(CF_CHUNKS)?;
+        let mut batch = WriteBatch::default();
+        let unknown = ids
+            .iter()
+            .zip(&records)
+            .map(|(id, rec)| match rec {
+                // Condemned: the caller uploads a fresh copy (GC invariant).
+                Some(rec) if rec.condemned => true,
+                Some(rec) => {
+                    if rec.last_seen != now {
+                        let mut rec = *rec;
+                        rec.last_seen = now;
+                        batch.put_cf(cf, id.as_bytes(), encode_chunk(&rec));
+                    }
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(|e| self.db_err(e))?;
+        }
+        Ok(unknown)
     }
 
+    /// A chunk already known and live stays where it is (first writer
+    /// wins) but its last-seen time is refreshed, because the registering
+    /// backup is about to reference it; a condemned chunk is revived at
+    /// this new copy. A pack prune deleted is never registered again.
     async fn register_pack(
         &self,
         pack: PackId,
         entries: &[PackEntry],
     ) -> Result<RegisterOutcome, IndexError> {
-        self.register_pack_sync(pack, entries)
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outcome = RegisterOutcome::default();
+        if self.pack_record(&pack)?.is_some_and(|r| r.deleted) {
+            outcome.duplicates = entries.len();
+            return Ok(outcome);
+        }
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let existing = self.get_records(&ids)?;
+        let now = now_secs();
+        let chunks = self.cf(CF_CHUNKS)?;
+        let mut batch = WriteBatch::default();
+        let mut seen = std::collections::HashSet::new();
+        for (entry, old) in entries.iter().zip(existing) {
+            if !seen.insert(entry.id) {
+                outcome.duplicates += 1;
+                continue;
+            }
+            match old {
+                Some(mut rec) if !rec.condemned => {
+                    outcome.duplicates += 1;
+                    if rec.last_seen != now {
+                        rec.last_seen = now;
+                        batch.put_cf(chunks, entry.id.as_bytes(), encode_chunk(&rec));
+                    }
+                }
+                _ => {
+                    let rec = ChunkRecord {
+                        location: entry.location,
+                        first_seen: now,
+                        last_seen: now,
+                        condemned: false,
+                    };
+                    batch.put_cf(chunks, entry.id.as_bytes(), encode_chunk(&rec));
+                    outcome.new += 1;
+                }
+            }
+        }
+        let pack_rec = PackRecord {
+            kind: entries.first().map_or(0, |e| e.location.kind as u8),
+            count: entries.len() as u32,
+            registered: now,
+            dead_since: 0,
+            deleted: false,
+        };
+        batch.put_cf(self.cf(CF_PACKS)?, pack.as_bytes(), encode_pack(&pack_rec));
+        self.db.write(batch).map_err(|e| self.db_err(e))?;
+        Ok(outcome)
+    }
+
+    async fn unregistered_packs(&self, packs: &[PackId]) -> Result<Vec<bool>, IndexError> {
+        let cf = self.cf(CF_PACKS)?;
+        let keys: Vec<&[u8]> = packs.iter().map(|p| &p.as_bytes()[..]).collect();
+        self.db
+            .batched_multi_get_cf(cf, keys, false)
+            .into_iter()
+            .map(|r| r.map(|v| v.is_none()).map_err(|e| self.db_err(e)))
+            .collect()
     }
 
     async fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkRecord>>, IndexError> {
-        self.lookup_sync(ids)
+        self.get_records(ids)
     }
 
+    async fn clear(&self) -> Result<(), IndexError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for name in [CF_CHUNKS, CF_PACKS] {
+            let cf = self.cf(name)?;
+            self.db
+                .delete_range_cf(cf, &[0u8; 0][..], &[0xffu8; 33][..])
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush_wal(true).map_err(|e| self.db_err(e))?;
+        for name in [CF_CHUNKS, CF_PACKS, CF_SESSIONS, CF_META] {
+            self.db
+                .flush_cf(self.cf(name)?)
+                .map_err(|e| self.db_err(e))?;
+        }
+        self.compact_if_small()
+    }
+
+    async fn stats(&self) -> Result<IndexStats, IndexError> {
+        Ok(IndexStats {
+            chunks: self.count(CF_CHUNKS)?,
+            packs: self.count(CF_PACKS)?,
+        })
+    }
+}
+
+#[async_trait]
+impl GcIndex for Engine {
     async fn begin_session(
         &self,
         host: &str,
         parent: Option<SnapshotId>,
         lease_secs: u32,
     ) -> Result<Session, IndexError> {
-        self.begin_session_sync(host, parent, lease_secs)
+        let lease = i64::from(match lease_secs {
+            0 => DEFAULT_LEASE_SECS,
+            n => n.min(MAX_LEASE_SECS),
+        });
+        let now = now_secs();
+        let session = Session {
+            id: cairn_chunk_store::crypto::random_bytes::<16>(),
+            host: host.to_string(),
+            parent,
+            started: now,
+            expires: now + lease,
+            lease,
+            committed: None,
+        };
+        self.put_session(&session)?;
+        Ok(session)
     }
 
     async fn renew_session(&self, id: SessionId) -> Result<Session, IndexError> {
-        self.renew_session_sync(&id)
+        let id = &id;
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.live_session(id)?;
+        s.expires = now_secs() + s.lease;
+        self.put_session(&s)?;
+        Ok(s)
     }
 
     async fn commit_session(
@@ -657,23 +522,52 @@ impl Index for Engine {
         id: SessionId,
         snapshot: SnapshotId,
     ) -> Result<Session, IndexError> {
-        self.commit_session_sync(&id, snapshot)
+        let id = &id;
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.live_session(id)?;
+        s.expires = now_secs() + s.lease;
+        s.committed = Some(snapshot);
+        self.put_session(&s)?;
+        Ok(s)
     }
 
     async fn end_session(&self, id: SessionId) -> Result<(), IndexError> {
-        self.end_session_sync(&id)
+        let id = &id;
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.db
+            .delete_cf(self.cf(CF_SESSIONS)?, id)
+            .map_err(|e| self.db_err(e))
     }
 
     async fn sessions(&self) -> Result<SessionList, IndexError> {
-        self.sessions_sync()
+        self.session_list()
     }
 
-    async fn condemn(&self, ids: &[ChunkId], cutoff: i64) -> Result<u64, IndexError> {
-        Ok(self
-            .condemn_sync(ids, cutoff)?
-            .into_iter()
-            .filter(|c| *c)
-            .count() as u64)
+    /// The index enforces the cutoff it can check: never later than its
+    /// own clock, nor than the start of any session it holds whose lease
+    /// still runs (whatever a client asks).
+    async fn condemn(&self, ids: &[ChunkId], cutoff: i64) -> Result<Vec<bool>, IndexError> {
+        let cutoff = self.enforced_cutoff(cutoff)?;
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let records = self.get_records(ids)?;
+        let cf = self.cf(CF_CHUNKS)?;
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, rec) in ids.iter().zip(records) {
+            match rec {
+                Some(rec) if rec.condemned => out.push(true),
+                Some(mut rec) if rec.last_seen < cutoff && rec.first_seen < cutoff => {
+                    rec.condemned = true;
+                    batch.put_cf(cf, id.as_bytes(), encode_chunk(&rec));
+                    out.push(true);
+                }
+                _ => out.push(false),
+            }
+        }
+        if !batch.is_empty() {
+            self.db.write(batch).map_err(|e| self.db_err(e))?;
+        }
+        Ok(out)
     }
 
     async fn records_everywhere(
@@ -688,39 +582,70 @@ impl Index for Engine {
     }
 
     async fn relocate(&self, pack: PackId, entries: &[PackEntry]) -> Result<u64, IndexError> {
-        self.relocate_sync(pack, entries)
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let records = self.get_records(&ids)?;
+        let now = now_secs();
+        let cf = self.cf(CF_CHUNKS)?;
+        let mut batch = WriteBatch::default();
+        let mut moved = 0;
+        for (entry, rec) in entries.iter().zip(records) {
+            if let Some(mut rec) = rec.filter(|r| !r.condemned) {
+                rec.location = entry.location;
+                batch.put_cf(cf, entry.id.as_bytes(), encode_chunk(&rec));
+                moved += 1;
+            }
+        }
+        if self.pack_record(&pack)?.is_none() {
+            let rec = PackRecord {
+                kind: entries.first().map_or(0, |e| e.location.kind as u8),
+                count: entries.len() as u32,
+                registered: now,
+                dead_since: 0,
+                deleted: false,
+            };
+            batch.put_cf(self.cf(CF_PACKS)?, pack.as_bytes(), encode_pack(&rec));
+        }
+        self.db.write(batch).map_err(|e| self.db_err(e))?;
+        Ok(moved)
     }
 
     async fn pack_states(
         &self,
         packs: &[(PackId, PackObservation)],
     ) -> Result<Vec<i64>, IndexError> {
-        self.pack_states_sync(packs)
-    }
-
-    async fn unregistered_packs(&self, packs: &[PackId]) -> Result<Vec<bool>, IndexError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_secs();
         let cf = self.cf(CF_PACKS)?;
-        let keys: Vec<&[u8]> = packs.iter().map(|p| &p.as_bytes()[..]).collect();
-        self.db
-            .batched_multi_get_cf(cf, keys, false)
-            .into_iter()
-            .map(|r| r.map(|v| v.is_none()).map_err(|e| self.db_err(e)))
-            .collect()
-    }
-
-    async fn clear(&self) -> Result<(), IndexError> {
-        self.clear_sync()
-    }
-
-    async fn flush(&self) -> Result<(), IndexError> {
-        self.flush_sync()
-    }
-
-    async fn stats(&self) -> Result<IndexStats, IndexError> {
-        Ok(IndexStats {
-            chunks: self.count(CF_CHUNKS)?,
-            packs: self.count(CF_PACKS)?,
-        })
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::with_capacity(packs.len());
+        for (pack, seen) in packs {
+            let mut rec = self.pack_record(pack)?.unwrap_or(PackRecord {
+                kind: 0,
+                count: 0,
+                registered: now,
+                dead_since: 0,
+                deleted: false,
+            });
+            match seen {
+                PackObservation::Live => rec.dead_since = 0,
+                PackObservation::Dead { since } => {
+                    if rec.dead_since == 0 {
+                        rec.dead_since = (*since).clamp(1, now);
+                    }
+                }
+                PackObservation::Deleted => {
+                    rec.deleted = true;
+                    if rec.dead_since == 0 {
+                        rec.dead_since = now;
+                    }
+                }
+            }
+            out.push(rec.dead_since);
+            batch.put_cf(cf, pack.as_bytes(), encode_pack(&rec));
+        }
+        self.db.write(batch).map_err(|e| self.db_err(e))?;
+        Ok(out)
     }
 }
 
@@ -728,6 +653,20 @@ impl Index for Engine {
 mod tests {
     use super::*;
     use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression};
+
+    /// How many of the ids a condemn call answered for are condemned.
+    fn condemned(answer: Vec<bool>) -> usize {
+        answer.into_iter().filter(|c| *c).count()
+    }
+
+    /// Runs an engine call from a synchronous test (the engine never waits
+    /// inside its async methods).
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
 
     fn entry(id: u8, pack: PackId) -> PackEntry {
         PackEntry {
@@ -866,9 +805,15 @@ mod tests {
             .unwrap();
         let ids = [ChunkId::from_bytes([1; 32]), ChunkId::from_bytes([2; 32])];
         // Seen now: a cutoff at now condemns nothing (strictly before).
-        assert_eq!(engine.condemn(&ids, now_secs()).await.unwrap(), 0);
+        assert_eq!(
+            condemned(engine.condemn(&ids, now_secs()).await.unwrap()),
+            0
+        );
         // The index never condemns past its own clock or a live session's start.
-        assert_eq!(engine.condemn(&ids, now_secs() + 10).await.unwrap(), 0);
+        assert_eq!(
+            condemned(engine.condemn(&ids, now_secs() + 10).await.unwrap()),
+            0
+        );
         let mut old = engine.lookup(&ids).await.unwrap();
         for (id, rec) in ids.iter().zip(old.iter_mut()) {
             let rec = rec.as_mut().unwrap();
@@ -887,9 +832,15 @@ mod tests {
         let mut started_early = running.clone();
         started_early.started -= 200;
         engine.put_session(&started_early).unwrap();
-        assert_eq!(engine.condemn(&ids, now_secs()).await.unwrap(), 0);
+        assert_eq!(
+            condemned(engine.condemn(&ids, now_secs()).await.unwrap()),
+            0
+        );
         engine.end_session(running.id).await.unwrap();
-        assert_eq!(engine.condemn(&ids, now_secs() + 10).await.unwrap(), 2);
+        assert_eq!(
+            condemned(engine.condemn(&ids, now_secs() + 10).await.unwrap()),
+            2
+        );
         assert_eq!(engine.unknown_chunks(&ids).await.unwrap(), vec![true, true]);
         let rec = engine.lookup(&ids).await.unwrap()[0].unwrap();
         assert!(rec.condemned);
@@ -929,11 +880,11 @@ mod tests {
         );
         let p = PackId::random();
         let entries: Vec<PackEntry> = (0..=255u8).map(|i| entry(i, p)).collect();
-        engine.register_pack_sync(p, &entries).unwrap();
+        block(engine.register_pack(p, &entries)).unwrap();
         // Every chunk was last seen long ago.
         let cf = engine.cf(CF_CHUNKS).unwrap();
         for e in &entries {
-            let mut rec = engine.lookup_sync(&[e.id]).unwrap()[0].unwrap();
+            let mut rec = block(engine.lookup(&[e.id])).unwrap()[0].unwrap();
             rec.first_seen = 1;
             rec.last_seen = 1;
             engine
@@ -941,7 +892,7 @@ mod tests {
                 .put_cf(cf, e.id.as_bytes(), encode_chunk(&rec))
                 .unwrap();
         }
-        let session = engine.begin_session_sync("h", None, 60).unwrap();
+        let session = block(engine.begin_session("h", None, 60)).unwrap();
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
         let backup = {
             let (engine, ids) = (engine.clone(), ids.clone());
@@ -955,7 +906,7 @@ mod tests {
                         .step_by(4)
                         .copied()
                         .collect();
-                    let unknown = engine.unknown_chunks_sync(&batch).unwrap();
+                    let unknown = block(engine.unknown_chunks(&batch)).unwrap();
                     known.extend(
                         batch
                             .into_iter()
@@ -970,7 +921,7 @@ mod tests {
         // Prune asks for "now" (and the index holds it to the session's start).
         let mut condemned = Vec::new();
         for chunk in ids.chunks(16) {
-            let c = engine.condemn_sync(chunk, now_secs() + 3600).unwrap();
+            let c = block(engine.condemn(chunk, now_secs() + 3600)).unwrap();
             condemned.extend(chunk.iter().zip(c).filter(|(_, c)| *c).map(|(id, _)| *id));
         }
         let known = backup.join().unwrap();
@@ -982,7 +933,7 @@ mod tests {
             );
         }
         for id in &condemned {
-            assert_eq!(engine.unknown_chunks_sync(&[*id]).unwrap(), vec![true]);
+            assert_eq!(block(engine.unknown_chunks(&[*id])).unwrap(), vec![true]);
         }
         // The odd chunks, which no backup confirmed, are all condemned.
         assert!(
@@ -1017,7 +968,7 @@ mod tests {
         let rec = engine.lookup(&[id]).await.unwrap()[0].unwrap();
         assert_eq!(rec.location.pack, a);
         assert!(rec.last_seen >= now_secs() - 1);
-        assert_eq!(engine.condemn(&[id], 1000).await.unwrap(), 0);
+        assert_eq!(condemned(engine.condemn(&[id], 1000).await.unwrap()), 0);
     }
 
     #[tokio::test]
@@ -1057,7 +1008,7 @@ mod tests {
         assert_eq!(s.lease, i64::from(MAX_LEASE_SECS));
         // A replica keeps the id and start another node gave it.
         let r = engine
-            .adopt_session_sync([7; 16], "h", None, s.started - 5, 60)
+            .adopt_session([7; 16], "h", None, s.started - 5, 60)
             .unwrap();
         assert_eq!((r.id, r.started), ([7; 16], s.started - 5));
         engine.renew_session([7; 16]).await.unwrap();

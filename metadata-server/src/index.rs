@@ -85,9 +85,11 @@ pub struct IndexStats {
     pub packs: u64,
 }
 
-/// A deduplication index. All calls are batched.
+/// What deduplication needs of an index: which chunks are new, recording
+/// stored packs, and where chunks are. Backup, restore, check and `index
+/// rebuild` hold one of these. All calls are batched.
 #[async_trait]
-pub trait Index: Send + Sync {
+pub trait DedupIndex: Send + Sync {
     /// For each id, `true` if the index does not know it (the caller must
     /// upload it). Known chunks have their last-seen time refreshed: that is
     /// what keeps a chunk a running backup relies on safe from GC.
@@ -119,9 +121,15 @@ pub trait Index: Send + Sync {
 
     /// Counts.
     async fn stats(&self) -> Result<IndexStats, IndexError>;
+}
 
-    // ---- sessions and garbage collection (crate docs, "Garbage collection") ----
-
+/// What garbage collection needs of an index (crate docs, "Garbage
+/// collection"): the sessions backups hold, condemnation, and pack states.
+/// Prune drives these; a backup only begins, renews, commits and ends its
+/// own session. An index without sessions (none reachable) answers every
+/// call with [`IndexError::Unavailable`], the default here.
+#[async_trait]
+pub trait GcIndex: Send + Sync {
     /// Opens a backup session with a lease of `lease_secs`.
     async fn begin_session(
         &self,
@@ -159,9 +167,9 @@ pub trait Index: Send + Sync {
 
     /// Condemns each chunk that is live and whose first- and last-seen
     /// times are both before `cutoff`, atomically with respect to
-    /// `unknown_chunks` and `register_pack`. Returns how many are condemned
-    /// after the call (now or before).
-    async fn condemn(&self, _ids: &[ChunkId], _cutoff: i64) -> Result<u64, IndexError> {
+    /// `unknown_chunks` and `register_pack`. For each id, whether it is
+    /// condemned after the call (now or before).
+    async fn condemn(&self, _ids: &[ChunkId], _cutoff: i64) -> Result<Vec<bool>, IndexError> {
         Err(unsupported())
     }
 
@@ -192,6 +200,15 @@ pub trait Index: Send + Sync {
         Err(unsupported())
     }
 }
+
+/// Both halves, for the callers that need both: a backup (deduplication
+/// and its own session) and prune (garbage collection, and registering and
+/// locating chunks). One handle rather than two, so that both halves are
+/// always the same index; callers that need one half take that trait
+/// (`Arc<dyn Index>` upcasts to either).
+pub trait Index: DedupIndex + GcIndex {}
+
+impl<T: DedupIndex + GcIndex + ?Sized> Index for T {}
 
 fn unsupported() -> IndexError {
     IndexError::Unavailable("this index does not support sessions or garbage collection".into())

@@ -6,9 +6,14 @@
 //! (`cairn index rebuild`), and losing the index never loses data. A backup
 //! that gets no answer treats the chunk as unknown and uploads it again.
 //!
-//! [`Index`] is the seam: the embedded [`Engine`] (RocksDB in-process, used
-//! in local mode) implements it, and so does the client for the remote
-//! cluster.
+//! Two traits are the seam, one per caller: [`DedupIndex`] (which chunks
+//! are new, register, locate: backup, restore, check) and [`GcIndex`]
+//! (sessions, condemnation, pack states: prune, and a backup's own
+//! session); [`Index`] is both. The embedded [`Engine`] (RocksDB
+//! in-process, used in local mode) implements them, and so does the client
+//! for the remote cluster. The engine's methods are async, like every
+//! index's; a synchronous caller (the server's handlers, on blocking
+//! threads) bridges with `Handle::block_on` in one place.
 //!
 //! # Garbage collection
 //!
@@ -131,16 +136,12 @@ mod engine;
 mod error;
 mod index;
 mod lock;
-pub mod metrics;
-pub mod node;
 mod record;
-pub mod server;
-pub mod service;
 
 pub use engine::{DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS};
 pub use error::IndexError;
 pub use index::{
-    ChunkRecord, Index, IndexStats, PackObservation, RegisterOutcome, Session, SessionId,
-    SessionList,
+    ChunkRecord, DedupIndex, GcIndex, Index, IndexStats, PackObservation, RegisterOutcome, Session,
+    SessionId, SessionList,
 };
 pub use lock::LockWait;

@@ -143,6 +143,9 @@ mod tests {
             dead_since_unix: 5,
         };
         assert_eq!(hex(&|b| state.encode(b).unwrap()), "0a010210011805");
+        // The forms clients before RelocatePack and EndSession send, which
+        // servers still accept.
+        #[allow(deprecated)]
         let register = v1::RegisterPackRequest {
             repo_id: Default::default(),
             pack_id: Default::default(),
@@ -150,11 +153,23 @@ mod tests {
             relocate: true,
         };
         assert_eq!(hex(&|b| register.encode(b).unwrap()), "2001");
+        #[allow(deprecated)]
         let commit = v1::CommitManifestRequest {
             finished: true,
             ..Default::default()
         };
         assert_eq!(hex(&|b| commit.encode(b).unwrap()), "2001");
+        let relocate = v1::RelocatePackRequest {
+            repo_id: vec![9].into(),
+            pack_id: vec![2].into(),
+            entries: vec![],
+        };
+        assert_eq!(hex(&|b| relocate.encode(b).unwrap()), "0a0109120102");
+        let end = v1::EndSessionRequest {
+            repo_id: vec![9].into(),
+            session_id: vec![1].into(),
+        };
+        assert_eq!(hex(&|b| end.encode(b).unwrap()), "0a0109120101");
         let replica = v1::BeginSessionRequest {
             session_id: vec![1].into(),
             started_unix: 2,

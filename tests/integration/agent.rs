@@ -180,7 +180,7 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let (dir, root, cairn) = tempdir_with_repo();
+        let (dir, root, cairn) = new_repo();
         std::fs::write(root.join("password"), format!("{PASSWORD}\n")).unwrap();
         write_files(&root.join("src"), &[("docs/a.txt", "alpha\n")]);
         std::fs::write(root.join("src/b.bin"), random_bytes(300_000, 7)).unwrap();
@@ -197,9 +197,19 @@ impl Setup {
         self.root.join("src")
     }
 
-    /// Writes `cairn.toml` from a job body; `{repo}`, `{src}`, `{password}`
-    /// and `{root}` are replaced by the setup's paths.
+    /// Writes `cairn.toml`; `{repo}`, `{src}`, `{password}` and `{root}`
+    /// are replaced by the setup's paths. `{job NAME}` on a line of its own stands for
+    /// a job table backing up `{src}` into `{repo}` with `{password}`.
     fn config(&self, text: &str) -> PathBuf {
+        let text: String = text
+            .lines()
+            .map(
+                |line| match line.strip_prefix("{job ").and_then(|l| l.strip_suffix('}')) {
+                    Some(name) => job(name, ""),
+                    None => format!("{line}\n"),
+                },
+            )
+            .collect();
         let text = text
             .replace("{repo}", s(&self.repo))
             .replace("{src}", s(&self.src()))
@@ -253,13 +263,14 @@ impl Setup {
 #[test]
 fn frequent_job_runs_repeatedly_and_never_overlaps() {
     let t = Setup::new();
-    let config = t.config(&job(
-        "often",
-        r#"schedule = "* * * * * *"
+    let config = t.config(
+        r#"
+{job often}
+schedule = "* * * * * *"
 # The run (backup + hook) lasts longer than the one-second interval.
 on_success = "sleep 1.5"
 "#,
-    ));
+    );
     let mut agent = t.agent(&config, &[], "agent");
     let finished = agent.wait_for("three finished runs", "run_finished", 3, |e| {
         e["job"] == "often"
@@ -324,7 +335,13 @@ on_success = "sleep 1.5"
 #[test]
 fn missed_run_runs_once_after_restart() {
     let t = Setup::new();
-    let config = t.config(&job("hourly", "schedule = \"hourly\"\njitter = \"2s\"\n"));
+    let config = t.config(
+        r#"
+{job hourly}
+schedule = "hourly"
+jitter = "2s"
+"#,
+    );
     // A first run, as systemd's timer would do it.
     t.cairn
         .run(t.agent_args(&config, &["--run-once", "hourly"]))
@@ -385,10 +402,13 @@ fn missed_run_runs_once_after_restart() {
 #[test]
 fn jitter_stays_within_its_bound() {
     let t = Setup::new();
-    let config = t.config(&job(
-        "jittery",
-        "schedule = \"*/2 * * * * *\"\njitter = \"1500ms\"\n",
-    ));
+    let config = t.config(
+        r#"
+{job jittery}
+schedule = "*/2 * * * * *"
+jitter = "1500ms"
+"#,
+    );
     let mut agent = t.agent(&config, &[], "agent");
     let starts = agent.wait_for("five runs", "run_started", 5, |_| true);
     agent.terminate();
@@ -645,10 +665,12 @@ fn systemd_calendar(expr: &str, n: usize) -> Vec<String> {
 fn schedule_install_writes_units_systemd_accepts_and_status_reports_them() {
     require_systemd_analyze();
     let t = Setup::new();
-    let nightly = job("nightly", "schedule = \"30 2 * * *\"\njitter = \"10m\"\n");
     let config = t.config(
-        &(nightly
-            + r#"
+        r#"
+{job nightly}
+schedule = "30 2 * * *"
+jitter = "10m"
+
 [jobs.weekdays]
 paths = ["{src}/docs"]
 repository = "{repo}"
@@ -660,7 +682,7 @@ paths = ["{src}"]
 repository = "{repo}"
 password_env = "CAIRN_TEST_JOB_PASSWORD"
 schedule = "*/15 * * * * *"
-"#),
+"#,
     );
     let cairn = t
         .cairn
@@ -1037,15 +1059,16 @@ fn forget_applies_the_policy_and_removes_only_manifests() {
 #[test]
 fn retention_with_prune_runs_prune_after_forgetting() {
     let t = Setup::new();
-    let config = t.config(&job(
-        "nightly",
-        r#"schedule = "daily"
+    let config = t.config(
+        r#"
+{job nightly}
+schedule = "daily"
 
 [jobs.nightly.retention]
 keep_last = 1
 prune = true
 "#,
-    ));
+    );
     let run_once = || {
         let out = t
             .cairn

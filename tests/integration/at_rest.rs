@@ -23,7 +23,7 @@ fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 #[test]
 fn repository_holds_no_plaintext() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let marker = random_marker();
     let src = dir.join("src");
     fs::create_dir_all(&src).unwrap();

@@ -202,7 +202,7 @@ impl ClusterFixture {
         }
     }
 
-    fn total(&self, metric: &str) -> f64 {
+    pub(crate) fn total(&self, metric: &str) -> f64 {
         self.nodes.iter().map(|n| n.metric(metric)).sum()
     }
 }
@@ -487,7 +487,7 @@ fn auth_and_bad_input_are_refused_and_the_node_keeps_serving() {
                     repo_id: repo.clone().into(),
                     pack_id: vec![1, 2, 3].into(),
                     entries: vec![],
-                    relocate: false,
+                    ..Default::default()
                 },
                 &token,
             ))

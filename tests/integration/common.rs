@@ -71,9 +71,9 @@ pub fn tempdir() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// A fresh temporary directory (as [`tempdir`]) with a new repository at
-/// `DIR/repo`, initialised with the defaults.
-pub fn tempdir_with_repo() -> (tempfile::TempDir, PathBuf, Cairn) {
+/// A temporary directory holding a new repository at `DIR/repo`, and a
+/// client for it.
+pub fn new_repo() -> (tempfile::TempDir, PathBuf, Cairn) {
     let (tmp, dir) = tempdir();
     let cairn = Cairn::new(dir.join("repo"));
     cairn.init();

@@ -31,7 +31,7 @@ fn build_source(src: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn truncated_pack_is_named_by_check() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     build_source(&src);
     cairn.backup(&[&src], &[]);
@@ -59,7 +59,7 @@ fn truncated_pack_is_named_by_check() {
 
 #[test]
 fn flipped_byte_is_named_and_restore_saves_the_rest() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     let files = build_source(&src);
     let stats = cairn.backup(&[&src], &[]);

@@ -11,7 +11,7 @@ use crate::inspect::Inspector;
 
 fn kill_after_packs_then_rerun(k: usize) {
     let src = big_source();
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
 
     let mut child = cairn.spawn(["backup", s(src), "--json"], &dir.join("killed-run"));
     let deadline = Instant::now() + Duration::from_secs(300);

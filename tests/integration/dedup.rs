@@ -7,7 +7,7 @@ use crate::common::*;
 
 #[test]
 fn unchanged_tree_stores_nothing_and_one_byte_insert_few_chunks() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let tree = build_full_tree(&dir.join("src"));
     let src = &tree.root;
 

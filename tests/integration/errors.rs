@@ -6,10 +6,10 @@ use crate::common::*;
 
 #[test]
 fn wrong_password_is_one_clear_error() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
 
     let out = cairn.with_password("not the password").run(["snapshots"]);
-    out.expect_clean_error(1, "wrong password");
+    out.expect_clean_error(11, "wrong password");
     assert!(
         out.stderr.contains(s(&cairn.repo)),
         "the error names the repository\n{}",
@@ -22,7 +22,7 @@ fn wrong_password_is_one_clear_error() {
     let out = cairn
         .without_password()
         .run(["--password-file", s(&pw_file), "snapshots"]);
-    out.expect_clean_error(1, "wrong password");
+    out.expect_clean_error(11, "wrong password");
 
     // And the right one through --password-file works.
     fs::write(&pw_file, format!("{PASSWORD}\n")).unwrap();
@@ -39,7 +39,7 @@ fn missing_repository_is_one_clear_error() {
     let cairn = Cairn::new(&nowhere);
     for args in [vec!["snapshots"], vec!["backup", s(&dir)], vec!["check"]] {
         let out = cairn.run(&args);
-        out.expect_clean_error(1, "no repository at");
+        out.expect_clean_error(10, "no repository at");
         assert!(
             out.stderr.contains(s(&nowhere)),
             "the error names the path\n{}",
@@ -48,7 +48,7 @@ fn missing_repository_is_one_clear_error() {
     }
     // --repo overrides CAIRN_REPO.
     let out = Cairn::new(dir.join("elsewhere")).run(["--repo", s(&nowhere), "snapshots"]);
-    out.expect_clean_error(1, "no repository at");
+    out.expect_clean_error(10, "no repository at");
     assert!(
         out.stderr.contains(s(&nowhere)),
         "--repo was not used\n{}",
@@ -160,5 +160,42 @@ fn unreadable_source_file_warns_and_exits_3() {
     assert!(
         !back.join("sub/secret.txt").exists(),
         "the unreadable file was restored"
+    );
+}
+
+/// SIGINT stops a backup cleanly: no snapshot, exit code 130, and the next
+/// run reuses what the interrupted one stored.
+#[test]
+fn an_interrupted_backup_exits_130_and_writes_no_snapshot() {
+    let src = big_source();
+    let (_tmp, dir, cairn) = new_repo();
+    let log = dir.join("interrupted");
+    let mut child = cairn.spawn(["backup", s(src)], &log);
+    poll_until(
+        "the backup stores its first pack",
+        std::time::Duration::from_secs(300),
+        || !pack_files(&cairn.repo).is_empty() || child.try_wait().unwrap().is_some(),
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup finished before it could be interrupted; make big_source() bigger"
+    );
+    let pid = child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_with_deadline(&mut child, std::time::Duration::from_secs(120))
+        .expect("the interrupted backup did not stop");
+    let stderr = fs::read_to_string(log.join("stderr")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("error: backup interrupted; no snapshot was written"),
+        "{stderr}"
+    );
+    assert!(
+        cairn.snapshots().is_empty(),
+        "an interrupted backup left a snapshot"
     );
 }

@@ -7,7 +7,7 @@ use crate::common::*;
 
 #[test]
 fn excludes_leave_out_the_expected_entries() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     for d in [
         "sub",

@@ -6,7 +6,7 @@ use crate::common::*;
 
 #[test]
 fn rebuilt_index_restores_dedup() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
     let mut files = Vec::new();

@@ -46,7 +46,7 @@ fn add_remove_and_change_passwords() {
     assert_eq!(key_files(&first.repo).len(), 1);
     first
         .run(["snapshots"])
-        .expect_clean_error(1, "wrong password");
+        .expect_clean_error(11, "wrong password");
     assert_eq!(key_count(&second), 1);
 
     // The key that opened the repository (here the last one) is not removed.
@@ -64,7 +64,7 @@ fn add_remove_and_change_passwords() {
         .expect_success();
     second
         .run(["snapshots"])
-        .expect_clean_error(1, "wrong password");
+        .expect_clean_error(11, "wrong password");
     let third = first.with_password(THIRD);
     assert_eq!(key_count(&third), 1);
 

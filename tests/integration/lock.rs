@@ -9,7 +9,7 @@ use crate::common::*;
 #[test]
 fn second_backup_is_refused_while_first_runs() {
     let src = big_source();
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let small = dir.join("small");
     fs::create_dir_all(&small).unwrap();
     fs::write(small.join("f.txt"), b"small\n").unwrap();
@@ -35,7 +35,7 @@ fn second_backup_is_refused_while_first_runs() {
         "the first backup finished while the second ran; the test proves nothing (make big_source() bigger)\n{}",
         second.describe()
     );
-    second.expect_clean_error(1, "in use by another cairn process");
+    second.expect_clean_error(12, "in use by another cairn process");
     assert!(
         second.stderr.contains(&format!("pid {pid}")),
         "the error names the holder\n{}",

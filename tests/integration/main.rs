@@ -5,6 +5,11 @@
 //! Run: `CARGO_TARGET_DIR=/work/.cache/cairn-target cargo test -p cairn-client --test integration`
 
 mod common;
+// The object-store conformance suite, the same source the store's own unit
+// tests run, compiled here for the S3 servers (its `super::` is this root).
+#[path = "../../chunk-store/src/store/conformance.rs"]
+mod conformance;
+use cairn_chunk_store::store::{ObjectStore, StoreError};
 mod inspect;
 
 mod agent;
@@ -13,16 +18,24 @@ mod cluster;
 mod corruption;
 mod crash;
 mod dedup;
+mod dry_run;
 mod errors;
 mod excludes;
 mod faultproxy;
+mod find;
 mod fixture;
+mod generate;
 mod index;
 mod keys;
 mod lock;
 mod output;
 mod prune;
+mod prune_explains;
+mod round_trips;
 mod roundtrip;
 mod s3;
 mod selftest;
 mod snapshots;
+mod stats;
+mod stdin;
+mod tag;

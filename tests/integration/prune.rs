@@ -69,7 +69,7 @@ struct TwoSnapshots {
 
 impl TwoSnapshots {
     fn new() -> Self {
-        let (tmp, dir, cairn) = tempdir_with_repo();
+        let (tmp, dir, cairn) = new_repo();
         Self::on(cairn, dir, Some(tmp))
     }
 
@@ -194,7 +194,7 @@ fn dry_run_changes_nothing_and_forget_prune_does_both() {
 
 #[test]
 fn a_condemned_chunk_is_uploaded_again_not_reused() {
-    let (_dir, dir, cairn) = tempdir_with_repo();
+    let (_dir, dir, cairn) = new_repo();
     condemned_chunks_are_uploaded_again(&cairn, &dir);
 }
 
@@ -241,7 +241,7 @@ fn condemned_chunks_are_uploaded_again(cairn: &Cairn, dir: &Path) {
 
 #[test]
 fn a_forgotten_snapshot_is_freed_by_one_prune_after_the_grace_period() {
-    let (_dir, dir, cairn) = tempdir_with_repo();
+    let (_dir, dir, cairn) = new_repo();
     let (a, b) = (dir.join("a"), dir.join("b"));
     fs::create_dir_all(&a).unwrap();
     fs::create_dir_all(&b).unwrap();
@@ -516,6 +516,15 @@ fn a_parent_forgotten_while_a_backup_runs_keeps_its_data_until_the_backup_ends()
     let report = pruned.json_last_line();
     assert_eq!(n(&report, "backups_from_forgotten_parents"), 1, "{report}");
     assert_eq!(n(&report, "chunks_condemned"), 0, "{report}");
+    // Prune says what it holds back, and why.
+    let waiting = report["waiting"].as_array().expect("waiting");
+    assert_eq!(waiting.len(), 1, "{report}");
+    assert_eq!(waiting[0]["reason"], "forgotten_parent", "{report}");
+    assert!(
+        n(&waiting[0], "bytes") > 0 && n(&waiting[0], "packs") >= 1,
+        "{report}"
+    );
+    assert!(waiting[0]["until"].is_null(), "{report}");
 
     let (status, stderr) = wait_for_backup(&mut backup, &log, Duration::from_secs(120));
     assert_eq!(status.code(), Some(0), "{stderr}");
@@ -569,33 +578,12 @@ fn wait_for_backup(backup: &mut Child, log: &Path, timeout: Duration) -> (ExitSt
     (status, stderr)
 }
 
-/// Backs up the big source through `f` with a session lease of `lease`
-/// seconds, kills index node `victim` once the backup has stored a pack, and
-/// waits for the backup to end: its exit status and stderr.
-fn backup_while_a_node_dies(
-    f: &mut ClusterFixture,
-    lease: &str,
-    victim: usize,
-) -> (ExitStatus, String) {
-    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", lease);
-    let log = f.dir.join("log");
-    let mut backup = spawn_backup_until_packs(
-        &cairn,
-        &["backup", s(big_source()), "--json"],
-        &log,
-        &f.dir.join("repo"),
-        1,
-    );
-    f.kill_node(victim);
-    wait_for_backup(&mut backup, &log, Duration::from_secs(300))
-}
-
 /// The index is an accelerator: losing the node that holds a backup's
 /// session costs the backup nothing while the lease it last confirmed runs.
 #[test]
 fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
     let mut f = ClusterFixture::start(1, 1);
-    let (status, stderr) = backup_while_a_node_dies(&mut f, "600", 0);
+    let (status, stderr) = backup_losing_a_node(&mut f, "600", 0);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("its lease still runs"), "{stderr}");
     let snaps = f
@@ -611,13 +599,34 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
 fn a_session_survives_one_of_its_replicas() {
     for victim in 0..2 {
         let mut f = ClusterFixture::start(2, 2);
-        let (status, stderr) = backup_while_a_node_dies(&mut f, "2", victim);
+        let (status, stderr) = backup_losing_a_node(&mut f, "2", victim);
         assert!(status.success(), "node {victim} killed: {stderr}");
         assert!(
             !stderr.contains("did not confirm the backup session"),
             "node {victim} killed: {stderr}"
         );
     }
+}
+
+/// A backup with a session lease of `lease` seconds that loses node
+/// `victim` once it stored its first pack: how it ended, and its stderr.
+fn backup_losing_a_node(
+    f: &mut ClusterFixture,
+    lease: &str,
+    victim: usize,
+) -> (ExitStatus, String) {
+    let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", lease);
+    let log = f.dir.join("log");
+    let repo = f.dir.join("repo");
+    let mut backup = spawn_backup_until_packs(
+        &cairn,
+        &["backup", s(big_source()), "--json"],
+        &log,
+        &repo,
+        1,
+    );
+    f.kill_node(victim);
+    wait_for_backup(&mut backup, &log, Duration::from_secs(300))
 }
 
 /// What one client of the concurrency test put in a snapshot.

@@ -8,7 +8,7 @@ use crate::inspect::Inspector;
 
 #[test]
 fn full_tree_round_trip_ls_dump_and_include() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let tree = build_full_tree(&dir.join("src"));
     let src = &tree.root;
 
@@ -210,7 +210,7 @@ fn each_cipher_round_trips_and_is_recorded() {
 /// stale file. A second restore over the first gives the same tree.
 #[test]
 fn restore_replaces_what_is_already_in_the_target() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     write_files(
         &src,
@@ -241,7 +241,7 @@ fn restore_replaces_what_is_already_in_the_target() {
 /// the next backup records it.
 #[test]
 fn xattrs_follow_their_files_across_backups() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     fs::create_dir_all(&src).unwrap();
     for (name, value) in [("kept.txt", "one"), ("changed.txt", "one")] {

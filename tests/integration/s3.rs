@@ -147,7 +147,7 @@ fn conformance(server: Server) {
         let store = server
             .store(&format!("conformance-{}", random_marker()))
             .await;
-        cairn_chunk_store::store::conformance_suite(&store).await;
+        crate::conformance::conformance_suite(&store).await;
     });
 }
 

@@ -98,7 +98,7 @@ fn rfc3339_parser_accepts_and_rejects() {
 
 #[test]
 fn snapshots_json_latest_and_prefixes() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     write_files(&src, &[("a.txt", "a\n")]);
     let start = now();
@@ -183,7 +183,7 @@ fn snapshots_json_latest_and_prefixes() {
 
 #[test]
 fn ambiguous_and_unknown_references_are_errors() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     write_files(&src, &[("x.txt", "x\n")]);
 
@@ -226,7 +226,7 @@ fn ambiguous_and_unknown_references_are_errors() {
 
 #[test]
 fn diff_shows_added_removed_modified() {
-    let (_tmp, dir, cairn) = tempdir_with_repo();
+    let (_tmp, dir, cairn) = new_repo();
     let src = dir.join("src");
     write_files(
         &src,

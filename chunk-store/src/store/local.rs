@@ -353,7 +353,7 @@ mod tests {
     async fn local_store_conformance() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().join("repo"));
-        crate::store::conformance_suite(&store).await;
+        crate::store::conformance::conformance_suite(&store).await;
         // No temporary files are left behind.
         let leftovers: Vec<_> = fs::read_dir(dir.path().join("repo/packs/cd"))
             .unwrap()

@@ -11,6 +11,7 @@
 //! systemd has `/` as its working directory.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 use super::cron::Schedule;
+use crate::backup::stream::{StreamFile, StreamSource};
 use crate::context::{RepoArgs, S3Settings, hostname};
 use crate::retention::Policy;
 
@@ -124,6 +126,8 @@ pub struct Job {
     /// How to reach an `s3://` repository (`CAIRN_S3_*`, read when the
     /// config is loaded).
     pub s3: S3Settings,
+    /// A command whose output is backed up instead of `paths`.
+    pub stream: Option<StreamFile>,
 }
 
 impl Job {
@@ -200,7 +204,12 @@ struct RawAgent {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJob {
+    #[serde(default)]
     paths: Vec<String>,
+    /// Back up this command's standard output instead of paths.
+    command: Option<Vec<String>>,
+    /// The file name the command's output gets in the snapshot.
+    stdin_filename: Option<String>,
     #[serde(default)]
     exclude: Vec<String>,
     #[serde(default)]
@@ -315,12 +324,37 @@ fn check_job(
     }
 
     let mut paths = Vec::new();
-    if raw.paths.is_empty() {
-        errors.push(doc.error(
-            &key("paths"),
-            "no paths: give at least one path to back up".into(),
-        ));
-    }
+    let stream = match (&raw.command, raw.paths.is_empty()) {
+        (None, true) => {
+            errors.push(doc.error(
+                &key("paths"),
+                "no paths: give at least one path to back up (or a command)".into(),
+            ));
+            None
+        }
+        (None, false) => None,
+        (Some(_), false) => {
+            errors.push(doc.error(
+                &key("command"),
+                "give either paths or a command, not both".into(),
+            ));
+            None
+        }
+        (Some(argv), true) if argv.is_empty() => {
+            errors.push(doc.error(&key("command"), "the command is empty".into()));
+            None
+        }
+        (Some(argv), true) => {
+            let file = StreamFile {
+                name: raw.stdin_filename.clone().unwrap_or_else(|| "stdin".into()),
+                source: StreamSource::Command(argv.iter().map(OsString::from).collect()),
+            };
+            if let Err(e) = file.snapshot_path() {
+                errors.push(doc.error(&key("stdin_filename"), format!("{e:#}")));
+            }
+            Some(file)
+        }
+    };
     for (i, p) in raw.paths.iter().enumerate() {
         let abs = resolve(base, p);
         if let Err(e) = abs.symlink_metadata() {
@@ -390,10 +424,7 @@ fn check_job(
             format!("{}: {}", f.display(), io_reason(&e)),
         ));
     }
-    if index.is_some()
-        && index_token_file.is_none()
-        && RepoArgs::index_token_from_env().is_none()
-    {
+    if index.is_some() && index_token_file.is_none() && RepoArgs::index_token_from_env().is_none() {
         errors.push(doc.error(
             &key("index"),
             "the index cluster needs a repository token: set index_token_file, or CAIRN_INDEX_TOKEN".into(),
@@ -482,6 +513,7 @@ fn check_job(
         on_success: raw.on_success.filter(|c| !c.trim().is_empty()),
         on_failure: raw.on_failure.filter(|c| !c.trim().is_empty()),
         s3,
+        stream,
     })
 }
 

@@ -665,6 +665,7 @@ mod tests {
             on_success: None,
             on_failure: None,
             s3: crate::context::S3Settings::from_env().unwrap(),
+            stream: None,
         }
     }
 

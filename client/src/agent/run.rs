@@ -110,6 +110,8 @@ fn backup_inner(
             progress: false,
             cancel: Some(cancel.clone()),
             lease_secs: cairn_index::DEFAULT_LEASE_SECS,
+            stream: job.stream.clone(),
+            dry_run: false,
         },
     )?;
     let stats = &report.stats;

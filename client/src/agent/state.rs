@@ -200,12 +200,7 @@ impl StateStore {
     /// Changes the state under the file lock and writes it back atomically.
     pub fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> Result<R> {
         let lock_path = self.dir.join("agent.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = open_lock_file(&lock_path)?;
         lock.lock()
             .with_context(|| format!("locking {}", lock_path.display()))?;
         let mut state = self.load()?;
@@ -232,12 +227,7 @@ impl StateStore {
     /// Takes the run lock of `job`; `None` if another process holds it.
     pub fn try_lock_job(&self, job: &str) -> Result<Option<File>> {
         let path = self.dir.join("locks").join(format!("{job}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
@@ -246,6 +236,16 @@ impl StateStore {
             }
         }
     }
+}
+
+/// Opens (creating, never truncating) a file that is only ever locked.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 #[cfg(test)]

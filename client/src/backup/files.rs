@@ -31,8 +31,11 @@ use super::Shared;
 
 /// A file to read.
 pub struct FileJob {
-    /// Absolute path.
+    /// Absolute path (for a stream, its path in the snapshot).
     pub path: PathBuf,
+    /// A stream to read instead of the file at `path` (standard input, a
+    /// command's output).
+    pub stream: Option<Box<dyn Read + Send>>,
     /// Size seen by `lstat` (a hint; the bytes read are what counts).
     pub size: u64,
     /// Where the result goes.
@@ -173,9 +176,11 @@ pub fn worker(
                 }
             }
             recv(jobs) -> job => match job {
-                Ok(job) => {
+                Ok(mut job) => {
                     let result = if shared.counters.aborted() {
                         Err("backup aborted".to_string())
+                    } else if let Some(reader) = job.stream.take() {
+                        stream(reader, 0, &shared, &queue, &blobs, &segments)
                     } else {
                         process(&shared, &job, &queue, &blobs, &segments)
                     };
@@ -249,7 +254,7 @@ fn process(
 }
 
 fn stream(
-    file: File,
+    file: impl Read,
     size_hint: u64,
     shared: &Shared,
     queue: &ChunkQueue,

@@ -15,6 +15,7 @@
 pub mod excludes;
 pub mod files;
 pub mod packer;
+pub mod stream;
 pub mod walk;
 
 use std::collections::HashSet;
@@ -36,6 +37,12 @@ use crate::progress::Ticker;
 use crate::source::BlobSource;
 use excludes::Excludes;
 
+/// A backup stopped by its cancel flag (SIGINT or SIGTERM): the packs it
+/// filled are stored and registered, no snapshot was written.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("backup interrupted; no snapshot was written (the next run reuses what was stored)")]
+pub struct Interrupted;
+
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -56,11 +63,20 @@ pub struct BackupOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Lease of the backup's session, in seconds (renewed every third of it).
     pub lease_secs: u32,
+    /// Back up this stream as the snapshot's one file instead of `paths`.
+    pub stream: Option<stream::StreamFile>,
+    /// Read and chunk everything, ask the index without changing it, and
+    /// report what would be stored; upload nothing, write no snapshot,
+    /// begin no session.
+    pub dry_run: bool,
 }
 
 /// The outcome of a backup.
 #[derive(Debug, Clone)]
 pub struct BackupReport {
+    /// A dry run: nothing was written; `snapshot_id` is the id the snapshot
+    /// would have had.
+    pub dry_run: bool,
     /// The new snapshot.
     pub snapshot_id: SnapshotId,
     /// The snapshot used to skip unchanged files.
@@ -214,9 +230,21 @@ pub struct Shared {
     pub counters: Counters,
     warnings: Mutex<Vec<String>>,
     index_warned: AtomicBool,
+    /// A dry run: the index is read, never written, and nothing is stored.
+    pub dry_run: bool,
 }
 
 impl Shared {
+    /// For a dry run: whether the index lacks `id` (or holds it condemned),
+    /// asked without refreshing anything.
+    fn unknown_read_only(&self, id: ChunkId) -> Result<Vec<bool>, cairn_index::IndexError> {
+        let found = self.handle.block_on(self.index.lookup(&[id]))?;
+        Ok(found
+            .iter()
+            .map(|r| r.is_none_or(|r| r.condemned))
+            .collect())
+    }
+
     /// Decides whether this run must store chunk `id`: true exactly once per
     /// chunk the index does not know. An index that does not answer counts
     /// as "unknown": the chunk is uploaded again rather than the backup failing.
@@ -230,7 +258,12 @@ impl Shared {
             Counters::add(&self.counters.reused, 1);
             return Ok(false);
         }
-        match self.handle.block_on(self.index.unknown_chunks(&[id])) {
+        let answer = if self.dry_run {
+            self.unknown_read_only(id)
+        } else {
+            self.handle.block_on(self.index.unknown_chunks(&[id]))
+        };
+        match answer {
             Ok(unknown) if unknown.first() == Some(&false) => {
                 Counters::add(&self.counters.reused, 1);
                 Ok(false)
@@ -372,6 +405,20 @@ struct SessionGuard {
 const FENCED: &str = "backup session expired (its lease was not renewed in time), so prune may have removed data this backup relies on; no snapshot was written, run the backup again";
 
 impl SessionGuard {
+    /// No session (a dry run).
+    fn none(handle: &Handle, index: &Arc<dyn Index>) -> Self {
+        Self {
+            handle: handle.clone(),
+            index: index.clone(),
+            ended: true,
+            session: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            fenced: Arc::new(Mutex::new(None)),
+            confirmed: Arc::new(Mutex::new(Instant::now())),
+            renewer: None,
+        }
+    }
+
     fn begin(
         handle: &Handle,
         index: &Arc<dyn Index>,
@@ -583,16 +630,38 @@ pub fn run(
             .map_err(|e| anyhow!("cannot back up {}: {e}", abs.display()))?;
         paths.push(abs);
     }
-    if paths.is_empty() {
-        return Err(anyhow!("nothing to back up: give at least one path"));
-    }
-    let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let path_strings: Vec<String> = match &options.stream {
+        Some(_) if !paths.is_empty() => {
+            return Err(anyhow!(
+                "give either paths or a stream to back up, not both"
+            ));
+        }
+        Some(s) => vec![s.snapshot_path()?],
+        None if paths.is_empty() => {
+            return Err(anyhow!("nothing to back up: give at least one path"));
+        }
+        None => paths.iter().map(|p| p.display().to_string()).collect(),
+    };
+    // A command starts before anything else, so a typo fails at once; its
+    // guard stops it on any early return.
+    let (stream_reader, stream_finish) = match &options.stream {
+        Some(s) => {
+            let (reader, finish) = s.open()?;
+            (Some(reader), Some(finish))
+        }
+        None => (None, None),
+    };
 
-    handle.block_on(register_orphan_packs(repo, &*index))?;
+    if !options.dry_run {
+        handle.block_on(register_orphan_packs(repo, &*index))?;
+    }
     let snapshots = handle.block_on(repo.snapshots())?;
     let parent = find_parent(&snapshots, &options.host, &path_strings);
-    let mut session =
-        SessionGuard::begin(handle, &index, &options.host, parent, options.lease_secs);
+    let mut session = if options.dry_run {
+        SessionGuard::none(handle, &index)
+    } else {
+        SessionGuard::begin(handle, &index, &options.host, parent, options.lease_secs)
+    };
     let source = BlobSource::new(repo.clone(), Some(index.clone()));
     let parent_root = match parent {
         Some(id) => {
@@ -600,8 +669,12 @@ pub fn run(
                 .iter()
                 .find(|(s, _)| *s == id)
                 .map(|(_, s)| s.clone());
-            snap.and_then(|s| s.root_tree().ok())
-                .and_then(|root| source.tree_blocking(handle, &root).ok())
+            snap.and_then(|s| s.root_tree().ok()).and_then(|root| {
+                // The walk compares every directory with the parent's: its
+                // trees load in batches now, not one round trip each later.
+                handle.block_on(crate::browse::preload(&source, &[root]));
+                source.tree_blocking(handle, &root).ok()
+            })
         }
         None => None,
     };
@@ -611,7 +684,8 @@ pub fn run(
         index: index.clone(),
         handle: handle.clone(),
         claimed: Mutex::new(HashSet::new()),
-        reuse_unasked: session.session.is_some() && parent.is_some(),
+        // A dry run changes nothing prune relies on, so it need not confirm.
+        reuse_unasked: (options.dry_run || session.session.is_some()) && parent.is_some(),
         unconfirmed: Mutex::new(Vec::new()),
         counters: Counters {
             cancel: options.cancel.clone(),
@@ -620,6 +694,7 @@ pub fn run(
         },
         warnings: Mutex::new(Vec::new()),
         index_warned: AtomicBool::new(false),
+        dry_run: options.dry_run,
     });
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -689,7 +764,10 @@ pub fn run(
     };
     drop(blob_tx);
 
-    let walked = {
+    let walked = if let (Some(reader), Some(s)) = (stream_reader, &options.stream) {
+        let mut walker = walk::Walker::new(&shared, &source, &options.excludes, job_tx, dir_tx);
+        walker.walk_stream(&s.name, reader)
+    } else {
         let trie = walk::SourceTrie::new(&paths);
         let pool = walk::Prefetch::new();
         std::thread::scope(|scope| {
@@ -722,11 +800,20 @@ pub fn run(
         return Err(e);
     }
     if shared.counters.cancelled() {
-        return Err(anyhow!(
-            "backup interrupted; no snapshot was written (the next run reuses what was stored)"
-        ));
+        return Err(Interrupted.into());
     }
     packed?;
+    if let Some(finish) = stream_finish {
+        finish.check()?;
+        if let Some(w) = shared
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+        {
+            return Err(anyhow!("{w}; no snapshot was written"));
+        }
+    }
     let root_key = walked?;
     let trees = trees?;
     let root = *trees
@@ -749,8 +836,26 @@ pub fn run(
         chunk_max: params.max,
         stats: Some(stats.clone()),
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        original: Vec::new(),
     };
     let (snapshot_id, sealed) = repo.seal_snapshot(&snapshot);
+    let report = |dry_run: bool| BackupReport {
+        dry_run,
+        snapshot_id,
+        parent,
+        data_chunks_new: Counters::get(&shared.counters.data_new),
+        tree_chunks_new: Counters::get(&shared.counters.tree_new),
+        stats: stats.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+        warnings: shared
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    };
+    if options.dry_run {
+        return Ok(report(true));
+    }
     session.commit(handle, snapshot_id)?;
     handle.block_on(repo.put_sealed_snapshot(&snapshot_id, sealed))?;
     let unconfirmed =
@@ -767,20 +872,7 @@ pub fn run(
         return Err(e);
     }
     session.end();
-    let warnings = shared
-        .warnings
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    Ok(BackupReport {
-        snapshot_id,
-        parent,
-        data_chunks_new: Counters::get(&shared.counters.data_new),
-        tree_chunks_new: Counters::get(&shared.counters.tree_new),
-        stats,
-        seconds: start.elapsed().as_secs_f64(),
-        warnings,
-    })
+    Ok(report(false))
 }
 
 #[cfg(test)]
@@ -793,7 +885,7 @@ mod tests {
     use cairn_chunk_store::pack::{BlobLocation, Compression, PackEntry};
     use cairn_chunk_store::repository::InitOptions;
     use cairn_chunk_store::store::LocalStore;
-    use cairn_index::{Engine, EngineOptions};
+    use cairn_index::{DedupIndex, Engine, EngineOptions};
 
     /// A local repository, its embedded index, and one stored snapshot.
     struct Fixture {

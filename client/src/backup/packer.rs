@@ -58,6 +58,11 @@ pub fn run(
         uploads.push(handle.spawn(async move {
             let _permit = permit;
             let result: Result<()> = async {
+                if shared.dry_run {
+                    // What would be stored, counted; nothing leaves.
+                    shared.counters.add_stored(len);
+                    return Ok(());
+                }
                 shared.repo.put_pack(&id, bytes).await?;
                 shared.counters.add_stored(len);
                 shared.index.register_pack(id, &entries).await?;

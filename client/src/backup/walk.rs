@@ -317,6 +317,50 @@ impl<'a> Walker<'a> {
         self.walk_virtual(Path::new("/"), trie, parent_root)
     }
 
+    /// A snapshot of one stream: a root tree holding the file `name`
+    /// (mode 0644, owned by this process, modified now), read from `reader`.
+    pub fn walk_stream(
+        &mut self,
+        name: &str,
+        reader: Box<dyn std::io::Read + Send>,
+    ) -> Result<u64> {
+        let owner = std::fs::metadata("/proc/self").ok();
+        let now = cairn_chunk_store::now_unix_nanos();
+        let node = Node {
+            name: name.as_bytes().to_vec(),
+            kind: NodeKind::File as u32,
+            mode: 0o644,
+            uid: owner.as_ref().map_or(0, |m| m.uid()),
+            gid: owner.as_ref().map_or(0, |m| m.gid()),
+            mtime_ns: now,
+            ctime_ns: now,
+            nlink: 1,
+            ..Node::default()
+        };
+        let path = Path::new("/").join(name);
+        let (reply, result) = bounded(1);
+        self.jobs
+            .send(FileJob {
+                path: path.clone(),
+                stream: Some(reader),
+                size: 0,
+                reply,
+            })
+            .map_err(|_| anyhow!("backup aborted"))?;
+        let key = self.key();
+        self.emit(PendingDir {
+            key,
+            parent: None,
+            entries: vec![Pending::File {
+                node,
+                path,
+                changed: false,
+                result,
+            }],
+        })?;
+        Ok(key)
+    }
+
     fn walk_virtual(
         &mut self,
         path: &Path,
@@ -398,6 +442,7 @@ impl<'a> Walker<'a> {
                 self.jobs
                     .send(FileJob {
                         path: path.to_path_buf(),
+                        stream: None,
                         size: node.size,
                         reply,
                     })

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+use cairn_client::backup::stream::{StreamFile, StreamSource};
 use cairn_client::backup::{self, BackupOptions, excludes::Excludes};
 use cairn_client::context::{hostname, username};
 use serde_json::json;
@@ -16,8 +17,21 @@ use super::{EXIT_PARTIAL, Globals};
 #[derive(clap::Args, Debug)]
 pub struct BackupArgs {
     /// Files and directories to back up.
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["stdin", "stdin_from_command"])]
     paths: Vec<PathBuf>,
+    /// Back up standard input as one file (named by --stdin-filename).
+    #[arg(long, conflicts_with_all = ["paths", "stdin_from_command"])]
+    stdin: bool,
+    /// The file name standard input (or the command's output) gets in the snapshot.
+    #[arg(long, value_name = "NAME", default_value = "stdin")]
+    stdin_filename: String,
+    /// Back up the standard output of the command given after `--`
+    /// (e.g. `-- pg_dump mydb`); the backup fails if it exits non-zero.
+    #[arg(long, requires = "command", conflicts_with = "paths")]
+    stdin_from_command: bool,
+    /// The command of --stdin-from-command and its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
     /// Leave out entries matching GLOB (a name, or an absolute path if it contains `/`).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
@@ -36,6 +50,9 @@ pub struct BackupArgs {
     /// Host name to record (default: this machine's).
     #[arg(long)]
     host: Option<String>,
+    /// Read and chunk everything and report what would be uploaded; write nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
     /// Lease of the backup's session in seconds (renewed every third of it;
     /// a backup that cannot renew it in time stops without a snapshot).
     #[arg(long, env = "CAIRN_SESSION_LEASE", default_value_t = cairn_index::DEFAULT_LEASE_SECS, value_name = "SECS")]
@@ -43,6 +60,20 @@ pub struct BackupArgs {
 }
 
 pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
+    if !a.command.is_empty() && !a.stdin_from_command {
+        anyhow::bail!("a command after `--` needs --stdin-from-command");
+    }
+    let stream = if a.stdin {
+        Some(StreamSource::Stdin)
+    } else if a.stdin_from_command {
+        Some(StreamSource::Command(a.command))
+    } else {
+        None
+    }
+    .map(|source| StreamFile {
+        name: a.stdin_filename,
+        source,
+    });
     let (repo, index) = rt.block_on(g.repo.open_for_backup())?;
     let options = BackupOptions {
         paths: a.paths,
@@ -58,11 +89,13 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
         progress: g.progress,
         cancel: Some(cancel_on_signal(rt)),
         lease_secs: a.session_lease,
+        stream,
+        dry_run: a.dry_run,
     };
     let report = backup::run(rt.handle(), &repo, index, options)?;
     let s = &report.stats;
     if g.json {
-        print_json(&json!({
+        let mut v = json!({
             "snapshot_id": report.snapshot_id,
             "parent": report.parent,
             "files_new": s.files_new,
@@ -79,7 +112,24 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
             "bytes_total": s.bytes_total,
             "errors": s.errors,
             "seconds": report.seconds,
-        }));
+        });
+        if report.dry_run {
+            v["dry_run"] = json!(true);
+            v["snapshot_id"] = serde_json::Value::Null;
+        }
+        print_json(&v);
+    } else if report.dry_run {
+        println!(
+            "dry run: files: {} new, {} changed, {} unmodified; {} dirs",
+            s.files_new, s.files_changed, s.files_unmodified, s.dirs
+        );
+        println!(
+            "dry run: would read {}, upload {} new chunks ({}, {} stored); nothing was written",
+            indicatif::HumanBytes(s.bytes_read),
+            s.chunks_new,
+            indicatif::HumanBytes(s.bytes_new),
+            indicatif::HumanBytes(s.bytes_stored),
+        );
     } else {
         println!(
             "files: {} new, {} changed, {} unmodified; {} dirs",

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use anyhow::Result;
 use cairn_chunk_store::SnapshotId;
 use cairn_chunk_store::manifest::Snapshot;
-use cairn_chunk_store::tree::NodeKind;
 use cairn_client::browse::{self, Change};
 use cairn_client::context::RepoArgs;
+use cairn_client::retention::{Filter, SnapshotMeta};
 use cairn_client::source::BlobSource;
 use serde_json::json;
 use tokio::runtime::Runtime;
 
 use super::Globals;
-use super::render::{format_time, print_json, snapshot_json};
+use super::render::{format_time, kind_name, print_json, snapshot_json};
 
 #[derive(clap::Args, Debug)]
 pub struct LsArgs {
@@ -75,12 +75,7 @@ pub fn ls(rt: &Runtime, g: &Globals, a: LsArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     rt.block_on(browse::walk(&source, &root, &start, &mut |e| {
         if json {
-            let kind = match e.node.node_kind() {
-                Some(NodeKind::Dir) => "dir",
-                Some(NodeKind::File) => "file",
-                Some(NodeKind::Symlink) => "symlink",
-                _ => "other",
-            };
+            let kind = kind_name(e.node.node_kind());
             writeln!(
                 out,
                 "{}",
@@ -122,6 +117,30 @@ pub fn diff(rt: &Runtime, g: &Globals, a: DiffArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// The snapshots named by `refs` (every one if none) that pass `filter`,
+/// oldest first, and where their chunks are read from.
+pub fn select_snapshots(
+    rt: &Runtime,
+    args: &RepoArgs,
+    refs: &[String],
+    filter: &Filter,
+) -> Result<(BlobSource, Vec<(SnapshotId, Snapshot)>)> {
+    let repo = rt.block_on(args.open())?;
+    let mut wanted = Vec::new();
+    for r in refs {
+        wanted.push(rt.block_on(repo.resolve_snapshot(r))?);
+    }
+    let snapshots = rt
+        .block_on(repo.snapshots())?
+        .into_iter()
+        .filter(|(id, s)| {
+            (wanted.is_empty() || wanted.contains(id)) && filter.matches(&SnapshotMeta::new(*id, s))
+        })
+        .collect();
+    let index = rt.block_on(args.open_index_for_reading(&repo));
+    Ok((BlobSource::new(repo, index), snapshots))
+}
+
 /// The repository, a snapshot named by id, prefix or `latest`, and where
 /// its chunks are read from (the index if it can be opened, else the pack
 /// trailers).
@@ -133,7 +152,7 @@ pub fn open_snapshot(
     let repo = rt.block_on(args.open())?;
     let id = rt.block_on(repo.resolve_snapshot(reference))?;
     let snap = rt.block_on(repo.load_snapshot(&id))?;
-    let index: Option<Arc<dyn cairn_index::Index>> =
+    let index: Option<Arc<dyn cairn_index::DedupIndex>> =
         rt.block_on(args.open_index_for_reading(&repo));
     Ok((BlobSource::new(repo, index), id, snap))
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use cairn_client::retention::{
-    self, Filter, ForgetReport, ForgetRequest, Policy, TagList, local_time,
+    self, Filter, ForgetReport, ForgetRequest, Policy, SnapshotMeta, TagList, local_time,
 };
 use jiff::tz::TimeZone;
 use serde_json::json;
@@ -109,23 +109,23 @@ fn report_json(report: &ForgetReport) -> serde_json::Value {
                         "host": g.key.host,
                         "paths": g.key.paths,
                         "tags": g.key.tags,
-                        "keep": g.keep.iter().map(|k| json!({
-                            "id": k.snapshot.id,
-                            "short_id": k.snapshot.id.short(),
-                            "time": k.snapshot.time.to_string(),
-                            "reasons": k.reasons,
-                        })).collect::<Vec<_>>(),
-                        "remove": g.remove.iter().map(|s| json!({
-                            "id": s.id,
-                            "short_id": s.id.short(),
-                            "time": s.time.to_string(),
-                        })).collect::<Vec<_>>(),
+                        "keep": g.keep.iter().map(|k| {
+                            let mut v = snapshot_ref(&k.snapshot);
+                            v["reasons"] = json!(k.reasons);
+                            v
+                        }).collect::<Vec<_>>(),
+                        "remove": g.remove.iter().map(snapshot_ref).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
             json!({"dry_run": dry_run, "policy": policy, "groups": groups, "removed": removed})
         }
     }
+}
+
+/// A snapshot as the forget report names it.
+fn snapshot_ref(s: &SnapshotMeta) -> serde_json::Value {
+    json!({"id": s.id, "short_id": s.id.short(), "time": s.time.to_string()})
 }
 
 fn print_text(report: &ForgetReport, tz: &TimeZone) {

@@ -10,7 +10,9 @@ mod agent;
 mod backup;
 mod browse;
 mod check;
+mod find;
 mod forget;
+mod generate;
 mod index;
 mod init;
 mod key;
@@ -19,6 +21,8 @@ mod prune;
 pub mod render;
 mod restore;
 mod schedule;
+mod stats;
+mod tag;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,18 +34,44 @@ use tokio::runtime::Runtime;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
-  1  failure (nothing was written, or the command could not complete)
-  2  invalid command line
-  3  backup: the snapshot was written, but some source files could not be read";
+  0    success
+  1    failure (nothing was written, or the command could not complete)
+  2    invalid command line
+  3    backup: the snapshot was written, but some source files could not be read
+  10   the repository does not exist
+  11   wrong password
+  12   the repository's index is in use by another cairn process
+  130  interrupted (SIGINT or SIGTERM)";
 
 /// Exit code for a snapshot written with unreadable source files.
 const EXIT_PARTIAL: u8 = 3;
 
+/// The exit code of a command that failed with `e`: the documented codes
+/// for the failures scripts act on (restic's where it has one), else 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use cairn_chunk_store::RepoError;
+    for cause in e.chain() {
+        if let Some(r) = cause.downcast_ref::<RepoError>() {
+            match r {
+                RepoError::NotFound { .. } => return 10,
+                RepoError::WrongPassword { .. } => return 11,
+                _ => {}
+            }
+        }
+        if let Some(cairn_index::IndexError::Locked { .. }) = cause.downcast_ref() {
+            return 12;
+        }
+        if cause.is::<cairn_client::backup::Interrupted>() {
+            return 130;
+        }
+    }
+    1
+}
+
 /// Deduplicating, encrypted backups.
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, after_help = EXIT_CODES)]
-struct Cli {
+pub struct Cli {
     /// Repository location (default: $XDG_DATA_HOME/cairn/repo or ~/.local/share/cairn/repo).
     #[arg(long, short = 'r', env = "CAIRN_REPO", global = true)]
     repo: Option<String>,
@@ -82,6 +112,12 @@ enum Command {
     Dump(browse::DumpArgs),
     /// Show what changed between two snapshots.
     Diff(browse::DiffArgs),
+    /// Find files by name or path in every snapshot (reads trees only).
+    Find(find::FindArgs),
+    /// Sizes of the snapshots, and what deduplication and compression save.
+    Stats(stats::StatsArgs),
+    /// Add, remove or set the tags of snapshots.
+    Tag(tag::TagArgs),
     /// Verify the repository.
     Check(check::CheckArgs),
     /// Manage the index.
@@ -102,6 +138,13 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Install, remove or inspect systemd timers for the config file's jobs.
     Schedule(schedule::ScheduleArgs),
+    /// Print the shell completion script (e.g. `source <(cairn completions bash)`).
+    Completions(generate::CompletionsArgs),
+    /// Generate files from the command-line definitions (manual pages).
+    Generate {
+        #[command(subcommand)]
+        command: generate::GenerateCommand,
+    },
 }
 
 /// What every command gets besides its own arguments.
@@ -132,7 +175,7 @@ pub fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -166,6 +209,9 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
         Command::Restore(a) => restore::run(rt, &g, a),
         Command::Dump(a) => browse::dump(rt, &g, a),
         Command::Diff(a) => browse::diff(rt, &g, a),
+        Command::Find(a) => find::run(rt, &g, a),
+        Command::Stats(a) => stats::run(rt, &g, a),
+        Command::Tag(a) => tag::run(rt, &g, a),
         Command::Check(a) => check::run(rt, &g, a),
         Command::Index { command } => index::run(rt, &g, command),
         Command::Key { command } => key::run(rt, &g, command),
@@ -173,5 +219,44 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
         Command::Prune(a) => prune::run(rt, &g, &a),
         Command::Agent(a) => agent::run(rt, &g, a),
         Command::Schedule(a) => schedule::run(rt, &g, a),
+        Command::Completions(a) => generate::completions(a),
+        Command::Generate { command } => generate::run(command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command, subcommand and option says what it does in `--help`
+    /// (and so in the manual pages, which are made from the same text).
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&command, "cairn", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }

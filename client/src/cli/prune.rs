@@ -7,8 +7,11 @@ use cairn_client::duration::Secs;
 use cairn_client::prune::{
     self, DEFAULT_GRACE_SECS, DEFAULT_MAX_UNUSED_PERCENT, DEFAULT_SKEW_SECS,
 };
-use cairn_client::prune::{PruneOptions, PruneReport};
+use cairn_client::prune::{PruneOptions, PruneReport, WaitReason, Waiting};
+use cairn_client::retention::local_time;
 use cairn_index::Index;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use tokio::runtime::Runtime;
 
 use super::Globals;
@@ -68,12 +71,43 @@ pub fn run(rt: &Runtime, g: &Globals, a: &PruneArgs) -> Result<u8> {
         Err(e) => return Err(e.context("prune needs the index cluster")),
     };
     let report = rt.block_on(prune::run(&repo, index, &options))?;
-    print_report(&report, g.json);
+    print_report(&report, &options, g.json);
     Ok(0)
 }
 
+/// One line saying how much waits, for what, and until when.
+fn waiting_line(w: &Waiting, options: &PruneOptions) -> String {
+    let tz = TimeZone::system();
+    let time = |t: Option<i64>| {
+        t.and_then(|t| Timestamp::from_second(t).ok())
+            .map(|t| local_time(t, &tz))
+            .unwrap_or_else(|| "an unknown time".into())
+    };
+    let amount = format!("{} in {} pack(s)", indicatif::HumanBytes(w.bytes), w.packs);
+    match w.reason {
+        WaitReason::ClockSkew => format!(
+            "{amount} waits for the clock-skew margin ({}) until {}",
+            Secs(options.skew_secs),
+            time(w.until)
+        ),
+        WaitReason::RunningBackup => format!(
+            "{amount} is held by a running backup's session (host {}, started {})",
+            w.host.as_deref().unwrap_or("unknown"),
+            time(w.started)
+        ),
+        WaitReason::ForgottenParent => format!(
+            "{amount} is held by running backups that reuse data of a forgotten snapshot, until they end"
+        ),
+        WaitReason::GracePeriod => format!(
+            "{amount} is younger than the grace period ({}) until {}; a later prune deletes it",
+            Secs(options.grace_secs),
+            time(w.until)
+        ),
+    }
+}
+
 /// Prints a report as text or one JSON line.
-fn print_report(r: &PruneReport, json: bool) {
+fn print_report(r: &PruneReport, options: &PruneOptions, json: bool) {
     if json {
         println!(
             "{}",
@@ -114,12 +148,8 @@ fn print_report(r: &PruneReport, json: bool) {
         r.packs,
         indicatif::HumanBytes(r.bytes_freed)
     );
-    if r.packs_waiting > 0 {
-        println!(
-            "{} dead pack(s), {}, wait for the grace period; a later prune deletes them",
-            r.packs_waiting,
-            indicatif::HumanBytes(r.bytes_waiting)
-        );
+    for w in &r.waiting {
+        println!("{}", waiting_line(w, options));
     }
     if r.packs_unreadable > 0 {
         println!(

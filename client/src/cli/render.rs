@@ -20,6 +20,7 @@ pub fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
         "paths": s.paths,
         "tags": s.tags,
         "parent": s.parent_id(),
+        "original": s.original_id(),
         "stats": s.stats,
     })
 }
@@ -39,6 +40,17 @@ pub fn format_time(ns: i64, precise: bool) -> String {
         "%Y-%m-%dT%H:%M:%SZ"
     };
     t.strftime(format).to_string()
+}
+
+/// The `type` of a tree entry in JSON output.
+pub fn kind_name(kind: Option<cairn_chunk_store::tree::NodeKind>) -> &'static str {
+    use cairn_chunk_store::tree::NodeKind;
+    match kind {
+        Some(NodeKind::Dir) => "dir",
+        Some(NodeKind::File) => "file",
+        Some(NodeKind::Symlink) => "symlink",
+        _ => "other",
+    }
 }
 
 /// `entry` or `entries`.

@@ -1,5 +1,5 @@
 //! The tonic service: parse, authorize, call the engine, map errors.
-//! Logic lives in [`crate::Engine`] and [`crate::node`].
+//! Logic lives in [`cairn_index::Engine`] and [`crate::node`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,12 +17,12 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::metrics::{MethodLabels, Metrics, RequestLabels};
 use crate::node::{Node, Tenant};
-use crate::{IndexError, PackObservation, Session};
+use cairn_index::{DedupIndex, GcIndex, IndexError, PackObservation, Session};
 
 /// The one place where engine errors become statuses: internal by default,
 /// details only in the log.
-impl From<IndexError> for Status {
-    fn from(e: IndexError) -> Self {
+fn status(e: IndexError) -> Status {
+    {
         match e {
             IndexError::Locked { .. } => Status::unavailable("repository index is busy; retry"),
             IndexError::Unavailable(m) => Status::unavailable(m),
@@ -48,6 +48,52 @@ impl std::fmt::Debug for IndexService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "IndexService({:?})", self.node)
     }
+}
+
+/// Runs an engine call on the calling blocking thread: the one bridge from
+/// the handlers to the engine's async methods, which do RocksDB I/O without
+/// awaiting and so never run on the runtime's workers (see [`blocking`]).
+fn on_engine<T>(
+    call: impl std::future::Future<Output = Result<T, IndexError>>,
+) -> Result<T, IndexError> {
+    tokio::runtime::Handle::current().block_on(call)
+}
+
+/// The pack id and entries of a RegisterPack or RelocatePack request.
+fn pack_entries(
+    pack_id: &[u8],
+    wire: &[v1::ChunkEntry],
+) -> Result<(PackId, Vec<cairn_chunk_store::pack::PackEntry>), Status> {
+    let pack = PackId::from_slice(pack_id).map_err(invalid)?;
+    if wire.len() > MAX_BATCH * 16 {
+        return Err(invalid(format!(
+            "{} entries in one pack; at most {}",
+            wire.len(),
+            MAX_BATCH * 16
+        )));
+    }
+    let entries = wire
+        .iter()
+        .map(|e| entry_from_wire(pack, e))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    Ok((pack, entries))
+}
+
+/// RelocatePack, and RegisterPack with the deprecated `relocate`.
+async fn relocate(
+    tenant: Arc<Tenant>,
+    pack: PackId,
+    entries: Vec<cairn_chunk_store::pack::PackEntry>,
+) -> Result<u32, Status> {
+    let moved =
+        blocking(move || on_engine(tenant.engine.relocate(pack, &entries)).map_err(status)).await?;
+    Ok(moved as u32)
+}
+
+/// EndSession, and CommitManifest with the deprecated `finished`.
+async fn end_session(tenant: Arc<Tenant>, id: cairn_index::SessionId) -> Result<(), Status> {
+    blocking(move || on_engine(tenant.engine.end_session(id)).map_err(status)).await
 }
 
 fn invalid(msg: impl std::fmt::Display) -> Status {
@@ -101,7 +147,7 @@ impl IndexService {
                 let repo = self.authorize(&request, repo_of(request.get_ref()))?;
                 let tenant = {
                     let node = self.node.clone();
-                    blocking(move || node.tenant(&repo).map_err(Status::from)).await?
+                    blocking(move || node.tenant(&repo).map_err(status)).await?
                 };
                 f(repo, tenant, request.into_inner()).await
             }
@@ -210,13 +256,9 @@ impl IndexRpc for IndexService {
             |_, tenant, req| async move {
                 let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
                 metrics.fingerprints_queried.inc_by(ids.len() as u64);
-                let unknown = blocking(move || {
-                    tenant
-                        .engine
-                        .unknown_chunks_sync(&ids)
-                        .map_err(Status::from)
-                })
-                .await?;
+                let unknown =
+                    blocking(move || on_engine(tenant.engine.unknown_chunks(&ids)).map_err(status))
+                        .await?;
                 Ok(v1::UnknownChunksResponse {
                     unknown: to_bitmap(&unknown).into(),
                 })
@@ -234,39 +276,21 @@ impl IndexRpc for IndexService {
             request,
             |r| &r.repo_id,
             |_, tenant, req| async move {
-                let pack = PackId::from_slice(&req.pack_id).map_err(invalid)?;
-                if req.entries.len() > MAX_BATCH * 16 {
-                    return Err(invalid(format!(
-                        "{} entries in one pack; at most {}",
-                        req.entries.len(),
-                        MAX_BATCH * 16
-                    )));
-                }
-                let entries = req
-                    .entries
-                    .iter()
-                    .map(|e| entry_from_wire(pack, e))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(invalid)?;
+                let (pack, entries) = pack_entries(&req.pack_id, &req.entries)?;
+                #[allow(deprecated)]
                 if req.relocate {
-                    let moved = blocking(move || {
-                        tenant
-                            .engine
-                            .relocate_sync(pack, &entries)
-                            .map_err(Status::from)
-                    })
-                    .await?;
+                    // A client from before RelocatePack.
+                    let moved = relocate(tenant, pack, entries).await?;
+                    #[allow(deprecated)]
                     return Ok(v1::RegisterPackResponse {
                         new_chunks: 0,
                         duplicates: 0,
-                        relocated: moved as u32,
+                        relocated: moved,
                     });
                 }
                 let out = blocking(move || {
-                    let out = tenant
-                        .engine
-                        .register_pack_sync(pack, &entries)
-                        .map_err(Status::from)?;
+                    let out =
+                        on_engine(tenant.engine.register_pack(pack, &entries)).map_err(status)?;
                     if out.new > 0 {
                         let mut parts: Vec<u32> =
                             entries.iter().map(|e| partition_of(&e.id)).collect();
@@ -279,10 +303,29 @@ impl IndexRpc for IndexService {
                     Ok(out)
                 })
                 .await?;
+                #[allow(deprecated)]
                 Ok(v1::RegisterPackResponse {
                     new_chunks: out.new as u32,
                     duplicates: out.duplicates as u32,
                     relocated: 0,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn relocate_pack(
+        &self,
+        request: Request<v1::RelocatePackRequest>,
+    ) -> Result<Response<v1::RelocatePackResponse>, Status> {
+        self.call(
+            "RelocatePack",
+            request,
+            |r| &r.repo_id,
+            |_, tenant, req| async move {
+                let (pack, entries) = pack_entries(&req.pack_id, &req.entries)?;
+                Ok(v1::RelocatePackResponse {
+                    relocated: relocate(tenant, pack, entries).await?,
                 })
             },
         )
@@ -300,7 +343,7 @@ impl IndexRpc for IndexService {
             |_, tenant, req| async move {
                 let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
                 let (ids2, found) = blocking(move || {
-                    let found = tenant.engine.lookup_sync(&ids).map_err(Status::from)?;
+                    let found = on_engine(tenant.engine.lookup(&ids)).map_err(status)?;
                     Ok((ids, found))
                 })
                 .await?;
@@ -376,7 +419,7 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |_, tenant, _| async move {
                 blocking(move || {
-                    tenant.engine.clear_sync().map_err(Status::from)?;
+                    on_engine(tenant.engine.clear()).map_err(status)?;
                     for p in 0..PARTITIONS {
                         tenant.epochs.bump(p);
                     }
@@ -406,20 +449,20 @@ impl IndexRpc for IndexService {
                 };
                 let s = blocking(move || {
                     match replica_of {
-                        Some(id) => tenant.engine.adopt_session_sync(
+                        Some(id) => tenant.engine.adopt_session(
                             id,
                             &req.host,
                             parent,
                             req.started_unix,
                             req.lease_seconds,
                         ),
-                        None => {
-                            tenant
-                                .engine
-                                .begin_session_sync(&req.host, parent, req.lease_seconds)
-                        }
+                        None => on_engine(tenant.engine.begin_session(
+                            &req.host,
+                            parent,
+                            req.lease_seconds,
+                        )),
                     }
-                    .map_err(Status::from)
+                    .map_err(status)
                 })
                 .await?;
                 Ok(session_to_wire(&s))
@@ -439,7 +482,7 @@ impl IndexRpc for IndexService {
             |_, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
                 let s =
-                    blocking(move || tenant.engine.renew_session_sync(&id).map_err(Status::from))
+                    blocking(move || on_engine(tenant.engine.renew_session(id)).map_err(status))
                         .await?;
                 Ok(session_to_wire(&s))
             },
@@ -457,22 +500,36 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |_, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
+                #[allow(deprecated)]
                 if req.finished {
-                    blocking(move || tenant.engine.end_session_sync(&id).map_err(Status::from))
-                        .await?;
+                    // A client from before EndSession.
+                    end_session(tenant, id).await?;
                     return Ok(v1::CommitManifestResponse { session: None });
                 }
                 let snapshot = SnapshotId::from_slice(&req.snapshot_id).map_err(invalid)?;
                 let s = blocking(move || {
-                    tenant
-                        .engine
-                        .commit_session_sync(&id, snapshot)
-                        .map_err(Status::from)
+                    on_engine(tenant.engine.commit_session(id, snapshot)).map_err(status)
                 })
                 .await?;
                 Ok(v1::CommitManifestResponse {
                     session: Some(session_to_wire(&s)),
                 })
+            },
+        )
+        .await
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<v1::EndSessionRequest>,
+    ) -> Result<Response<v1::EndSessionResponse>, Status> {
+        self.call(
+            "EndSession",
+            request,
+            |r| &r.repo_id,
+            |_, tenant, req| async move {
+                end_session(tenant, session_id(&req.session_id)?).await?;
+                Ok(v1::EndSessionResponse {})
             },
         )
         .await
@@ -488,7 +545,7 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |_, tenant, _| async move {
                 let list =
-                    blocking(move || tenant.engine.sessions_sync().map_err(Status::from)).await?;
+                    blocking(move || on_engine(tenant.engine.sessions()).map_err(status)).await?;
                 Ok(v1::ListSessionsResponse {
                     sessions: list.sessions.iter().map(session_to_wire).collect(),
                     now_unix: list.now,
@@ -510,10 +567,7 @@ impl IndexRpc for IndexService {
                 let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
                 let cutoff = req.cutoff_unix;
                 let condemned = blocking(move || {
-                    tenant
-                        .engine
-                        .condemn_sync(&ids, cutoff)
-                        .map_err(Status::from)
+                    on_engine(tenant.engine.condemn(&ids, cutoff)).map_err(status)
                 })
                 .await?;
                 Ok(v1::CondemnResponse {
@@ -556,10 +610,7 @@ impl IndexRpc for IndexService {
                     })
                     .collect::<Result<Vec<_>, Status>>()?;
                 let (dead_since, now) = blocking(move || {
-                    let d = tenant
-                        .engine
-                        .pack_states_sync(&packs)
-                        .map_err(Status::from)?;
+                    let d = on_engine(tenant.engine.pack_states(&packs)).map_err(status)?;
                     Ok((d, cairn_chunk_store::now_unix_nanos() / 1_000_000_000))
                 })
                 .await?;
@@ -642,7 +693,7 @@ fn build_filters(
                 let ids = tenant
                     .engine
                     .ids_in_range(&start, end.as_ref().map(|e| &e[..]))
-                    .map_err(Status::from)?;
+                    .map_err(status)?;
                 let filter = if ids.is_empty() {
                     Bytes::new()
                 } else {

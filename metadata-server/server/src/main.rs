@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use cairn_chunk_store::RepoId;
-use cairn_index::node::{Node, NodeConfig, add_token};
+use cairn_index_server::node::{Node, NodeConfig, add_token};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -29,6 +29,16 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Print the shell completion script (e.g. `source <(cairn-index completions bash)`).
+    Completions {
+        /// The shell: bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual page cairn-index.1 into DIR (created if missing).
+    Man {
+        /// Directory to write the page to.
+        dir: PathBuf,
     },
 }
 
@@ -165,6 +175,20 @@ fn node_config(a: ServeArgs) -> Result<NodeConfig> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "cairn-index", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join("cairn-index.1");
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
         Command::Token {
             command: TokenCommand::Add { tokens, repository },
         } => {
@@ -218,7 +242,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     tracing::info!("shutting down: draining requests and flushing");
                 };
-                cairn_index::server::serve(node, listener, metrics, shutdown).await
+                cairn_index_server::server::serve(node, listener, metrics, shutdown).await
             })
         }
     }

@@ -80,3 +80,36 @@ fn bad_configuration_is_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: --data-dir is required"), "{err}");
 }
+
+#[test]
+fn completions_load_in_bash_and_the_manual_page_builds() {
+    let script = Command::new(env!("CARGO_BIN_EXE_cairn-index"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cairn-index.bash");
+    std::fs::write(&file, &script.stdout).unwrap();
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p cairn-index",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&loaded.stdout).contains("cairn-index"),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let man = Command::new(env!("CARGO_BIN_EXE_cairn-index"))
+        .arg("man")
+        .arg(dir.path().join("man"))
+        .output()
+        .unwrap();
+    assert!(man.status.success());
+    let page = std::fs::read_to_string(dir.path().join("man/cairn-index.1")).unwrap();
+    assert!(page.contains(".TH cairn-index 1"), "{page}");
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cairn_chunk_store::RepoId;
 use cairn_proto::cluster::PARTITIONS;
 
-use crate::{Engine, EngineOptions, IndexError, LockWait};
+use cairn_index::{DedupIndex, Engine, EngineOptions, IndexError, LockWait};
 
 /// Node configuration (`node.toml`; flags override).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -45,6 +45,27 @@ pub struct NodeConfig {
     /// PEM private key of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// A node `node_id` keeping its databases in `data_dir` and its tokens
+    /// in `tokens`, every other setting at its default (no membership file:
+    /// it owns every partition).
+    pub fn new(node_id: &str, data_dir: PathBuf, tokens: PathBuf) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            listen: default_listen(),
+            metrics_listen: None,
+            data_dir,
+            members: None,
+            replication: default_replication(),
+            tokens,
+            max_in_flight: default_in_flight(),
+            request_timeout_secs: default_timeout_secs(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -328,7 +349,8 @@ impl Node {
         walk(&self.config.data_dir)
     }
 
-    /// Flushes every open database (shutdown).
+    /// Flushes every open database (shutdown). Call on a blocking thread:
+    /// RocksDB flushes are disk writes.
     pub fn flush_all(&self) {
         let tenants: Vec<Arc<Tenant>> = self
             .tenants
@@ -338,7 +360,7 @@ impl Node {
             .cloned()
             .collect();
         for t in tenants {
-            if let Err(e) = t.engine.flush_sync() {
+            if let Err(e) = tokio::runtime::Handle::current().block_on(t.engine.flush()) {
                 tracing::error!("flush failed: {e}");
             }
         }

@@ -1,0 +1,286 @@
+//! Garbage collection through the cluster: sessions on the owners of
+//! partition 0, and condemnation, records, relocation and pack states on
+//! every replica (prune acts only when every replica answered).
+
+use async_trait::async_trait;
+use cairn_chunk_store::pack::PackEntry;
+use cairn_chunk_store::{ChunkId, PackId, SnapshotId};
+use cairn_index::{
+    ChunkRecord, GcIndex, IndexError, PackObservation, Session, SessionId, SessionList,
+};
+use cairn_proto::MAX_BATCH;
+use cairn_proto::convert::{entry_to_wire, from_bitmap, pack_ids};
+use cairn_proto::v1;
+
+use super::channel::authed;
+use super::session::{SessionCall, session_error, session_from_wire};
+use super::{RemoteIndex, unavailable};
+
+#[async_trait]
+impl GcIndex for RemoteIndex {
+    async fn begin_session(
+        &self,
+        host: &str,
+        parent: Option<SnapshotId>,
+        lease_secs: u32,
+    ) -> Result<Session, IndexError> {
+        // Sessions live on the owners of partition 0: the first that answers
+        // begins it, the others keep replicas, so the session survives one
+        // of them going down (prune asks every node and merges).
+        let request = |replica_of: Option<&Session>| v1::BeginSessionRequest {
+            repo_id: self.repo_bytes(),
+            host: host.to_string(),
+            parent_snapshot: parent
+                .map(|p| p.as_bytes().to_vec())
+                .unwrap_or_default()
+                .into(),
+            lease_seconds: lease_secs,
+            session_id: replica_of.map(|s| s.id.to_vec()).unwrap_or_default().into(),
+            started_unix: replica_of.map_or(0, |s| s.started),
+        };
+        let mut last = String::from("no node owns partition 0");
+        let mut begun: Option<Session> = None;
+        let mut holders = Vec::new();
+        for n in self.cluster.owners(0) {
+            let conn = &self.cluster.nodes[n];
+            match conn
+                .client
+                .clone()
+                .begin_session(authed(request(begun.as_ref()), &self.token))
+                .await
+            {
+                Ok(r) => {
+                    conn.succeeded();
+                    holders.push(n);
+                    if begun.is_none() {
+                        begun = Some(session_from_wire(&r.into_inner())?);
+                    }
+                }
+                Err(s) => {
+                    conn.failed("BeginSession", &s);
+                    last = format!("{}: {}", conn.id, s.message());
+                }
+            }
+        }
+        let session =
+            begun.ok_or_else(|| unavailable(format!("no node began a session ({last})")))?;
+        self.session_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.id, holders);
+        Ok(session)
+    }
+
+    async fn renew_session(&self, id: SessionId) -> Result<Session, IndexError> {
+        let mut outcome = SessionCall::default();
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::RenewSessionRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+            };
+            let r = conn
+                .client
+                .clone()
+                .renew_session(authed(request, &self.token))
+                .await;
+            outcome.add(&conn.id, r.map(|r| Some(r.into_inner())));
+        }
+        outcome.finish()
+    }
+
+    async fn commit_session(
+        &self,
+        id: SessionId,
+        snapshot: SnapshotId,
+    ) -> Result<Session, IndexError> {
+        let mut outcome = SessionCall::default();
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::CommitManifestRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+                snapshot_id: snapshot.as_bytes().to_vec().into(),
+                ..Default::default()
+            };
+            let r = conn
+                .client
+                .clone()
+                .commit_manifest(authed(request, &self.token))
+                .await;
+            outcome.add(&conn.id, r.map(|r| r.into_inner().session));
+        }
+        outcome.finish()
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<(), IndexError> {
+        let mut last = Ok(());
+        for n in self.session_nodes(&id)? {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::EndSessionRequest {
+                repo_id: self.repo_bytes(),
+                session_id: id.to_vec().into(),
+            };
+            if let Err(s) = conn
+                .client
+                .clone()
+                .end_session(authed(request, &self.token))
+                .await
+            {
+                last = Err(session_error(&conn.id, &s));
+            }
+        }
+        last
+    }
+
+    async fn sessions(&self) -> Result<SessionList, IndexError> {
+        let mut list = SessionList {
+            sessions: Vec::new(),
+            now: i64::MAX,
+        };
+        for (n, conn) in self.cluster.nodes.iter().enumerate() {
+            let request = v1::ListSessionsRequest {
+                repo_id: self.repo_bytes(),
+            };
+            let r = conn
+                .client
+                .clone()
+                .list_sessions(authed(request, &self.token))
+                .await
+                .map_err(|s| self.gc_error(n, "ListSessions", &s))?
+                .into_inner();
+            list.now = list.now.min(r.now_unix);
+            for s in &r.sessions {
+                let s = session_from_wire(s)?;
+                // Replicas of one session: the latest lease and any commit.
+                match list.sessions.iter_mut().find(|have| have.id == s.id) {
+                    Some(have) => {
+                        have.started = have.started.min(s.started);
+                        have.expires = have.expires.max(s.expires);
+                        have.committed = have.committed.or(s.committed);
+                    }
+                    None => list.sessions.push(s),
+                }
+            }
+        }
+        Ok(list)
+    }
+
+    async fn condemn(&self, ids: &[ChunkId], cutoff: i64) -> Result<Vec<bool>, IndexError> {
+        // A chunk is condemned when every replica condemned it; a replica
+        // that refused keeps it live (prune reads every replica).
+        let mut all = vec![true; ids.len()];
+        for (n, positions) in self.by_every_owner(ids) {
+            let conn = &self.cluster.nodes[n];
+            for batch in positions.chunks(MAX_BATCH) {
+                let batch_ids: Vec<ChunkId> = batch.iter().map(|&i| ids[i]).collect();
+                let request = v1::CondemnRequest {
+                    repo_id: self.repo_bytes(),
+                    ids: pack_ids(&batch_ids).into(),
+                    cutoff_unix: cutoff,
+                };
+                let r = conn
+                    .client
+                    .clone()
+                    .condemn(authed(request, &self.token))
+                    .await
+                    .map_err(|s| self.gc_error(n, "Condemn", &s))?;
+                let bits = from_bitmap(&r.into_inner().condemned, batch.len());
+                for (&i, c) in batch.iter().zip(bits) {
+                    all[i] &= c;
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    async fn records_everywhere(
+        &self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Vec<ChunkRecord>>, IndexError> {
+        let mut out = vec![Vec::new(); ids.len()];
+        for (n, positions) in self.by_every_owner(ids) {
+            let wanted: Vec<ChunkId> = positions.iter().map(|&i| ids[i]).collect();
+            let records = self
+                .locate_on(n, &wanted)
+                .await
+                .map_err(|s| self.gc_error(n, "Locate", &s))?;
+            for (&i, rec) in positions.iter().zip(records) {
+                out[i].extend(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn relocate(&self, pack: PackId, entries: &[PackEntry]) -> Result<u64, IndexError> {
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let mut moved = 0u64;
+        for (n, positions) in self.by_every_owner(&ids) {
+            let conn = &self.cluster.nodes[n];
+            let request = v1::RelocatePackRequest {
+                repo_id: self.repo_bytes(),
+                pack_id: pack.as_bytes().to_vec().into(),
+                entries: positions
+                    .iter()
+                    .map(|&i| entry_to_wire(&entries[i]))
+                    .collect(),
+            };
+            let r = conn
+                .client
+                .clone()
+                .relocate_pack(authed(request, &self.token))
+                .await
+                .map_err(|s| self.gc_error(n, "RelocatePack", &s))?;
+            moved += u64::from(r.into_inner().relocated);
+        }
+        Ok(moved / self.cluster.replication.max(1) as u64)
+    }
+
+    async fn pack_states(
+        &self,
+        packs: &[(PackId, PackObservation)],
+    ) -> Result<Vec<i64>, IndexError> {
+        // Pack states live on the owners of the pack id's partition; the
+        // latest answer wins (a replica that lost the state restarts the clock).
+        let keys: Vec<ChunkId> = packs
+            .iter()
+            .map(|(p, _)| ChunkId::from_bytes(*p.as_bytes()))
+            .collect();
+        let mut out = vec![0i64; packs.len()];
+        for (n, positions) in self.by_every_owner(&keys) {
+            let conn = &self.cluster.nodes[n];
+            for batch in positions.chunks(MAX_BATCH) {
+                let request = v1::PackStatesRequest {
+                    repo_id: self.repo_bytes(),
+                    packs: batch
+                        .iter()
+                        .map(|&i| {
+                            let (pack, seen) = &packs[i];
+                            let (observed, since) = match seen {
+                                PackObservation::Live => (0, 0),
+                                PackObservation::Dead { since } => (1, *since),
+                                PackObservation::Deleted => (2, 0),
+                            };
+                            v1::PackState {
+                                pack_id: pack.as_bytes().to_vec().into(),
+                                observed,
+                                dead_since_unix: since,
+                            }
+                        })
+                        .collect(),
+                };
+                let r = conn
+                    .client
+                    .clone()
+                    .pack_states(authed(request, &self.token))
+                    .await
+                    .map_err(|s| self.gc_error(n, "PackStates", &s))?
+                    .into_inner();
+                for (&i, since) in batch.iter().zip(r.dead_since_unix) {
+                    out[i] = out[i].max(since);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
