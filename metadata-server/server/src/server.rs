@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use cairn_proto::v1::index_server::IndexServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -87,11 +86,15 @@ pub async fn serve(
         (None, None) => {}
         _ => anyhow::bail!("TLS needs both a certificate and a key (tls_cert and tls_key)"),
     }
+    // Answers go out at once: with Nagle's algorithm on, a reply that
+    // follows a small write waits for the client's delayed ACK (40 ms on
+    // Linux), once per call a client makes in turn.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     builder
         .timeout(Duration::from_secs(node.config.request_timeout_secs))
         .add_service(health)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx))
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
         .await?;
     if let Some(t) = metrics_task {
         let _ = t.await;
