@@ -48,6 +48,9 @@ pub struct KeyInfo {
     pub current: bool,
 }
 
+/// Manifests read at once when listing snapshots.
+pub const MANIFEST_READS: usize = 16;
+
 /// An open repository. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -289,10 +292,24 @@ impl Repository {
 
     /// All snapshots, oldest first. A snapshot removed between the listing
     /// and its reading (`forget` running meanwhile) is left out.
+    ///
+    /// Manifests are read [`MANIFEST_READS`] at a time, so against a store
+    /// with a long round trip the listing costs a few round trips, not one
+    /// per snapshot.
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
-        let mut out = Vec::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(MANIFEST_READS));
+        let mut reads = tokio::task::JoinSet::new();
         for id in self.snapshot_ids().await? {
-            match self.load_snapshot(&id).await {
+            let (repo, limit) = (self.clone(), limit.clone());
+            reads.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                (id, repo.load_snapshot(&id).await)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = reads.join_next().await {
+            let (id, loaded) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            match loaded {
                 Ok(s) => out.push((id, s)),
                 Err(RepoError::Store(e)) if e.is_not_found() => {}
                 Err(e) => return Err(e),

@@ -31,3 +31,4 @@ pub mod schedule;
 pub mod source;
 pub mod stats;
 pub mod tag;
+pub mod treecache;

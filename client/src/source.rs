@@ -11,6 +11,8 @@ use cairn_chunk_store::{ChunkId, PackId, RepoError, Repository};
 use cairn_index::DedupIndex;
 use tokio::runtime::Handle;
 
+use crate::treecache::{CachedTrees, TreeCache};
+
 /// Trees held in memory at most (a kernel source tree has about 5,000).
 pub const TREE_CACHE: usize = 20_000;
 
@@ -110,6 +112,9 @@ pub struct BlobSource {
     index: Option<Arc<dyn DedupIndex>>,
     trailers: Arc<tokio::sync::OnceCell<TrailerMap>>,
     trees: Arc<Mutex<HashMap<ChunkId, Arc<Tree>>>>,
+    /// Tree packs kept on this client, read once on first use.
+    tree_cache: Option<TreeCache>,
+    cached: Arc<tokio::sync::OnceCell<CachedTrees>>,
 }
 
 impl std::fmt::Debug for BlobSource {
@@ -126,7 +131,36 @@ impl BlobSource {
             index,
             trailers: Arc::new(tokio::sync::OnceCell::new()),
             trees: Arc::new(Mutex::new(HashMap::new())),
+            tree_cache: None,
+            cached: Arc::new(tokio::sync::OnceCell::new()),
         }
+    }
+
+    /// Reads trees from `cache` first when it holds them
+    /// ([`crate::treecache`]); every tree is verified either way.
+    pub fn with_tree_cache(mut self, cache: Option<TreeCache>) -> Self {
+        self.tree_cache = cache;
+        self
+    }
+
+    /// The cached trees, read on first use; empty without a cache.
+    async fn cached_trees(&self) -> &CachedTrees {
+        self.cached
+            .get_or_init(|| async {
+                let (Some(cache), repo) = (self.tree_cache.clone(), self.repo.clone()) else {
+                    return CachedTrees::default();
+                };
+                tokio::task::spawn_blocking(move || cache.load(&repo))
+                    .await
+                    .unwrap_or_default()
+            })
+            .await
+    }
+
+    /// Tree `id` from the client's tree cache, if it holds it intact.
+    async fn cached_tree(&self, id: &ChunkId) -> Option<Arc<Tree>> {
+        let plain = self.cached_trees().await.read(&self.repo, id)?;
+        Tree::decode_bytes(&plain).ok().map(Arc::new)
     }
 
     /// The repository.
@@ -220,11 +254,16 @@ impl BlobSource {
         if let Some(t) = self.trees.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(t.clone());
         }
-        let bytes = self
-            .read(id)
-            .await
-            .map_err(|e| anyhow!("tree {id}: {e:#}"))?;
-        let tree = Arc::new(Tree::decode_bytes(&bytes).map_err(|e| anyhow!("tree {id}: {e}"))?);
+        let tree = match self.cached_tree(id).await {
+            Some(tree) => tree,
+            None => {
+                let bytes = self
+                    .read(id)
+                    .await
+                    .map_err(|e| anyhow!("tree {id}: {e:#}"))?;
+                Arc::new(Tree::decode_bytes(&bytes).map_err(|e| anyhow!("tree {id}: {e}"))?)
+            }
+        };
         let mut cache = self.trees.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > TREE_CACHE {
             cache.clear();
@@ -252,15 +291,24 @@ impl BlobSource {
                 level.retain(|id| !cache.contains_key(id));
             }
             level.truncate(limit - loaded);
-            let mut located = Vec::with_capacity(level.len());
-            for batch in level.chunks(PRELOAD_BATCH) {
+            // The client's own tree packs first: no index call, no store read.
+            let mut trees = Vec::new();
+            let mut remote = Vec::with_capacity(level.len());
+            for id in level {
+                match self.cached_tree(&id).await {
+                    Some(tree) => trees.push((id, tree)),
+                    None => remote.push(id),
+                }
+            }
+            let mut located = Vec::with_capacity(remote.len());
+            for batch in remote.chunks(PRELOAD_BATCH) {
                 for (id, loc) in batch.iter().zip(self.locate(batch).await?) {
                     if let Some(loc) = loc {
                         located.push((*id, loc));
                     }
                 }
             }
-            let trees = self.read_trees(located).await;
+            trees.extend(self.read_trees(located).await);
             let mut next = Vec::new();
             let mut cache = self.trees.lock().unwrap_or_else(|p| p.into_inner());
             for (id, tree) in trees {

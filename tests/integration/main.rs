@@ -39,3 +39,4 @@ mod snapshots;
 mod stats;
 mod stdin;
 mod tag;
+mod tree_cache;

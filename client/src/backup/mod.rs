@@ -35,6 +35,7 @@ use tokio::runtime::Handle;
 
 use crate::progress::Ticker;
 use crate::source::BlobSource;
+use crate::treecache::TreeCache;
 use excludes::Excludes;
 
 /// A backup stopped by its cancel flag (SIGINT or SIGTERM): the packs it
@@ -232,6 +233,8 @@ pub struct Shared {
     index_warned: AtomicBool,
     /// A dry run: the index is read, never written, and nothing is stored.
     pub dry_run: bool,
+    /// Where the tree packs this backup stores are kept for the next one.
+    pub tree_cache: Option<TreeCache>,
 }
 
 impl Shared {
@@ -662,7 +665,9 @@ pub fn run(
     } else {
         SessionGuard::begin(handle, &index, &options.host, parent, options.lease_secs)
     };
-    let source = BlobSource::new(repo.clone(), Some(index.clone()));
+    let tree_cache = TreeCache::for_repo(repo);
+    let source =
+        BlobSource::new(repo.clone(), Some(index.clone())).with_tree_cache(tree_cache.clone());
     let parent_root = match parent {
         Some(id) => {
             let snap = snapshots
@@ -695,6 +700,7 @@ pub fn run(
         warnings: Mutex::new(Vec::new()),
         index_warned: AtomicBool::new(false),
         dry_run: options.dry_run,
+        tree_cache,
     });
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

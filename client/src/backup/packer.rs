@@ -51,6 +51,7 @@ pub fn run(
         let permit = handle
             .block_on(sem.clone().acquire_owned())
             .map_err(|e| anyhow!("upload queue closed: {e}"))?;
+        let kind = pack.kind();
         let (id, bytes, entries) = pack.finish(repo.keys());
         let len = bytes.len() as u64;
         let shared = shared.clone();
@@ -63,8 +64,13 @@ pub fn run(
                     shared.counters.add_stored(len);
                     return Ok(());
                 }
-                shared.repo.put_pack(&id, bytes).await?;
+                shared.repo.put_pack(&id, bytes.clone()).await?;
                 shared.counters.add_stored(len);
+                if let (BlobKind::Tree, Some(cache)) = (kind, &shared.tree_cache) {
+                    let cache = cache.clone();
+                    // Off the runtime's threads: it writes a file.
+                    let _ = tokio::task::spawn_blocking(move || cache.keep(&id, &bytes)).await;
+                }
                 shared.index.register_pack(id, &entries).await?;
                 Ok(())
             }

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use cairn_chunk_store::SnapshotId;
 use cairn_chunk_store::manifest::Snapshot;
+use cairn_chunk_store::{Repository, SnapshotId};
 use cairn_client::browse::{self, Change};
 use cairn_client::context::RepoArgs;
 use cairn_client::retention::{Filter, SnapshotMeta};
 use cairn_client::source::BlobSource;
+use cairn_client::treecache::TreeCache;
 use serde_json::json;
 use tokio::runtime::Runtime;
 
@@ -138,7 +139,7 @@ pub fn select_snapshots(
         })
         .collect();
     let index = rt.block_on(args.open_index_for_reading(&repo));
-    Ok((BlobSource::new(repo, index), snapshots))
+    Ok((source(repo, index), snapshots))
 }
 
 /// The repository, a snapshot named by id, prefix or `latest`, and where
@@ -154,5 +155,12 @@ pub fn open_snapshot(
     let snap = rt.block_on(repo.load_snapshot(&id))?;
     let index: Option<Arc<dyn cairn_index::DedupIndex>> =
         rt.block_on(args.open_index_for_reading(&repo));
-    Ok((BlobSource::new(repo, index), id, snap))
+    Ok((source(repo, index), id, snap))
+}
+
+/// Where a browsing command reads chunks: the index if open, the client's
+/// tree cache for trees, the pack trailers for the rest.
+fn source(repo: Repository, index: Option<Arc<dyn cairn_index::DedupIndex>>) -> BlobSource {
+    let cache = TreeCache::for_repo(&repo);
+    BlobSource::new(repo, index).with_tree_cache(cache)
 }
