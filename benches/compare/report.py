@@ -74,6 +74,10 @@ def main():
     p = print
     p("# Benchmarks: Cairn against restic, rustic and Borg")
     p()
+    p("The fleet path (an index cluster against the embedded index, added latency, a "
+      "repository on Garage) is measured by `benches/fleet/run.sh`: "
+      "[BENCHMARKS-fleet.md](BENCHMARKS-fleet.md).")
+    p()
     p("Produced by `benches/compare/` (see its README). Exact command:")
     p()
     p("```sh")
