@@ -25,6 +25,7 @@ command -v c++ >/dev/null || missing+=(g++)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v kill >/dev/null || missing+=(procps)
 command -v python3 >/dev/null || missing+=(python3)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
 
 if ((${#missing[@]})); then
     sudo=()
@@ -44,6 +45,10 @@ if ((${#missing[@]})); then
     fi
     if ! command -v python3 >/dev/null; then
         packages+=(python3)
+    fi
+    # `cairn mount` (fusermount3 lets users other than root mount).
+    if ! command -v fusermount3 >/dev/null; then
+        packages+=(fuse3)
     fi
     log "installing ${packages[*]} (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive

@@ -76,7 +76,9 @@ def main():
     p()
     p("The fleet path (an index cluster against the embedded index, added latency, a "
       "repository on Garage) is measured by `benches/fleet/run.sh`: "
-      "[BENCHMARKS-fleet.md](BENCHMARKS-fleet.md).")
+      "[BENCHMARKS-fleet.md](BENCHMARKS-fleet.md). Reading through `cairn mount` against "
+      "`cairn dump` and `cairn ls` is measured by `benches/mount/run.sh`: "
+      "[BENCHMARKS-mount.md](BENCHMARKS-mount.md).")
     p()
     p("Produced by `benches/compare/` (see its README). Exact command:")
     p()

@@ -71,22 +71,9 @@ if [[ ! -x $CAIRN_BIN || ! -x $CAIRN_INDEX_BIN ]]; then
 fi
 
 # The source tree: given, else the newest Debian linux-source-6.1 (cached).
-if [[ -z $SOURCE ]]; then
-    SOURCE=$(find "$CACHE" -maxdepth 1 -type d -name 'kernel-*' ! -name '*.partial' 2>/dev/null | sort | tail -1)
-    if [[ -z $SOURCE ]]; then
-        mkdir -p "$CACHE/debs"
-        log "downloading linux-source-6.1"
-        (cd "$CACHE/debs" && apt-get download linux-source-6.1) ||
-            { apt-get update -q >/dev/null && (cd "$CACHE/debs" && apt-get download linux-source-6.1); }
-        deb=$(ls "$CACHE"/debs/linux-source-6.1_*_all.deb | sort | tail -1)
-        v=${deb##*/linux-source-6.1_}; v=${v%_all.deb}
-        rm -rf "$CACHE/kernel-$v.partial"; mkdir -p "$CACHE/kernel-$v.partial"
-        dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/src/linux-source-6.1.tar.xz |
-            xz -dc | tar -x -C "$CACHE/kernel-$v.partial" --strip-components=1
-        mv "$CACHE/kernel-$v.partial" "$CACHE/kernel-$v"
-        SOURCE="$CACHE/kernel-$v"
-    fi
-fi
+# shellcheck source=benches/kernel-tree.sh
+source "$CAIRN_ROOT/benches/kernel-tree.sh"
+[[ -n $SOURCE ]] || SOURCE=$(kernel_tree "$CACHE")
 [[ -d $SOURCE ]] || die "no source tree at $SOURCE"
 
 NS="cairn-fleet-$$"
@@ -254,9 +241,15 @@ for round in $(seq 1 "$RUNS"); do
     unset CAIRN_S3_ENDPOINT CAIRN_S3_REGION
 done
 
-python3 - "$RESULTS" <<'EOF'
-import csv, statistics, sys
+python3 - "$RESULTS" "$RUNS" "$(git -C "$CAIRN_ROOT" rev-parse --short HEAD)" "$(nproc)" "$SOURCE" "$DELAYS" "$S3_DELAY" <<'EOF' | tee "$CAIRN_ROOT/docs/BENCHMARKS-fleet.md"
+import csv, datetime, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+runs, commit, cores, source, delays, s3_delay = sys.argv[2:8]
+print("# The fleet path against the local one\n")
+print(f"`bash benches/fleet/run.sh --runs {runs}` on {datetime.date.today()}, commit {commit}, "
+      f"{cores} cores; source tree {source.rstrip('/').split('/')[-1]}; medians of {runs} rounds, "
+      "ratios from the same run. Latency is added per index connection (delays "
+      f"{delays} ms) and per S3 request ({s3_delay} ms) by `benches/fleet/delay_proxy.py`.\n")
 def med(mode, workload, delay="0"):
     v = [float(r["seconds"]) for r in rows if r["mode"] == mode and r["workload"] == workload and r["delay_ms"] == delay]
     return statistics.median(v) if v else None

@@ -19,6 +19,7 @@ pub mod context;
 pub mod duration;
 pub mod find;
 pub mod fsmeta;
+pub mod mount;
 pub mod notify;
 pub mod paths;
 pub mod progress;

@@ -221,6 +221,28 @@ impl BlobSource {
         }
     }
 
+    /// Reads chunk `id`, which is no longer at `stale` (prune repacked it
+    /// since it was located): asks the index again, then reads every pack
+    /// trailer afresh, since the ones read earlier may predate the repack.
+    pub async fn read_moved(&self, id: &ChunkId, stale: &BlobLocation) -> Result<Vec<u8>> {
+        if let Some(index) = &self.index
+            && let Ok(found) = index.lookup(std::slice::from_ref(id)).await
+            && let Some(Some(rec)) = found.first()
+            && rec.location != *stale
+            && let Ok(plain) = self.repo.read_blob(id, &rec.location).await
+        {
+            return Ok(plain);
+        }
+        let fresh = read_all_trailers(&self.repo).await?;
+        match fresh.map.get(id).filter(|l| *l != stale) {
+            Some(location) => Ok(self.repo.read_blob(id, location).await?),
+            None => Err(anyhow!(
+                "chunk {id} is no longer stored in any pack of {}",
+                self.repo.location()
+            )),
+        }
+    }
+
     /// Reads a run of chunks, coalescing neighbours in one pack into one read.
     pub async fn read_run(&self, run: &[(ChunkId, BlobLocation)]) -> Result<Vec<Result<Vec<u8>>>> {
         let Some((_, first)) = run.first() else {

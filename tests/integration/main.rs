@@ -28,6 +28,7 @@ mod generate;
 mod index;
 mod keys;
 mod lock;
+mod mount;
 mod output;
 mod prune;
 mod prune_explains;

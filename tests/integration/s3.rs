@@ -495,3 +495,38 @@ fn four_clients_back_up_the_same_new_data_at_once_through_the_cluster_index() {
     }
     f.cairn.check_clean();
 }
+
+/// `cairn mount` of a repository on S3: the mounted snapshot equals its
+/// source, and a read of one file fetches only its chunks.
+fn mount_on(server: Server) {
+    if !crate::mount::fuse_available() {
+        return;
+    }
+    let (_t, dir) = tempdir();
+    let repo = server.repo("mount", &dir);
+    let cairn = &repo.cairn;
+    cairn.init();
+    let src = source(&dir, 12, 0x3A);
+    let id = cairn.backup(&[&src], &[]).snapshot_id();
+    let mount = crate::mount::Mounted::start(cairn, &dir.join("mnt"), &[]);
+    let snap = mount.snapshot(&id).join(src.strip_prefix("/").unwrap());
+    assert!(files_equal(
+        &src.join("docs/f0.txt"),
+        &snap.join("docs/f0.txt")
+    ));
+    assert_eq!(mount.stat("chunks_fetched"), 1, "{}", mount.stats());
+    assert_trees_equal(&src, &snap, Compare::ALL);
+    assert!(mount.stop().success());
+}
+
+#[test]
+fn a_snapshot_on_garage_mounts() {
+    let Some(server) = garage() else { return };
+    mount_on(server);
+}
+
+#[test]
+fn a_snapshot_on_s3s_mounts() {
+    let Some(server) = s3s() else { return };
+    mount_on(server);
+}

@@ -17,6 +17,7 @@ mod index;
 mod init;
 mod key;
 pub mod log;
+mod mount;
 mod prune;
 pub mod render;
 mod restore;
@@ -120,6 +121,8 @@ enum Command {
     Tag(tag::TagArgs),
     /// Verify the repository.
     Check(check::CheckArgs),
+    /// Browse the snapshots as a read-only file system (FUSE) until Ctrl-C.
+    Mount(mount::MountArgs),
     /// Manage the index.
     Index {
         #[command(subcommand)]
@@ -213,6 +216,7 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
         Command::Stats(a) => stats::run(rt, &g, a),
         Command::Tag(a) => tag::run(rt, &g, a),
         Command::Check(a) => check::run(rt, &g, a),
+        Command::Mount(a) => mount::run(rt, &g, a),
         Command::Index { command } => index::run(rt, &g, command),
         Command::Key { command } => key::run(rt, &g, command),
         Command::Forget(a) => forget::run(rt, &g, a),
