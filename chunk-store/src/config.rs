@@ -7,7 +7,13 @@
 //! created with `--cipher xchacha20-poly1305` stays readable by version-1
 //! clients, and a version-1 client refuses an AES repository with
 //! "unsupported format version" instead of failing to authenticate every
-//! chunk. The config itself is always sealed with XChaCha20-Poly1305.
+//! chunk. Version 3 adds `chunker_seed`: the seed of the chunker's gear
+//! table, copied from another repository (`cairn init
+//! --copy-chunker-params-from`) so that both cut the same data at the same
+//! places; without it the seed is derived from the master key. A client that
+//! knows only versions 1 and 2 would cut such a repository's data elsewhere,
+//! so it is refused the version instead. The config itself is always sealed
+//! with XChaCha20-Poly1305, so the seed is as secret as the keys.
 
 use crate::chunker::ChunkerParams;
 use crate::crypto::{Cipher, RepoKeys};
@@ -16,8 +22,8 @@ use crate::error::FormatError;
 use crate::fingerprint::HashAlgo;
 use crate::id::RepoId;
 
-/// Newest config format version (read: 1 and 2).
-pub const CONFIG_VERSION: u16 = 2;
+/// Newest config format version (read: 1, 2 and 3).
+pub const CONFIG_VERSION: u16 = 3;
 
 /// Default target size of a pack: 16 MiB, large enough that request costs
 /// are negligible on S3, small enough that a repack moves little.
@@ -57,6 +63,10 @@ pub struct ConfigRecord {
     /// [`Cipher`] discriminant (version 2; absent = XChaCha20-Poly1305).
     #[prost(uint32, tag = "9")]
     pub cipher: u32,
+    /// Seed of the chunker's gear table (version 3; absent = derived from
+    /// the master key).
+    #[prost(bytes = "vec", tag = "10")]
+    pub chunker_seed: Vec<u8>,
 }
 
 /// The decoded, validated config.
@@ -76,6 +86,9 @@ pub struct RepoConfig {
     pub created_unix: i64,
     /// Cipher of every object but the config.
     pub cipher: Cipher,
+    /// The chunker's gear-table seed when copied from another repository;
+    /// `None`: derived from the master key.
+    pub chunker_seed: Option<[u8; 32]>,
 }
 
 impl RepoConfig {
@@ -89,6 +102,7 @@ impl RepoConfig {
             pack_size: DEFAULT_PACK_SIZE,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             created_unix: crate::now_unix_nanos() / 1_000_000_000,
+            chunker_seed: None,
         }
     }
 
@@ -104,14 +118,16 @@ impl RepoConfig {
             zstd_level: self.zstd_level,
             created_unix: self.created_unix,
             cipher: self.cipher as u32,
+            chunker_seed: self.chunker_seed.map(|s| s.to_vec()).unwrap_or_default(),
         }
     }
 
     /// The format version this config is written at (module docs).
     pub fn version(&self) -> u16 {
-        match self.cipher {
-            Cipher::XChaCha20Poly1305 => 1,
-            Cipher::Aes256Gcm => 2,
+        match (self.chunker_seed, self.cipher) {
+            (Some(_), _) => 3,
+            (None, Cipher::XChaCha20Poly1305) => 1,
+            (None, Cipher::Aes256Gcm) => 2,
         }
     }
 
@@ -139,6 +155,15 @@ impl RepoConfig {
             _ => Cipher::from_u32(r.cipher)
                 .ok_or_else(|| corrupt(format!("unknown cipher {}", r.cipher)))?,
         };
+        let chunker_seed = match (version, r.chunker_seed.len()) {
+            (1 | 2, _) | (_, 0) => None,
+            (_, 32) => {
+                let mut seed = [0u8; 32];
+                seed.copy_from_slice(&r.chunker_seed);
+                Some(seed)
+            }
+            (_, n) => return Err(corrupt(format!("chunker seed of {n} bytes"))),
+        };
         if r.pack_size < 1024 * 1024 {
             return Err(corrupt(format!("pack size {} is below 1 MiB", r.pack_size)));
         }
@@ -150,6 +175,7 @@ impl RepoConfig {
             zstd_level: r.zstd_level,
             created_unix: r.created_unix,
             cipher,
+            chunker_seed,
         })
     }
 
@@ -195,6 +221,7 @@ mod tests {
             zstd_level: DEFAULT_ZSTD_LEVEL,
             created_unix: 1_764_633_600,
             cipher,
+            chunker_seed: None,
         }
     }
 
@@ -231,6 +258,32 @@ mod tests {
         assert_eq!(decoded.cipher, Cipher::XChaCha20Poly1305);
         let decoded = RepoConfig::from_versioned_record(2, v2).unwrap();
         assert_eq!(decoded.cipher, Cipher::Aes256Gcm);
+        // Version 3 adds the chunker seed (10).
+        let mut c3 = config(Cipher::Aes256Gcm);
+        c3.chunker_seed = Some([0x22; 32]);
+        assert_eq!(c3.version(), 3);
+        let v3 = c3.to_record();
+        assert_eq!(
+            hex::encode(v3.encode_to_vec()),
+            format!("{}48015220{}", common.replace(' ', ""), "22".repeat(32))
+        );
+        assert_eq!(RepoConfig::from_versioned_record(3, v3).unwrap(), c3);
+    }
+
+    #[test]
+    fn a_copied_chunker_seed_round_trips_at_version_3() {
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([3; 32]), Cipher::DEFAULT);
+        for cipher in [Cipher::XChaCha20Poly1305, Cipher::Aes256Gcm] {
+            let mut c = config(cipher);
+            c.chunker_seed = Some([7; 32]);
+            let sealed = c.seal(&keys);
+            assert_eq!(u16::from_le_bytes([sealed[8], sealed[9]]), 3);
+            assert_eq!(RepoConfig::open(&keys, &sealed).unwrap(), c);
+        }
+        let mut record = config(Cipher::Aes256Gcm).to_record();
+        record.chunker_seed = vec![1; 5];
+        let err = RepoConfig::from_versioned_record(3, record).unwrap_err();
+        assert!(err.to_string().contains("chunker seed of 5 bytes"), "{err}");
     }
 
     #[test]
@@ -245,12 +298,12 @@ mod tests {
         let future = envelope::seal(
             &keys.with_cipher(Cipher::XChaCha20Poly1305),
             CONFIG_MAGIC,
-            3,
+            4,
             &body,
         );
         assert!(matches!(
             RepoConfig::open(&keys, &future),
-            Err(FormatError::UnsupportedVersion { version: 3, .. })
+            Err(FormatError::UnsupportedVersion { version: 4, .. })
         ));
     }
 }

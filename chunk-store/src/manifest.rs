@@ -97,6 +97,11 @@ pub struct Snapshot {
     /// the backup wrote, kept through every rewrite. Empty for a backup.
     #[prost(bytes = "vec", tag = "13")]
     pub original: Vec<u8>,
+    /// The snapshot of another repository this one is a copy of (`cairn
+    /// copy`); empty for a backup. A client that predates the field reads
+    /// the copy as an ordinary snapshot.
+    #[prost(bytes = "vec", tag = "14")]
+    pub copied_from: Vec<u8>,
 }
 
 impl Snapshot {
@@ -116,6 +121,11 @@ impl Snapshot {
     /// The snapshot the backup wrote, if this one is a rewrite of it.
     pub fn original_id(&self) -> Option<SnapshotId> {
         SnapshotId::from_slice(&self.original).ok()
+    }
+
+    /// The snapshot of another repository this one was copied from.
+    pub fn copied_from_id(&self) -> Option<SnapshotId> {
+        SnapshotId::from_slice(&self.copied_from).ok()
     }
 
     /// Seals the manifest; returns its id and bytes.

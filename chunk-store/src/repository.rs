@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::chunker::Chunker;
+use crate::chunker::{Chunker, ChunkerParams};
 use crate::config::RepoConfig;
 use crate::crypto::{Cipher, MasterKey, RepoKeys};
 use crate::error::{FormatError, RepoError};
@@ -31,6 +31,10 @@ pub struct InitOptions {
     pub host: String,
     /// User recorded in the key file.
     pub user: String,
+    /// The chunker bounds and gear-table seed of another repository
+    /// ([`Repository::chunker_params`]), so that both cut data alike;
+    /// `None`: the defaults and a seed derived from the new master key.
+    pub chunker: Option<(ChunkerParams, [u8; 32])>,
 }
 
 /// A key file as listed by `cairn key list`.
@@ -77,7 +81,11 @@ impl Repository {
         }
         let master = MasterKey::generate();
         let keys = RepoKeys::derive(&master, options.cipher);
-        let config = RepoConfig::new(options.hash, options.cipher);
+        let mut config = RepoConfig::new(options.hash, options.cipher);
+        if let Some((params, seed)) = options.chunker {
+            config.chunker = params;
+            config.chunker_seed = Some(seed);
+        }
         let key_id = KeyId::random();
         let key_file = keys::wrap(&master, password, options.kdf, &options.host, &options.user)
             .map_err(|source| format_err(&*store, "key file", source))?;
@@ -126,7 +134,8 @@ impl Repository {
         key_id: KeyId,
     ) -> Self {
         let fingerprinter = Fingerprinter::new(config.hash, *keys.fingerprint_key());
-        let chunker = Arc::new(Chunker::new(config.chunker, keys.chunker_key()));
+        let seed = config.chunker_seed.as_ref().unwrap_or(keys.chunker_key());
+        let chunker = Arc::new(Chunker::new(config.chunker, seed));
         Self {
             store,
             config,
@@ -141,6 +150,14 @@ impl Repository {
     /// The object store.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The chunker's bounds and gear-table seed: what another repository
+    /// needs to cut data at the same places (`init
+    /// --copy-chunker-params-from`). As secret as the keys.
+    pub fn chunker_params(&self) -> (ChunkerParams, [u8; 32]) {
+        let seed = self.config.chunker_seed.unwrap_or(*self.keys.chunker_key());
+        (self.config.chunker, seed)
     }
 
     /// The config.

@@ -190,6 +190,23 @@ impl RepoArgs {
         prompt("enter password for repository: ", confirm)
     }
 
+    /// Opens another repository at `location` (a directory or an `s3://`
+    /// URL, reached with the same S3 settings) with `password`.
+    pub async fn open_other(&self, location: &str, password: &str) -> Result<Repository> {
+        let other = RepoArgs {
+            repo: Some(location.to_string()),
+            password_file: None,
+            lock_wait: self.lock_wait,
+            index: None,
+            index_token: None,
+            s3: self.s3.clone(),
+        };
+        let store = other.store().await?;
+        Repository::open(store, password.as_bytes())
+            .await
+            .with_context(|| format!("source repository {location}"))
+    }
+
     /// Opens the repository.
     pub async fn open(&self) -> Result<Repository> {
         let store = self.store().await?;
@@ -337,6 +354,28 @@ pub fn read_password_file(file: &Path) -> Result<String> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("password file {}", file.display()))?;
     Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// The password of the other repository of `copy --from-repo` and `init
+/// --copy-chunker-params-from`: `CAIRN_FROM_PASSWORD`, else the file
+/// (`--from-password-file`), else a prompt on a terminal. Never the
+/// target's password: the two repositories may have different ones.
+pub fn source_password(file: Option<&Path>) -> Result<String> {
+    if let Some(p) = std::env::var_os("CAIRN_FROM_PASSWORD") {
+        return p
+            .into_string()
+            .map_err(|_| anyhow!("CAIRN_FROM_PASSWORD is not valid UTF-8"));
+    }
+    if let Some(f) = file {
+        return read_password_file(f);
+    }
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "no password for the source repository: set CAIRN_FROM_PASSWORD or pass --from-password-file"
+        );
+    }
+    prompt("enter password for the source repository: ", false)
 }
 
 /// A new password for `key add`/`key passwd`.

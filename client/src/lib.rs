@@ -16,6 +16,7 @@ pub mod backup;
 pub mod browse;
 pub mod check;
 pub mod context;
+pub mod copy;
 pub mod duration;
 pub mod find;
 pub mod fsmeta;

@@ -223,6 +223,7 @@ mod tests {
             },
             host: "h".into(),
             user: "u".into(),
+            chunker: None,
         };
         let store = Arc::new(LocalStore::new(dir.join("repo")));
         tokio::runtime::Runtime::new()

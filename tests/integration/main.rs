@@ -15,6 +15,7 @@ mod inspect;
 mod agent;
 mod at_rest;
 mod cluster;
+mod copy;
 mod corruption;
 mod crash;
 mod dedup;

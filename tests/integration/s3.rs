@@ -530,3 +530,60 @@ fn a_snapshot_on_s3s_mounts() {
     let Some(server) = s3s() else { return };
     mount_on(server);
 }
+
+/// A local repository copied to S3 and an S3 repository copied to a local
+/// one, each with its own password: the copies restore byte for byte and
+/// a second copy stores nothing.
+fn copy_both_ways(server: Server) {
+    use crate::copy::{TARGET_PASSWORD, copy, kept_fields};
+    let (_t, dir) = tempdir();
+    let src = source(&dir, 6, 0xC5);
+
+    // Local → S3.
+    let local = Cairn::new(dir.join("local"));
+    local.init();
+    local.backup(&[&src], &["--tag", "first"]);
+    let remote = server.repo("copy", &dir);
+    let offsite = remote.cairn.with_password(TARGET_PASSWORD);
+    offsite.init();
+    copy(&offsite, s(&local.repo), &[]).expect_success();
+    assert_eq!(kept_fields(&offsite), kept_fields(&local));
+    assert_restores(&offsite, "latest", &src, &dir.join("restore-s3"));
+    let again = copy(&offsite, s(&local.repo), &[]);
+    again.expect_success();
+    assert!(
+        again
+            .stdout_text()
+            .contains("0 snapshots copied, 1 already present"),
+        "{}",
+        again.describe()
+    );
+
+    // S3 → local (the S3 repository is the source now, with its password).
+    let back = Cairn::new(dir.join("back")).with_password("a third password");
+    back.init();
+    back.with_env("CAIRN_FROM_PASSWORD", TARGET_PASSWORD)
+        .with_env("CAIRN_S3_ENDPOINT", &server.endpoint)
+        .with_env("CAIRN_S3_REGION", &server.region)
+        .run([
+            "copy",
+            "--from-repo",
+            &format!("s3://{}/{}", server.bucket, remote.prefix),
+        ])
+        .expect_success();
+    assert_eq!(kept_fields(&back), kept_fields(&local));
+    assert_restores(&back, "latest", &src, &dir.join("restore-back"));
+    back.check_clean();
+}
+
+#[test]
+fn copies_between_local_and_garage() {
+    let Some(server) = garage() else { return };
+    copy_both_ways(server);
+}
+
+#[test]
+fn copies_between_local_and_s3s() {
+    let Some(server) = s3s() else { return };
+    copy_both_ways(server);
+}

@@ -192,7 +192,7 @@ impl Counters {
     pub fn bytes_read(&self) -> u64 {
         Self::get(&self.bytes_read)
     }
-    fn stats(&self, duration_ms: u64) -> SnapshotStats {
+    pub(crate) fn stats(&self, duration_ms: u64) -> SnapshotStats {
         SnapshotStats {
             files_new: Self::get(&self.files_new),
             files_changed: Self::get(&self.files_changed),
@@ -238,6 +238,33 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state of a pipeline storing into `repo` without a parent (a
+    /// copy), raising `stop` when its session is fenced.
+    pub(crate) fn without_parent(
+        repo: &Repository,
+        index: Arc<dyn Index>,
+        handle: &Handle,
+        dry_run: bool,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            repo: repo.clone(),
+            index,
+            handle: handle.clone(),
+            claimed: Mutex::new(HashSet::new()),
+            reuse_unasked: false,
+            unconfirmed: Mutex::new(Vec::new()),
+            counters: Counters {
+                fenced: Some(stop),
+                ..Counters::default()
+            },
+            warnings: Mutex::new(Vec::new()),
+            index_warned: AtomicBool::new(false),
+            dry_run,
+            tree_cache: TreeCache::for_repo(repo),
+        }
+    }
+
     /// For a dry run: whether the index lacks `id` (or holds it condemned),
     /// asked without refreshing anything.
     fn unknown_read_only(&self, id: ChunkId) -> Result<Vec<bool>, cairn_index::IndexError> {
@@ -369,7 +396,7 @@ impl Shared {
 /// Registers packs that are in the store but not in the index: a backup
 /// killed between storing a pack and recording it leaves such packs, and
 /// their chunks are then reused instead of uploaded again.
-async fn register_orphan_packs(repo: &Repository, index: &dyn Index) -> Result<()> {
+pub(crate) async fn register_orphan_packs(repo: &Repository, index: &dyn Index) -> Result<()> {
     let packs = repo.list_packs().await?;
     let ids: Vec<cairn_chunk_store::PackId> = packs.iter().map(|(id, _)| *id).collect();
     let unregistered = index.unregistered_packs(&ids).await?;
@@ -392,13 +419,13 @@ async fn register_orphan_packs(repo: &Repository, index: &dyn Index) -> Result<(
 /// cluster is down) the backup runs without one: it then confirms no chunk,
 /// so it uploads everything, and its packs enter the index only when a
 /// later backup or prune registers them.
-struct SessionGuard {
+pub(crate) struct SessionGuard {
     handle: Handle,
     index: Arc<dyn Index>,
     ended: bool,
-    session: Option<(cairn_index::SessionId, u32)>,
+    pub(crate) session: Option<(cairn_index::SessionId, u32)>,
     /// Raised to stop the pipeline when the session is fenced.
-    stop: Arc<AtomicBool>,
+    pub(crate) stop: Arc<AtomicBool>,
     fenced: Arc<Mutex<Option<String>>>,
     /// When the index last confirmed the lease (begin or renew).
     confirmed: Arc<Mutex<Instant>>,
@@ -409,7 +436,7 @@ const FENCED: &str = "backup session expired (its lease was not renewed in time)
 
 impl SessionGuard {
     /// No session (a dry run).
-    fn none(handle: &Handle, index: &Arc<dyn Index>) -> Self {
+    pub(crate) fn none(handle: &Handle, index: &Arc<dyn Index>) -> Self {
         Self {
             handle: handle.clone(),
             index: index.clone(),
@@ -422,7 +449,7 @@ impl SessionGuard {
         }
     }
 
-    fn begin(
+    pub(crate) fn begin(
         handle: &Handle,
         index: &Arc<dyn Index>,
         host: &str,
@@ -475,7 +502,7 @@ impl SessionGuard {
     }
 
     /// The fencing error, if the lease was lost while the backup ran.
-    fn fenced(&self) -> Option<anyhow::Error> {
+    pub(crate) fn fenced(&self) -> Option<anyhow::Error> {
         self.fenced
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -485,7 +512,7 @@ impl SessionGuard {
 
     /// Asks the index for permission to write the manifest of `snapshot`.
     /// The manifest must then be written within half a lease.
-    fn commit(&self, handle: &Handle, snapshot: SnapshotId) -> Result<()> {
+    pub(crate) fn commit(&self, handle: &Handle, snapshot: SnapshotId) -> Result<()> {
         let Some((id, lease)) = self.session else {
             return Ok(());
         };
@@ -526,7 +553,7 @@ impl SessionGuard {
     /// stops without one (what it stored is then unreferenced, and garbage
     /// collection need not wait for it). If the index does not hear it, the
     /// session simply expires one lease later.
-    fn end(&mut self) {
+    pub(crate) fn end(&mut self) {
         self.finish();
         if self.ended {
             return;
@@ -843,6 +870,7 @@ pub fn run(
         stats: Some(stats.clone()),
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         original: Vec::new(),
+        copied_from: Vec::new(),
     };
     let (snapshot_id, sealed) = repo.seal_snapshot(&snapshot);
     let report = |dry_run: bool| BackupReport {
@@ -920,6 +948,7 @@ mod tests {
             },
             host: "h".into(),
             user: "u".into(),
+            chunker: None,
         };
         let repo = runtime
             .block_on(Repository::init(store, b"pw", options))

@@ -5,7 +5,7 @@ use cairn_chunk_store::Repository;
 use cairn_chunk_store::crypto::Cipher;
 use cairn_chunk_store::fingerprint::HashAlgo;
 use cairn_chunk_store::repository::InitOptions;
-use cairn_client::context::{hostname, kdf_params, username};
+use cairn_client::context::{hostname, kdf_params, source_password, username};
 use serde_json::json;
 use tokio::runtime::Runtime;
 
@@ -22,6 +22,14 @@ pub struct InitArgs {
     /// processors without them, and also readable by clients that know only config version 1).
     #[arg(long, default_value = "aes-256-gcm")]
     cipher: Cipher,
+    /// Cut data exactly as this repository does (its chunker bounds and
+    /// seed), so that `cairn copy` from it moves chunks without cutting
+    /// files again.
+    #[arg(long, value_name = "SRC")]
+    copy_chunker_params_from: Option<String>,
+    /// Read that repository's password from this file (or set CAIRN_FROM_PASSWORD).
+    #[arg(long, env = "CAIRN_FROM_PASSWORD_FILE", value_name = "FILE")]
+    from_password_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(rt: &Runtime, g: &Globals, a: InitArgs) -> Result<u8> {
@@ -29,6 +37,16 @@ pub fn run(rt: &Runtime, g: &Globals, a: InitArgs) -> Result<u8> {
     if rt.block_on(store.exists("config"))? {
         bail!("a repository already exists at {}", store.location());
     }
+    let chunker = match &a.copy_chunker_params_from {
+        Some(src) => {
+            let password = source_password(a.from_password_file.as_deref())?;
+            Some(
+                rt.block_on(g.repo.open_other(src, &password))?
+                    .chunker_params(),
+            )
+        }
+        None => None,
+    };
     let password = g.repo.password(true)?;
     let repo = rt.block_on(Repository::init(
         store,
@@ -39,6 +57,7 @@ pub fn run(rt: &Runtime, g: &Globals, a: InitArgs) -> Result<u8> {
             kdf: kdf_params(),
             host: hostname(),
             user: username(),
+            chunker,
         },
     ))?;
     if g.json {

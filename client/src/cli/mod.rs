@@ -10,6 +10,7 @@ mod agent;
 mod backup;
 mod browse;
 mod check;
+mod copy;
 mod find;
 mod forget;
 mod generate;
@@ -121,6 +122,8 @@ enum Command {
     Tag(tag::TagArgs),
     /// Verify the repository.
     Check(check::CheckArgs),
+    /// Copy snapshots from another repository into this one (an off-site copy).
+    Copy(copy::CopyArgs),
     /// Browse the snapshots as a read-only file system (FUSE) until Ctrl-C.
     Mount(mount::MountArgs),
     /// Manage the index.
@@ -217,6 +220,7 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
         Command::Tag(a) => tag::run(rt, &g, a),
         Command::Check(a) => check::run(rt, &g, a),
         Command::Mount(a) => mount::run(rt, &g, a),
+        Command::Copy(a) => copy::run(rt, &g, a),
         Command::Index { command } => index::run(rt, &g, command),
         Command::Key { command } => key::run(rt, &g, command),
         Command::Forget(a) => forget::run(rt, &g, a),
