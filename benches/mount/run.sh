@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reading backups through `cairn mount` against the same reads without it.
+# Reading backups through `cairn mount` against the same reads without it,
+# and `cairn copy` against a fresh backup of the same tree.
 #
 #   benches/mount/run.sh [--runs N] [--source DIR]
 #
@@ -11,6 +12,11 @@
 #   mount read  `cat` of the same file through the mount to /dev/null
 #   list        `find` over the source tree's snapshot in the mount | wc -l
 #   ls          `cairn ls` of the same snapshot | wc -l
+#   backup      a fresh backup of the source tree into a new repository
+#   copy        `cairn copy` of its snapshot into a new repository with
+#               another chunker seed (each file re-chunked)
+#   copy chunks the same into a repository made with
+#               `init --copy-chunker-params-from` (chunk for chunk)
 # Writes a Markdown table of medians to docs/BENCHMARKS-mount.md (and stdout)
 # and the rounds as TSV.
 #
@@ -63,7 +69,7 @@ trap cleanup EXIT
 rm -rf "$WORK"
 mkdir -p "$WORK/src" "$MNT"
 export XDG_CACHE_HOME="$WORK/cache"
-export CAIRN_PASSWORD="mount benchmark" CAIRN_KDF_MEMORY_KIB=65536
+export CAIRN_PASSWORD="mount benchmark" CAIRN_FROM_PASSWORD="mount benchmark" CAIRN_KDF_MEMORY_KIB=65536
 export CAIRN_REPO="$WORK/repo"
 cairn() { "$CAIRN_BIN" "$@"; }
 
@@ -113,13 +119,21 @@ for round in $(seq 1 "$RUNS"); do
     t=$(timed find "$MNT/snapshots/$tree_id$SOURCE"); printf '%s\tlist_cold\t%s\n' "$round" "$t" >>"$TSV"
     unmount
     t=$(timed cairn ls "$tree_id" "$SOURCE"); printf '%s\tls\t%s\n' "$round" "$t" >>"$TSV"
+    rm -rf "$WORK/fresh" "$WORK/copy" "$WORK/twin"
+    CAIRN_REPO="$WORK/fresh" cairn init -q >/dev/null
+    t=$(CAIRN_REPO="$WORK/fresh" timed cairn backup -q "$SOURCE"); printf '%s\tbackup\t%s\n' "$round" "$t" >>"$TSV"
+    CAIRN_REPO="$WORK/copy" cairn init -q >/dev/null
+    t=$(CAIRN_REPO="$WORK/copy" timed cairn copy -q --from-repo "$CAIRN_REPO" "$tree_id"); printf '%s\tcopy\t%s\n' "$round" "$t" >>"$TSV"
+    CAIRN_REPO="$WORK/twin" cairn init -q --copy-chunker-params-from "$CAIRN_REPO" >/dev/null
+    t=$(CAIRN_REPO="$WORK/twin" timed cairn copy -q --from-repo "$CAIRN_REPO" "$tree_id"); printf '%s\tcopy_chunks\t%s\n' "$round" "$t" >>"$TSV"
+    rm -rf "$WORK/fresh" "$WORK/copy" "$WORK/twin"
 done
 
 python3 - "$TSV" "$files" "$(git -C "$CAIRN_ROOT" rev-parse --short HEAD)" "$(nproc)" "$RUNS" <<'PY' | tee "$CAIRN_ROOT/docs/BENCHMARKS-mount.md"
 import csv, datetime, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 files, commit, cores, runs = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-print("# Reading backups through `cairn mount`\n")
+print("# Reading backups through `cairn mount`, and `cairn copy`\n")
 print(f"`bash benches/mount/run.sh --runs {runs}` on {datetime.date.today()}, {cores} cores, "
       "local repository, release build; each mount fresh (nothing of the file in the chunk "
       "cache or the page cache), the repository's packs in the page cache.\n")
@@ -133,4 +147,10 @@ print(f"| `cairn dump` of a 1 GiB file | {med['dump']:.2f} s | {mib / med['dump'
 print(f"| `cat` of the same file through a fresh mount | {med['mount_read']:.2f} s | {mib / med['mount_read']:.0f} MiB/s |")
 print(f"| `find` over the tree's snapshot in a fresh mount | {med['list_cold']:.2f} s | {files / med['list_cold']:.0f} entries/s |")
 print(f"| `cairn ls` of the same snapshot | {med['ls']:.2f} s | {files / med['ls']:.0f} entries/s |")
+print()
+print("| into a new local repository | time | / fresh backup |")
+print("|---|---|---|")
+print(f"| fresh backup of the tree | {med['backup']:.2f} s | 1.00 |")
+print(f"| `cairn copy` of its snapshot, re-chunked | {med['copy']:.2f} s | {med['copy'] / med['backup']:.2f} |")
+print(f"| `cairn copy`, chunk for chunk (`--copy-chunker-params-from`) | {med['copy_chunks']:.2f} s | {med['copy_chunks'] / med['backup']:.2f} |")
 PY

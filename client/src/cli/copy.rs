@@ -126,9 +126,10 @@ pub fn run(rt: &Runtime, g: &Globals, a: CopyArgs) -> Result<u8> {
     if !report.copied.is_empty() {
         println!("content {mode}");
     }
+    let n = report.copied.len();
     let summary = format!(
-        "{} snapshots {verb}, {} already present",
-        report.copied.len(),
+        "{n} {} {verb}, {} already present",
+        if n == 1 { "snapshot" } else { "snapshots" },
         report.already_present.len()
     );
     if report.dry_run {
