@@ -341,3 +341,44 @@ fn mount_mistakes_are_named_in_one_line() {
         .expect_clean_error(11, "password");
     assert!(!is_mounted(&dir.join("mnt")));
 }
+
+#[test]
+fn a_chunk_that_prune_moves_is_read_at_its_new_place() {
+    if !fuse_available() {
+        return;
+    }
+    let (_t, dir, cairn) = new_repo();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    write_random_file(&a.join("only-a.bin"), 3 * MIB, 1);
+    write_random_file(&a.join("shared.bin"), 2 * MIB, 2);
+    write_random_file(&b.join("only-b.bin"), 2 * MIB, 3);
+    fs::copy(a.join("shared.bin"), b.join("shared.bin")).unwrap();
+    let snap_a = cairn.backup(&[&a], &[]).snapshot_id();
+    let snap_b = cairn.backup(&[&b], &[]).snapshot_id();
+
+    let mount = Mounted::start(&cairn, &dir.join("mnt"), &[]);
+    // Opened (its chunks located, in A's pack) before prune runs.
+    let mut shared = File::open(inside(&mount.snapshot(&snap_b), &b).join("shared.bin")).unwrap();
+    cairn.run(["forget", &snap_a]).expect_success();
+    let t = std::time::SystemTime::now();
+    poll_until("the next second", Duration::from_secs(3), || {
+        std::time::SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|d| d.as_secs() >= 1)
+    });
+    let pruned = cairn.run(["prune", "--json", "--grace", "0s", "--clock-skew", "0s"]);
+    pruned.expect_success();
+    let report = pruned.json_last_line();
+    assert!(report["packs_repacked"].as_u64().unwrap() >= 1, "{report}");
+    // The old pack is gone; the read finds the chunks where prune put them.
+    let mut got = Vec::new();
+    shared.read_to_end(&mut got).unwrap();
+    assert!(
+        got == fs::read(b.join("shared.bin")).unwrap(),
+        "shared.bin differs"
+    );
+    drop(shared);
+    assert!(mount.stop().success());
+}
