@@ -866,6 +866,26 @@ mod tests {
     }
 
     #[test]
+    fn missing_fuse_names_the_package_to_install() {
+        let e = MountError::FuseMissing("/dev/fuse does not exist".into()).to_string();
+        assert!(e.contains("/dev/fuse does not exist"), "{e}");
+        assert!(e.contains("install the package fuse3"), "{e}");
+    }
+
+    #[test]
+    fn a_mount_point_must_be_an_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_mountpoint(dir.path()).is_ok());
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let full = check_mountpoint(dir.path()).unwrap_err().to_string();
+        assert!(full.ends_with("is not empty"), "{full}");
+        let file = check_mountpoint(&dir.path().join("f")).unwrap_err().to_string();
+        assert!(file.ends_with("is not a directory"), "{file}");
+        let gone = check_mountpoint(&dir.path().join("gone")).unwrap_err().to_string();
+        assert!(gone.ends_with("no such directory"), "{gone}");
+    }
+
+    #[test]
     fn inode_numbers_start_at_one() {
         assert_eq!(index(1).ok(), Some(0));
         assert_eq!(index(7).ok(), Some(6));
