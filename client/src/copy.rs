@@ -214,19 +214,7 @@ impl Copier<'_> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let (blob_tx, blob_rx) = bounded(cores * 4);
         let failure = Arc::new(Mutex::new(None));
-        let packer = {
-            let (shared, failure) = (shared.clone(), failure.clone());
-            std::thread::Builder::new()
-                .name("packer".into())
-                .spawn(move || {
-                    let r = packer::run(shared.clone(), blob_rx, failure);
-                    if r.is_err() {
-                        shared.counters.abort();
-                    }
-                    r
-                })
-                .context("starting the packer")?
-        };
+        let packer = packer::start(shared.clone(), blob_rx, failure)?;
         let ticker = options.progress.then(|| {
             let s = shared.clone();
             Ticker::start("copy", None, move || {

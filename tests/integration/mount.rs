@@ -347,21 +347,14 @@ fn a_chunk_that_prune_moves_is_read_at_its_new_place() {
     if !fuse_available() {
         return;
     }
-    let (_t, dir, cairn) = new_repo();
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    fs::create_dir_all(&a).unwrap();
-    fs::create_dir_all(&b).unwrap();
-    write_random_file(&a.join("only-a.bin"), 3 * MIB, 1);
-    write_random_file(&a.join("shared.bin"), 2 * MIB, 2);
-    write_random_file(&b.join("only-b.bin"), 2 * MIB, 3);
-    fs::copy(a.join("shared.bin"), b.join("shared.bin")).unwrap();
-    let snap_a = cairn.backup(&[&a], &[]).snapshot_id();
-    let snap_b = cairn.backup(&[&b], &[]).snapshot_id();
-
-    let mount = Mounted::start(&cairn, &dir.join("mnt"), &[]);
+    // Two snapshots sharing a file that lives in the first one's pack.
+    let two = crate::prune::TwoSnapshots::new();
+    let (dir, cairn, b) = (&two.dir, &two.cairn, &two.b);
+    let mount = Mounted::start(cairn, &dir.join("mnt"), &[]);
     // Opened (its chunks located, in A's pack) before prune runs.
-    let mut shared = File::open(inside(&mount.snapshot(&snap_b), &b).join("shared.bin")).unwrap();
-    cairn.run(["forget", &snap_a]).expect_success();
+    let mut shared =
+        File::open(inside(&mount.snapshot(&two.snap_b), b).join("shared.bin")).unwrap();
+    two.forget_a();
     let t = std::time::SystemTime::now();
     poll_until("the next second", Duration::from_secs(3), || {
         std::time::SystemTime::now()

@@ -58,17 +58,17 @@ fn restore_equals(cairn: &Cairn, snapshot: &str, source: &Path, expected: &Path,
 
 /// Two snapshots of different paths sharing one file; forgetting the first
 /// frees exactly its own data.
-struct TwoSnapshots {
+pub struct TwoSnapshots {
     _dir: Option<tempfile::TempDir>,
-    dir: PathBuf,
-    cairn: Cairn,
-    b: PathBuf,
-    snap_a: String,
-    snap_b: String,
+    pub dir: PathBuf,
+    pub cairn: Cairn,
+    pub b: PathBuf,
+    pub snap_a: String,
+    pub snap_b: String,
 }
 
 impl TwoSnapshots {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let (tmp, dir, cairn) = new_repo();
         Self::on(cairn, dir, Some(tmp))
     }
@@ -98,7 +98,7 @@ impl TwoSnapshots {
         self.dir.join("repo")
     }
 
-    fn forget_a(&self) {
+    pub fn forget_a(&self) {
         self.cairn.run(["forget", &self.snap_a]).expect_success();
     }
 

@@ -752,19 +752,7 @@ pub fn run(
         })
     });
 
-    let packer = {
-        let (shared, failure) = (shared.clone(), failure.clone());
-        std::thread::Builder::new()
-            .name("packer".into())
-            .spawn(move || {
-                let r = packer::run(shared.clone(), blob_rx, failure);
-                if r.is_err() {
-                    shared.counters.abort();
-                }
-                r
-            })
-            .context("starting the packer")?
-    };
+    let packer = packer::start(shared.clone(), blob_rx, failure.clone())?;
     let mut worker_handles = Vec::new();
     // Chunks of large files handed on: one fewer than the cores, so a reader
     // and its helpers fill the cores without crowding them. Streams and

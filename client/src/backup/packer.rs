@@ -20,6 +20,24 @@ use super::Shared;
 /// Uploads in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 3;
 
+/// Runs [`run`] on a thread of its own; a failure aborts the pipeline.
+pub fn start(
+    shared: Arc<Shared>,
+    blobs: Receiver<PreparedBlob>,
+    failure: Arc<Mutex<Option<anyhow::Error>>>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    std::thread::Builder::new()
+        .name("packer".into())
+        .spawn(move || {
+            let r = run(shared.clone(), blobs, failure);
+            if r.is_err() {
+                shared.counters.abort();
+            }
+            r
+        })
+        .map_err(|e| anyhow!("starting the packer: {e}"))
+}
+
 /// Runs the packer until every sender is dropped; then flushes and waits for
 /// all uploads. Returns the first failure.
 pub fn run(

@@ -879,9 +879,13 @@ mod tests {
         std::fs::write(dir.path().join("f"), "x").unwrap();
         let full = check_mountpoint(dir.path()).unwrap_err().to_string();
         assert!(full.ends_with("is not empty"), "{full}");
-        let file = check_mountpoint(&dir.path().join("f")).unwrap_err().to_string();
+        let file = check_mountpoint(&dir.path().join("f"))
+            .unwrap_err()
+            .to_string();
         assert!(file.ends_with("is not a directory"), "{file}");
-        let gone = check_mountpoint(&dir.path().join("gone")).unwrap_err().to_string();
+        let gone = check_mountpoint(&dir.path().join("gone"))
+            .unwrap_err()
+            .to_string();
         assert!(gone.ends_with("no such directory"), "{gone}");
     }
 
