@@ -80,7 +80,8 @@ timed() {
 }
 
 mount_fresh() {
-    cairn mount "$MNT" 2>"$WORK/mount.log" &
+    # The binary itself, not the `cairn` function: $! must be the process.
+    "$CAIRN_BIN" mount "$MNT" 2>"$WORK/mount.log" &
     MOUNT_PID=$!
     local deadline=$((SECONDS + 60))
     until [[ -e $MNT/.stats ]]; do
