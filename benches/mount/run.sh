@@ -73,7 +73,9 @@ export CAIRN_PASSWORD="mount benchmark" CAIRN_FROM_PASSWORD="mount benchmark" CA
 export CAIRN_REPO="$WORK/repo"
 cairn() { "$CAIRN_BIN" "$@"; }
 
+# Dirty pages of the step before are written out first (see benches/fleet).
 timed() {
+    sync
     local start=$EPOCHREALTIME
     "$@" >/dev/null
     awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }'
