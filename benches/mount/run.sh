@@ -63,10 +63,15 @@ cleanup() {
         wait "$MOUNT_PID" 2>/dev/null || true
     fi
     mountpoint -q "$MNT" 2>/dev/null && umount -l "$MNT"
+    umount "$WORK" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 rm -rf "$WORK"
+mkdir -p "$WORK"
+# Scratch space in memory (see benches/fleet/run.sh: online discard on this
+# disk makes timings after large deletes swing several-fold).
+mount -t tmpfs -o size=16g cairn-bench "$WORK"
 mkdir -p "$WORK/src" "$MNT"
 export XDG_CACHE_HOME="$WORK/cache"
 export CAIRN_PASSWORD="mount benchmark" CAIRN_FROM_PASSWORD="mount benchmark" CAIRN_KDF_MEMORY_KIB=65536
@@ -138,8 +143,8 @@ rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 files, commit, cores, runs = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 print("# Reading backups through `cairn mount`, and `cairn copy`\n")
 print(f"`bash benches/mount/run.sh --runs {runs}` on {datetime.date.today()}, {cores} cores, "
-      "local repository, release build; each mount fresh (nothing of the file in the chunk "
-      "cache or the page cache), the repository's packs in the page cache.\n")
+      "local repository on tmpfs, release build; each mount fresh (nothing of the file in the "
+      "chunk cache or the mount's page cache).\n")
 med = {w: statistics.median(float(r["seconds"]) for r in rows if r["workload"] == w)
        for w in {r["workload"] for r in rows}}
 mib = 1024
