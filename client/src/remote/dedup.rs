@@ -156,18 +156,28 @@ impl DedupIndex for RemoteIndex {
     async fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkRecord>>, IndexError> {
         let mut out = vec![None; ids.len()];
         let tried = vec![Vec::new(); ids.len()];
-        for (node, positions) in self.route(ids, &tried) {
-            let Some(n) = node else { continue };
+        let asks: Vec<(usize, Vec<usize>)> = self
+            .route(ids, &tried)
+            .into_iter()
+            .filter_map(|(node, positions)| node.map(|n| (n, positions)))
+            .collect();
+        // Every node asked at once: a restore's lookups wait for the
+        // slowest node, not for the sum of them.
+        let answers = futures_util::future::join_all(asks.iter().map(|(n, positions)| {
             let wanted: Vec<ChunkId> = positions.iter().map(|&k| ids[k]).collect();
-            match self.locate_on(n, &wanted).await {
+            async move { self.locate_on(*n, &wanted).await }
+        }))
+        .await;
+        for ((n, positions), answer) in asks.iter().zip(answers) {
+            match answer {
                 Ok(records) => {
-                    self.cluster.nodes[n].succeeded();
+                    self.cluster.nodes[*n].succeeded();
                     for (&k, rec) in positions.iter().zip(records) {
                         out[k] = rec;
                     }
                 }
                 // The caller falls back to pack trailers.
-                Err(s) => self.cluster.nodes[n].failed("Locate", &s),
+                Err(s) => self.cluster.nodes[*n].failed("Locate", &s),
             }
         }
         Ok(out)
