@@ -71,8 +71,8 @@ if [[ ! -x $CAIRN_BIN || ! -x $CAIRN_INDEX_BIN ]]; then
 fi
 
 # The source tree: given, else the newest Debian linux-source-6.1 (cached).
-# shellcheck source=benches/kernel-tree.sh
-source "$CAIRN_ROOT/benches/kernel-tree.sh"
+# shellcheck source=benches/lib.sh
+source "$CAIRN_ROOT/benches/lib.sh"
 [[ -n $SOURCE ]] || SOURCE=$(kernel_tree "$CACHE")
 [[ -d $SOURCE ]] || die "no source tree at $SOURCE"
 
@@ -135,16 +135,6 @@ S3_PROXY_PID=$!
 export XDG_CACHE_HOME="$WORK/cache"
 export CAIRN_PASSWORD="fleet benchmark" CAIRN_KDF_MEMORY_KIB=65536
 cairn() { in_ns env CAIRN_REPO="$REPO" "$CAIRN_BIN" "$@"; }
-
-# Seconds a command takes (wall clock). Dirty pages of the step before are
-# written out first: a restore timed while the last one's 1.5 GB is still
-# being flushed measures the disk's writeback, not the restore (3-4x slower).
-timed() {
-    sync
-    local start=$EPOCHREALTIME
-    "$@" >/dev/null
-    awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }'
-}
 
 index_requests() {
     local total=0 n i

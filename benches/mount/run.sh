@@ -28,8 +28,8 @@ set -euo pipefail
 
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
-# shellcheck source=benches/kernel-tree.sh
-source "$CAIRN_ROOT/benches/kernel-tree.sh"
+# shellcheck source=benches/lib.sh
+source "$CAIRN_ROOT/benches/lib.sh"
 
 RUNS=3
 SOURCE=""
@@ -77,14 +77,6 @@ export XDG_CACHE_HOME="$WORK/cache"
 export CAIRN_PASSWORD="mount benchmark" CAIRN_FROM_PASSWORD="mount benchmark" CAIRN_KDF_MEMORY_KIB=65536
 export CAIRN_REPO="$WORK/repo"
 cairn() { "$CAIRN_BIN" "$@"; }
-
-# Dirty pages of the step before are written out first (see benches/fleet).
-timed() {
-    sync
-    local start=$EPOCHREALTIME
-    "$@" >/dev/null
-    awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }'
-}
 
 mount_fresh() {
     # The binary itself, not the `cairn` function: $! must be the process.

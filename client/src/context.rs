@@ -361,13 +361,8 @@ pub fn read_password_file(file: &Path) -> Result<String> {
 /// (`--from-password-file`), else a prompt on a terminal. Never the
 /// target's password: the two repositories may have different ones.
 pub fn source_password(file: Option<&Path>) -> Result<String> {
-    if let Some(p) = std::env::var_os("CAIRN_FROM_PASSWORD") {
-        return p
-            .into_string()
-            .map_err(|_| anyhow!("CAIRN_FROM_PASSWORD is not valid UTF-8"));
-    }
-    if let Some(f) = file {
-        return read_password_file(f);
+    if let Some(given) = password_given("CAIRN_FROM_PASSWORD", file) {
+        return given;
     }
     use std::io::IsTerminal;
     if !std::io::stdin().is_terminal() {
@@ -380,15 +375,22 @@ pub fn source_password(file: Option<&Path>) -> Result<String> {
 
 /// A new password for `key add`/`key passwd`.
 pub fn new_password(file: Option<&Path>) -> Result<String> {
-    if let Some(p) = std::env::var_os("CAIRN_NEW_PASSWORD") {
-        return p
-            .into_string()
-            .map_err(|_| anyhow!("CAIRN_NEW_PASSWORD is not valid UTF-8"));
-    }
-    if let Some(f) = file {
-        return read_password_file(f);
+    if let Some(given) = password_given("CAIRN_NEW_PASSWORD", file) {
+        return given;
     }
     prompt("enter new password: ", true)
+}
+
+/// A password from the environment variable `var`, else from `file`;
+/// `None` if neither gives one.
+fn password_given(var: &str, file: Option<&Path>) -> Option<Result<String>> {
+    if let Some(p) = std::env::var_os(var) {
+        return Some(
+            p.into_string()
+                .map_err(|_| anyhow!("{var} is not valid UTF-8")),
+        );
+    }
+    file.map(read_password_file)
 }
 
 fn prompt(text: &str, confirm: bool) -> Result<String> {

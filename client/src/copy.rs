@@ -363,6 +363,10 @@ impl Copier<'_> {
                 None => reads.push((i, *sid, None)),
             }
         }
+        if reads.is_empty() {
+            // Every chunk mapped earlier in the run and held by the target.
+            return Ok(out.into_iter().flatten().collect());
+        }
         let wanted = reads.iter().map(|(_, sid, _)| *sid).collect();
         let mut reader = ChunkReader::start(self.handle, self.source, wanted);
         for (i, sid, claimed) in reads {
@@ -430,10 +434,7 @@ impl ChunkReader {
                         let location = location.ok_or_else(|| {
                             anyhow!("chunk {id} is not stored in any pack of the source")
                         })?;
-                        match source.repo().read_blob(&id, &location).await {
-                            Ok(plain) => Ok(plain),
-                            Err(_) => source.read_moved(&id, &location).await,
-                        }
+                        source.read_at(&id, &location).await
                     }));
                     if inflight.len() >= READ_AHEAD
                         && let Some(next) = inflight.pop_front()

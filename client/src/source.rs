@@ -221,6 +221,18 @@ impl BlobSource {
         }
     }
 
+    /// Reads chunk `id` at `location`, located earlier; if it is no longer
+    /// there, where it has moved since ([`BlobSource::read_moved`]).
+    pub async fn read_at(&self, id: &ChunkId, location: &BlobLocation) -> Result<Vec<u8>> {
+        match self.repo.read_blob(id, location).await {
+            Ok(plain) => Ok(plain),
+            Err(first) => self
+                .read_moved(id, location)
+                .await
+                .map_err(|e| anyhow!("{first}; {e:#}")),
+        }
+    }
+
     /// Reads chunk `id`, which is no longer at `stale` (prune repacked it
     /// since it was located): asks the index again, then reads every pack
     /// trailer afresh, since the ones read earlier may predate the repack.

@@ -268,14 +268,7 @@ impl ChunkCache {
     }
 
     async fn fetch(&self, id: ChunkId, location: BlobLocation) -> Result<Arc<Vec<u8>>> {
-        let plain = match self.source.repo().read_blob(&id, &location).await {
-            Ok(plain) => plain,
-            Err(first) => self
-                .source
-                .read_moved(&id, &location)
-                .await
-                .map_err(|e| anyhow!("{first}; {e:#}"))?,
-        };
+        let plain = self.source.read_at(&id, &location).await?;
         self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_fetched

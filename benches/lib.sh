@@ -1,9 +1,11 @@
 # shellcheck shell=bash
-# The newest Debian linux-source-6.1 tree, unpacked once into a cache;
-# sourced by the benchmark scripts, never run.
+# What the benchmark scripts share; sourced, never run.
 #
-#   kernel_tree CACHE    prints the tree's path (downloads and unpacks it
-#                        into CACHE/kernel-VERSION the first time)
+#   kernel_tree CACHE    prints the path of the newest Debian linux-source-6.1
+#                        tree (downloads and unpacks it into
+#                        CACHE/kernel-VERSION the first time)
+#   timed CMD...         runs CMD (stdout discarded) and prints its wall time
+#                        in seconds
 
 kernel_tree() {
     local cache=$1 tree deb v
@@ -25,4 +27,14 @@ kernel_tree() {
         xz -dc | tar -x -C "$cache/kernel-$v.partial" --strip-components=1
     mv "$cache/kernel-$v.partial" "$cache/kernel-$v"
     echo "$cache/kernel-$v"
+}
+
+# Dirty pages of the step before are written out first: a step timed while
+# the previous one's gigabytes are still being flushed measures the disk's
+# writeback, not the step.
+timed() {
+    sync
+    local start=$EPOCHREALTIME
+    "$@" >/dev/null
+    awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }'
 }
