@@ -8,7 +8,8 @@ export CAIRN_REPO="$WORK/repo" CAIRN_PASSWORD="${CAIRN_PASSWORD:-change me}"
 
 # 1. A repository, and a token for it on the index cluster.
 REPO_ID=$(cairn init --json | sed -n 's/.*"repo_id":"\([0-9a-f]*\)".*/\1/p')
-TOKEN=$(cairn-index token add --tokens "$WORK/tokens.toml" --repository "$REPO_ID")
+TOKEN=$(cairn-index token add --tokens "$WORK/tokens.toml" --repository "$REPO_ID" \
+  --role backup --label example-client)
 
 # 2. Three nodes; every partition lives on two of them.
 for i in 1 2 3; do

@@ -194,7 +194,7 @@ for round in $(seq 1 "$RUNS"); do
         repo_id=$(cairn init --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["repo_id"])')
         if [[ $mode == cluster ]]; then
             export CAIRN_INDEX_TOKEN
-            CAIRN_INDEX_TOKEN=$(in_ns "$CAIRN_INDEX_BIN" token add --tokens "$WORK/tokens.toml" --repository "$repo_id")
+            CAIRN_INDEX_TOKEN=$(in_ns "$CAIRN_INDEX_BIN" token add --tokens "$WORK/tokens.toml" --repository "$repo_id" --role backup)
             start_cluster
             export CAIRN_INDEX="http://127.0.0.1:${PROXIES[0]},http://127.0.0.1:${PROXIES[1]},http://127.0.0.1:${PROXIES[2]}"
         fi

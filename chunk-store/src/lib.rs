@@ -49,6 +49,7 @@ pub mod chunker;
 pub mod config;
 pub mod crypto;
 pub mod cut_ahead;
+pub mod duration;
 pub mod envelope;
 pub mod error;
 pub mod fault;

@@ -17,7 +17,7 @@ pub mod browse;
 pub mod check;
 pub mod context;
 pub mod copy;
-pub mod duration;
+pub use cairn_chunk_store::duration;
 pub mod find;
 pub mod fsmeta;
 pub mod mount;

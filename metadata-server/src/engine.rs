@@ -6,6 +6,8 @@
 //!   was registered, since when it holds no live chunk, whether prune
 //!   deleted it;
 //! - `sessions`: session id (16 bytes) → session record ([`crate::record`]);
+//! - `commits`: snapshot id (32 bytes) → commit record ([`crate::record`]):
+//!   when this index committed the snapshot, by its own clock;
 //! - `meta`: `format` → u32 LE format version of this database.
 //!
 //! Every read-modify-write of chunk records (`unknown_chunks`,
@@ -27,8 +29,8 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch};
 
 use crate::lock::IndexLock;
 use crate::record::{
-    PackRecord, decode_chunk, decode_pack, decode_session, encode_chunk, encode_pack,
-    encode_session,
+    PackRecord, decode_chunk, decode_commit, decode_pack, decode_session, encode_chunk,
+    encode_commit, encode_pack, encode_session,
 };
 use crate::{
     ChunkRecord, DedupIndex, GcIndex, IndexError, IndexStats, LockWait, PackObservation,
@@ -39,6 +41,7 @@ const CF_CHUNKS: &str = "chunks";
 const CF_PACKS: &str = "packs";
 const CF_SESSIONS: &str = "sessions";
 const CF_META: &str = "meta";
+const CF_COMMITS: &str = "commits";
 /// Longest lease a session may ask for.
 pub const MAX_LEASE_SECS: u32 = 1800;
 /// Lease of a session that does not ask for one.
@@ -113,7 +116,7 @@ impl Engine {
         table.set_bloom_filter(10.0, false);
         cf_opts.set_block_based_table_factory(&table);
         cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let cfs = [CF_CHUNKS, CF_PACKS, CF_SESSIONS, CF_META]
+        let cfs = [CF_CHUNKS, CF_PACKS, CF_SESSIONS, CF_META, CF_COMMITS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| IndexError::Db {
@@ -466,7 +469,7 @@ impl DedupIndex for Engine {
 
     async fn flush(&self) -> Result<(), IndexError> {
         self.db.flush_wal(true).map_err(|e| self.db_err(e))?;
-        for name in [CF_CHUNKS, CF_PACKS, CF_SESSIONS, CF_META] {
+        for name in [CF_CHUNKS, CF_PACKS, CF_SESSIONS, CF_META, CF_COMMITS] {
             self.db
                 .flush_cf(self.cf(name)?)
                 .map_err(|e| self.db_err(e))?;
@@ -525,10 +528,35 @@ impl GcIndex for Engine {
         let id = &id;
         let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = self.live_session(id)?;
-        s.expires = now_secs() + s.lease;
+        let now = now_secs();
+        s.expires = now + s.lease;
         s.committed = Some(snapshot);
-        self.put_session(&s)?;
+        let commits = self.cf(CF_COMMITS)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_SESSIONS)?, s.id, encode_session(&s));
+        // A retried commit keeps the time of the first.
+        if self
+            .db
+            .get_cf(commits, snapshot.as_bytes())
+            .map_err(|e| self.db_err(e))?
+            .is_none()
+        {
+            batch.put_cf(commits, snapshot.as_bytes(), encode_commit(now));
+        }
+        self.db.write(batch).map_err(|e| self.db_err(e))?;
         Ok(s)
+    }
+
+    async fn commit_times(&self, ids: &[SnapshotId]) -> Result<Vec<Option<i64>>, IndexError> {
+        let cf = self.cf(CF_COMMITS)?;
+        self.db
+            .batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), false)
+            .into_iter()
+            .map(|r| match r.map_err(|e| self.db_err(e))? {
+                Some(v) => decode_commit(&v).map(Some).map_err(|d| self.corrupt(d)),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     async fn end_session(&self, id: SessionId) -> Result<(), IndexError> {

@@ -155,6 +155,13 @@ pub trait GcIndex: Send + Sync {
         Err(unsupported())
     }
 
+    /// When the index committed each snapshot ([`GcIndex::commit_session`]),
+    /// by its own clock; `None` for a snapshot it has no record of (an
+    /// index without records answers `None` for all).
+    async fn commit_times(&self, ids: &[SnapshotId]) -> Result<Vec<Option<i64>>, IndexError> {
+        Ok(vec![None; ids.len()])
+    }
+
     /// Ends a session whose manifest is written.
     async fn end_session(&self, _id: SessionId) -> Result<(), IndexError> {
         Err(unsupported())

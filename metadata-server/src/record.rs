@@ -41,6 +41,14 @@
 //! 58..90   committed snapshot id (zero when not committed)
 //! 90..     host name (UTF-8)
 //! ```
+//!
+//! Commit record, version 1 (9 bytes), keyed by snapshot id: when this
+//! index committed the snapshot (CommitManifest), by its own clock.
+//!
+//! ```text
+//! 0      version (1)
+//! 1..9   committed i64 (Unix seconds)
+//! ```
 
 use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression};
 use cairn_chunk_store::{PackId, SnapshotId};
@@ -245,6 +253,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn commit_record_bytes_are_pinned() {
+        let bytes = encode_commit(1_733_280_000);
+        assert_eq!(hex::encode(bytes), "0100c14f6700000000");
+        assert_eq!(decode_commit(&bytes).unwrap(), 1_733_280_000);
+        assert!(decode_commit(&bytes[..5]).is_err());
+        assert!(decode_commit(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode_commit(&[]).is_err());
+    }
+
+    #[test]
     fn chunk_record_bytes_are_pinned() {
         let r = ChunkRecord {
             location: BlobLocation {
@@ -351,5 +369,29 @@ mod tests {
         );
         assert_eq!(decode_session([9; 16], &bytes).unwrap(), s);
         assert!(decode_session([9; 16], &bytes[..50]).is_err());
+    }
+}
+
+const COMMIT_RECORD_VERSION: u8 = 1;
+
+/// Encodes a commit record: the index's time of a snapshot's commit.
+pub fn encode_commit(committed: i64) -> [u8; 9] {
+    let mut b = [0u8; 9];
+    b[0] = COMMIT_RECORD_VERSION;
+    b[1..9].copy_from_slice(&committed.to_le_bytes());
+    b
+}
+
+/// Decodes a commit record.
+pub fn decode_commit(b: &[u8]) -> Result<i64, String> {
+    match b.first() {
+        Some(&COMMIT_RECORD_VERSION) if b.len() >= 9 => {
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&b[1..9]);
+            Ok(i64::from_le_bytes(t))
+        }
+        Some(&COMMIT_RECORD_VERSION) => Err(format!("commit record of {} bytes", b.len())),
+        Some(v) => Err(format!("commit record version {v}")),
+        None => Err("empty commit record".into()),
     }
 }

@@ -139,8 +139,12 @@ fn write_members(dir: &Path, nodes: &[&IndexNode]) {
 }
 
 fn add_token(dir: &Path, repo_id: &str) -> String {
+    add_token_with_role(dir, repo_id, "prune")
+}
+
+pub(crate) fn add_token_with_role(dir: &Path, repo_id: &str, role: &str) -> String {
     let out = Command::new(index_binary())
-        .args(["token", "add", "--repository", repo_id])
+        .args(["token", "add", "--repository", repo_id, "--role", role])
         .arg("--tokens")
         .arg(dir.join("tokens.toml"))
         .output()

@@ -4,9 +4,12 @@
 //! ([`service`]), which only parses, authorizes, calls the engine and maps
 //! errors; a node's configuration, tenants and membership ([`node`]); its
 //! Prometheus metrics ([`metrics`]); and running it on listeners the caller
-//! bound, with health and graceful shutdown ([`server`]). The `cairn` client
-//! links the engine and a gRPC client, never this crate.
+//! bound, with health and graceful shutdown ([`server`]); who may call what
+//! ([`access`]: tokens and roles) and the audit trail ([`audit`]). The
+//! `cairn` client links the engine and a gRPC client, never this crate.
 
+pub mod access;
+pub mod audit;
 pub mod metrics;
 pub mod node;
 pub mod server;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use cairn_chunk_store::RepoId;
-use cairn_index_server::node::{Node, NodeConfig, add_token};
+use cairn_index_server::access::{self, NewToken, Role, TokensFile};
+use cairn_index_server::node::{Node, NodeConfig};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -30,6 +30,8 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Show the node's audit trail.
+    Audit(AuditArgs),
     /// Print the shell completion script (e.g. `source <(cairn-index completions bash)`).
     Completions {
         /// The shell: bash, zsh, fish, powershell or elvish.
@@ -77,6 +79,9 @@ struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Audit log file (default: DATA_DIR/audit.log).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,7 +94,53 @@ enum TokenCommand {
         /// Repository id (`cairn init --json` prints it as repo_id).
         #[arg(long)]
         repository: String,
+        /// What it may do: restore, backup (append-only), prune or admin.
+        #[arg(long)]
+        role: Role,
+        /// It stops working after this long (e.g. 90d, 12h).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// A name for people, shown by `token list` and in the audit log.
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
     },
+    /// List the tokens: id, label, repository, role, expiry, last use (never the secret).
+    List {
+        /// Token file.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// One JSON object per token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (from `token list`) or its label; every
+    /// node reading the file refuses it from its next request on.
+    Revoke {
+        /// Token file.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// The token's id or label.
+        token: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    /// The node's audit log (default: DATA_DIR/audit.log).
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    log: Option<PathBuf>,
+    /// The node's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Only events at or after this time (RFC 3339, or a duration ago: 24h, 7d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only events about this repository (id).
+    #[arg(long, value_name = "ID")]
+    repository: Option<String>,
+    /// Print the events as JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +189,8 @@ fn node_config(a: ServeArgs) -> Result<NodeConfig> {
             request_timeout_secs: 30,
             tls_cert: None,
             tls_key: None,
+            audit_log: None,
+            audit_max_bytes: 64 << 20,
         },
     };
     if let Some(v) = a.listen {
@@ -170,6 +223,9 @@ fn node_config(a: ServeArgs) -> Result<NodeConfig> {
     if let Some(v) = a.tls_key {
         config.tls_key = Some(v);
     }
+    if let Some(v) = a.audit_log {
+        config.audit_log = Some(v);
+    }
     Ok(config)
 }
 
@@ -189,14 +245,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", path.display());
             Ok(())
         }
-        Command::Token {
-            command: TokenCommand::Add { tokens, repository },
-        } => {
-            let repo: RepoId = repository.parse().context("repository id")?;
-            let token = add_token(&tokens, &repo).map_err(|e| anyhow!(e))?;
-            println!("{token}");
-            Ok(())
-        }
+        Command::Token { command } => token(command),
+        Command::Audit(args) => audit(args),
         Command::Serve(args) => {
             let config = node_config(args)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -246,4 +296,155 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
     }
+}
+
+fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Add {
+            tokens,
+            repository,
+            role,
+            expires,
+            label,
+        } => {
+            let expires_in = match expires {
+                Some(text) => Some(
+                    cairn_chunk_store::duration::parse_secs(&text)
+                        .map_err(|e| anyhow!("--expires {text}: {e}"))?,
+                ),
+                None => None,
+            };
+            let new = NewToken {
+                repository: repository.parse().context("repository id")?,
+                role,
+                expires_in,
+                label,
+            };
+            let token = access::add(&tokens, &new).map_err(|e| anyhow!(e))?;
+            println!("{token}");
+            Ok(())
+        }
+        TokenCommand::List { tokens, json } => {
+            let file = TokensFile::load(&tokens).map_err(|e| anyhow!(e))?;
+            let last_use = access::read_last_use(&tokens);
+            let now = cairn_chunk_store::now_unix_nanos() / 1_000_000_000;
+            let time = |t: Option<i64>| {
+                t.and_then(|t| jiff::Timestamp::from_second(t).ok())
+                    .map(|t| t.to_string())
+            };
+            if !json {
+                println!(
+                    "{:<12}  {:<16}  {:<12}  {:<22}  {:<20}  {:<20}  {:<20}",
+                    "ID", "LABEL", "REPOSITORY", "ROLE", "EXPIRES", "LAST USE", "STATE"
+                );
+            }
+            for t in &file.token {
+                let role = match (&t.role, t.role()) {
+                    (None, _) => "prune (no role recorded)".to_string(),
+                    (Some(_), Ok(r)) => r.to_string(),
+                    (Some(r), Err(_)) => format!("{r}?"),
+                };
+                let state = match (t.revoked, t.expires) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= now => "expired",
+                    _ => "active",
+                };
+                let used = last_use.get(t.id()).copied();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": t.id(),
+                            "label": t.label,
+                            "repository": t.repository,
+                            "role": t.role().map(|r| r.name()).unwrap_or("?"),
+                            "role_recorded": t.role.is_some(),
+                            "created": time(t.created),
+                            "expires": time(t.expires),
+                            "revoked": time(t.revoked),
+                            "last_use": time(used),
+                            "state": state,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{:<12}  {:<16}  {:<12}  {:<22}  {:<20}  {:<20}  {:<20}",
+                        t.id(),
+                        t.label.as_deref().unwrap_or("-"),
+                        t.repository.get(..12).unwrap_or(&t.repository),
+                        role,
+                        time(t.expires).unwrap_or_else(|| "never".into()),
+                        time(used).unwrap_or_else(|| "never".into()),
+                        match t.revoked {
+                            Some(r) => format!("revoked {}", time(Some(r)).unwrap_or_default()),
+                            None => state.to_string(),
+                        },
+                    );
+                }
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { tokens, token } => {
+            for t in access::revoke(&tokens, &token).map_err(|e| anyhow!(e))? {
+                println!("revoked token {} ({})", t.id(), t.name());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn audit(a: AuditArgs) -> Result<()> {
+    let path = match (a.log, a.data_dir) {
+        (Some(log), _) => log,
+        (None, Some(dir)) => dir.join("audit.log"),
+        (None, None) => return Err(anyhow!("give --data-dir DIR or --log FILE")),
+    };
+    let since = match a.since.as_deref() {
+        None => None,
+        Some(text) => Some(match text.parse::<jiff::Timestamp>() {
+            Ok(t) => t.as_second(),
+            Err(_) => {
+                let ago = cairn_chunk_store::duration::parse_secs(text).map_err(|e| {
+                    anyhow!("--since {text}: neither an RFC 3339 time nor a duration ({e})")
+                })?;
+                cairn_chunk_store::now_unix_nanos() / 1_000_000_000 - ago
+            }
+        }),
+    };
+    let events = cairn_index_server::audit::read(&path).map_err(|e| anyhow!(e))?;
+    for e in events {
+        if since.is_some_and(|s| e["unix"].as_i64().unwrap_or(0) < s) {
+            continue;
+        }
+        if let Some(r) = &a.repository
+            && e["repository"].as_str() != Some(r.as_str())
+        {
+            continue;
+        }
+        if a.json {
+            println!("{e}");
+            continue;
+        }
+        let mut details: Vec<String> = Vec::new();
+        if let serde_json::Value::Object(map) = &e {
+            for (k, v) in map {
+                if matches!(k.as_str(), "time" | "unix" | "node" | "event") || v.is_null() {
+                    continue;
+                }
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                details.push(format!("{k}={v}"));
+            }
+        }
+        println!(
+            "{}  {}  {}  {}",
+            e["time"].as_str().unwrap_or(""),
+            e["node"].as_str().unwrap_or(""),
+            e["event"].as_str().unwrap_or(""),
+            details.join(" ")
+        );
+    }
+    Ok(())
 }

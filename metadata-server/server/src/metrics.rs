@@ -23,6 +23,13 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// Labels of a refused call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Why (`role`, `revoked`, `expired`, `wrong_repository`, `unknown_token`, `no_token`).
+    pub reason: String,
+}
+
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 /// The node's metrics.
@@ -36,6 +43,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Requests refused because the node was saturated.
     pub shed: Counter,
+    /// Calls refused for their credentials, by reason.
+    pub refused: Family<RefusedLabels, Counter>,
     /// Fingerprints asked about through UnknownChunks.
     pub fingerprints_queried: Counter,
     /// Bytes of filters sent.
@@ -64,6 +73,7 @@ impl Metrics {
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let in_flight = Gauge::default();
         let shed = Counter::default();
+        let refused = Family::<RefusedLabels, Counter>::default();
         let fingerprints_queried = Counter::default();
         let filter_bytes = Counter::default();
         let partitions_owned = Gauge::default();
@@ -83,6 +93,11 @@ impl Metrics {
             "shed_requests",
             "requests refused while saturated",
             shed.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "calls refused for their credentials, by reason",
+            refused.clone(),
         );
         registry.register(
             "fingerprints_queried",
@@ -110,6 +125,7 @@ impl Metrics {
             latency,
             in_flight,
             shed,
+            refused,
             fingerprints_queried,
             filter_bytes,
             partitions_owned,

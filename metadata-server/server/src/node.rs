@@ -13,6 +13,9 @@ use cairn_proto::cluster::PARTITIONS;
 
 use cairn_index::{DedupIndex, Engine, EngineOptions, IndexError, LockWait};
 
+use crate::access::{Refusal, TokenEntry, TokensFile, token_hash};
+use crate::audit::AuditLog;
+
 /// Node configuration (`node.toml`; flags override).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,7 +34,7 @@ pub struct NodeConfig {
     /// Replicas per partition.
     #[serde(default = "default_replication")]
     pub replication: u32,
-    /// Token file (TOML, `[[token]] hash, repository`).
+    /// Token file (TOML, `[[token]]`; see [`crate::access`]).
     pub tokens: PathBuf,
     /// Requests handled at once; more are refused with RESOURCE_EXHAUSTED.
     #[serde(default = "default_in_flight")]
@@ -45,6 +48,12 @@ pub struct NodeConfig {
     /// PEM private key of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// The audit log (JSON lines; default `DATA_DIR/audit.log`).
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated.
+    #[serde(default = "default_audit_max_bytes")]
+    pub audit_max_bytes: u64,
 }
 
 impl NodeConfig {
@@ -64,7 +73,16 @@ impl NodeConfig {
             request_timeout_secs: default_timeout_secs(),
             tls_cert: None,
             tls_key: None,
+            audit_log: None,
+            audit_max_bytes: default_audit_max_bytes(),
         }
+    }
+
+    /// Where the audit log is written.
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit.log"))
     }
 }
 
@@ -79,6 +97,9 @@ fn default_in_flight() -> usize {
 }
 fn default_timeout_secs() -> u64 {
     30
+}
+fn default_audit_max_bytes() -> u64 {
+    64 << 20
 }
 
 /// A member of the cluster.
@@ -98,53 +119,22 @@ struct MembersFile {
     node: Vec<Member>,
 }
 
-#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-struct TokensFile {
-    #[serde(default)]
-    token: Vec<TokenEntry>,
+/// What tells one version of a watched file from the next: its inode
+/// (files are replaced by a rename), size and modification time (whose
+/// granularity, a kernel tick, can be coarser than two quick edits).
+type Version = Option<(u64, u64, SystemTime)>;
+
+fn version(path: &Path) -> Version {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
 }
 
-/// A token as stored: only its BLAKE3 hash is kept on disk.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenEntry {
-    /// Hex BLAKE3 hash of the bearer token.
-    pub hash: String,
-    /// Repository id (64 hex) the token is bound to.
-    pub repository: String,
-}
-
-/// Hash under which a token is stored.
-pub fn token_hash(token: &str) -> String {
-    blake3::hash(token.as_bytes()).to_hex().to_string()
-}
-
-/// Appends a new random token for `repo` to the token file; returns the token.
-pub fn add_token(file: &Path, repo: &RepoId) -> Result<String, String> {
-    let mut tokens: TokensFile = match std::fs::read_to_string(file) {
-        Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokensFile::default(),
-        Err(e) => return Err(format!("{}: {e}", file.display())),
-    };
-    let token = format!(
-        "cairn_{}",
-        hex::encode(cairn_chunk_store::crypto::random_bytes::<24>())
-    );
-    tokens.token.push(TokenEntry {
-        hash: token_hash(&token),
-        repository: repo.to_hex(),
-    });
-    let text = toml::to_string(&tokens).map_err(|e| e.to_string())?;
-    std::fs::write(file, text).map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok(token)
-}
-
-/// A file re-read when its modification time changes (a `stat` per use:
-/// a token added a moment ago works at once).
+/// A file re-read when it changes (a `stat` per use: a token added or
+/// revoked a moment ago is honoured at once).
 struct Watched<T> {
     path: Option<PathBuf>,
-    state: RwLock<(Option<SystemTime>, Instant, Arc<T>)>,
+    state: RwLock<(Version, Instant, Arc<T>)>,
     parse: fn(&str) -> Result<T, String>,
 }
 
@@ -163,7 +153,7 @@ impl<T: Default> Watched<T> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mtime = version(path);
         if !force && self.state.read().unwrap_or_else(|p| p.into_inner()).0 == mtime {
             return Ok(());
         }
@@ -231,12 +221,25 @@ pub struct Tenant {
     pub filters: Mutex<HashMap<u32, (u64, u64, bytes::Bytes)>>,
 }
 
+/// The tokens of the token file, by hash.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    by_hash: HashMap<String, TokenEntry>,
+}
+
 /// A running node.
 pub struct Node {
     /// Configuration.
     pub config: NodeConfig,
+    /// The audit trail.
+    pub audit: AuditLog,
     members: Watched<Vec<Member>>,
-    tokens: Watched<HashMap<String, RepoId>>,
+    tokens: Watched<Tokens>,
+    /// The versions the audit log last saw, to record what changed.
+    seen_tokens: Mutex<Option<Arc<Tokens>>>,
+    seen_members: Mutex<Option<Arc<Vec<Member>>>>,
+    /// Token id → last use not yet written to the last-use file.
+    last_use: Mutex<(HashMap<String, i64>, i64)>,
     tenants: Mutex<HashMap<RepoId, Arc<Tenant>>>,
 }
 
@@ -245,6 +248,9 @@ impl std::fmt::Debug for Node {
         write!(f, "Node({})", self.config.node_id)
     }
 }
+
+/// How often a node writes the last-use times of tokens.
+const LAST_USE_EVERY_SECS: i64 = 60;
 
 impl Node {
     /// Loads membership and tokens; opens nothing until a repository is used.
@@ -257,21 +263,24 @@ impl Node {
                 .map_err(|e| e.to_string())
         })?;
         let tokens = Watched::new(Some(config.tokens.clone()), |text| {
-            let file: TokensFile = toml::from_str(text).map_err(|e| e.to_string())?;
-            let mut map = HashMap::new();
-            for t in file.token {
-                let repo: RepoId = t
-                    .repository
-                    .parse()
-                    .map_err(|e| format!("token for {}: {e}", t.repository))?;
-                map.insert(t.hash.to_ascii_lowercase(), repo);
-            }
-            Ok(map)
+            let file = TokensFile::parse(text)?;
+            Ok(Tokens {
+                by_hash: file
+                    .token
+                    .into_iter()
+                    .map(|t| (t.hash.to_ascii_lowercase(), t))
+                    .collect(),
+            })
         })?;
+        let audit = AuditLog::new(config.audit_path(), &config.node_id, config.audit_max_bytes);
         Ok(Self {
+            seen_tokens: Mutex::new(Some(tokens.get())),
+            seen_members: Mutex::new(Some(members.get())),
+            audit,
             config,
             members,
             tokens,
+            last_use: Mutex::new((HashMap::new(), 0)),
             tenants: Mutex::new(HashMap::new()),
         })
     }
@@ -279,6 +288,7 @@ impl Node {
     /// Current members (this node alone when no membership file is given).
     pub fn members(&self) -> Vec<Member> {
         let m = self.members.get();
+        self.note_membership(&m);
         if m.is_empty() {
             vec![Member {
                 id: self.config.node_id.clone(),
@@ -289,9 +299,106 @@ impl Node {
         }
     }
 
-    /// The repository a bearer token is bound to.
-    pub fn token_repo(&self, token: &str) -> Option<RepoId> {
-        self.tokens.get().get(&token_hash(token)).copied()
+    fn note_membership(&self, now: &Arc<Vec<Member>>) {
+        let mut seen = self.seen_members.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(before) = seen.as_ref()
+            && !Arc::ptr_eq(before, now)
+            && before.as_ref() != now.as_ref()
+        {
+            let ids = |m: &[Member]| m.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+            self.audit.record(
+                "membership_changed",
+                serde_json::json!({"before": ids(before), "after": ids(now)}),
+            );
+        }
+        *seen = Some(now.clone());
+    }
+
+    fn note_tokens(&self, now: &Arc<Tokens>) {
+        let mut seen = self.seen_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(before) = seen.as_ref()
+            && !Arc::ptr_eq(before, now)
+        {
+            for (hash, t) in &now.by_hash {
+                let old = before.by_hash.get(hash);
+                let fields = || {
+                    serde_json::json!({
+                        "token": t.name(),
+                        "token_id": t.id(),
+                        "repository": t.repository,
+                        "role": t.role().map(|r| r.name()).unwrap_or("?"),
+                    })
+                };
+                if old.is_none() {
+                    self.audit.record("token_added", fields());
+                }
+                if t.revoked.is_some() && old.is_none_or(|o| o.revoked.is_none()) {
+                    self.audit.record("token_revoked", fields());
+                }
+            }
+            for (hash, t) in &before.by_hash {
+                if !now.by_hash.contains_key(hash) {
+                    self.audit.record(
+                        "token_removed",
+                        serde_json::json!({"token": t.name(), "token_id": t.id()}),
+                    );
+                }
+            }
+        }
+        *seen = Some(now.clone());
+    }
+
+    /// The token a bearer token is, if it may be used now; else why not.
+    pub fn token(&self, token: &str) -> Result<TokenEntry, (Refusal, Option<TokenEntry>)> {
+        let tokens = self.tokens.get();
+        self.note_tokens(&tokens);
+        let Some(t) = tokens.by_hash.get(&token_hash(token)) else {
+            return Err((Refusal::UnknownToken, None));
+        };
+        let now = crate::access::now_secs();
+        if t.revoked.is_some() {
+            return Err((Refusal::Revoked, Some(t.clone())));
+        }
+        if t.expires.is_some_and(|e| e <= now) {
+            return Err((Refusal::Expired, Some(t.clone())));
+        }
+        self.note_use(t.id(), now);
+        Ok(t.clone())
+    }
+
+    /// Remembers that token `id` was used, writing the last-use file at
+    /// most once a minute.
+    fn note_use(&self, id: &str, now: i64) {
+        let mut guard = self.last_use.lock().unwrap_or_else(|p| p.into_inner());
+        let (pending, written) = &mut *guard;
+        pending.insert(id.to_string(), now);
+        if now - *written < LAST_USE_EVERY_SECS {
+            return;
+        }
+        *written = now;
+        let uses = std::mem::take(pending);
+        let file = self.config.tokens.clone();
+        let write = move || {
+            if let Err(e) = crate::access::write_last_use(&file, &uses) {
+                tracing::warn!("token last-use times not written: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(write);
+            }
+            Err(_) => write(),
+        }
+    }
+
+    /// Writes the last-use times not yet written (shutdown).
+    pub fn flush_last_use(&self) {
+        let uses = std::mem::take(&mut self.last_use.lock().unwrap_or_else(|p| p.into_inner()).0);
+        if !uses.is_empty()
+            && let Err(e) = crate::access::write_last_use(&self.config.tokens, &uses)
+        {
+            tracing::warn!("token last-use times not written: {e}");
+        }
     }
 
     /// The tenant of `repo`, opening its database on first use.
@@ -359,6 +466,7 @@ impl Node {
             .values()
             .cloned()
             .collect();
+        self.flush_last_use();
         for t in tenants {
             if let Err(e) = tokio::runtime::Handle::current().block_on(t.engine.flush()) {
                 tracing::error!("flush failed: {e}");

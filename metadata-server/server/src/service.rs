@@ -15,9 +15,11 @@ use cairn_proto::v1::index_server::Index as IndexRpc;
 use tokio::sync::Semaphore;
 use tonic::{Code, Request, Response, Status};
 
-use crate::metrics::{MethodLabels, Metrics, RequestLabels};
+use crate::access::{Caller, Refusal, Role, TokenEntry, required_role};
+use crate::metrics::{MethodLabels, Metrics, RefusedLabels, RequestLabels};
 use crate::node::{Node, Tenant};
 use cairn_index::{DedupIndex, GcIndex, IndexError, PackObservation, Session};
+use serde_json::json;
 
 /// The one place where engine errors become statuses: internal by default,
 /// details only in the log.
@@ -128,7 +130,7 @@ impl IndexService {
         f: F,
     ) -> Result<Response<Resp>, Status>
     where
-        F: FnOnce(RepoId, Arc<Tenant>, Req) -> Fut,
+        F: FnOnce(Caller, Arc<Tenant>, Req) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, Status>>,
     {
         let start = Instant::now();
@@ -144,12 +146,13 @@ impl IndexService {
             };
             self.metrics.in_flight.inc();
             let r = async {
-                let repo = self.authorize(&request, repo_of(request.get_ref()))?;
+                let caller = self.authorize(method, &request, Some(repo_of(request.get_ref())))?;
                 let tenant = {
                     let node = self.node.clone();
+                    let repo = caller.repo;
                     blocking(move || node.tenant(&repo).map_err(status)).await?
                 };
-                f(repo, tenant, request.into_inner()).await
+                f(caller, tenant, request.into_inner()).await
             }
             .await;
             self.metrics.in_flight.dec();
@@ -177,31 +180,134 @@ impl IndexService {
             .observe(start.elapsed().as_secs_f64());
     }
 
-    /// Checks the bearer token and that it is bound to `repo_id`. A token for
-    /// another repository learns nothing: not whether `repo_id` exists.
-    fn authorize<T>(&self, request: &Request<T>, repo_id: &[u8]) -> Result<RepoId, Status> {
-        let bound = self.authenticate(request)?;
-        if bound.as_bytes().as_slice() != repo_id {
-            return Err(Status::permission_denied(
-                "token is not valid for this repository",
-            ));
-        }
-        Ok(bound)
+    /// Counts and audits a refused call; returns its status.
+    fn refused(
+        &self,
+        method: &str,
+        reason: Refusal,
+        token: Option<&TokenEntry>,
+        peer: Option<std::net::SocketAddr>,
+        status: Status,
+    ) -> Status {
+        self.metrics
+            .refused
+            .get_or_create(&RefusedLabels {
+                reason: reason.reason().into(),
+            })
+            .inc();
+        self.node.audit.record(
+            "refused",
+            json!({
+                "method": method,
+                "reason": reason.reason(),
+                "token": token.map(TokenEntry::name),
+                "repository": token.map(|t| t.repository.clone()),
+                "peer": peer.map(|p| p.to_string()),
+                "message": status.message(),
+            }),
+        );
+        status
     }
 
-    /// The repository the request's bearer token is bound to.
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<RepoId, Status> {
+    /// Records a security-relevant event of `caller` on `repo`.
+    fn audit(&self, event: &str, caller: &Caller, mut fields: serde_json::Value) {
+        if let serde_json::Value::Object(map) = &mut fields {
+            map.insert("repository".into(), json!(caller.repo.to_hex()));
+            map.insert("token".into(), json!(caller.name));
+            map.insert("peer".into(), json!(caller.peer.map(|p| p.to_string())));
+        }
+        self.node.audit.record(event, fields);
+    }
+
+    /// Checks the bearer token: known, neither revoked nor expired, bound
+    /// to `repo_id` (when the call names a repository), and of a role that
+    /// may call `method`. A token for another repository learns nothing:
+    /// not whether `repo_id` exists. Every refusal is counted and audited.
+    fn authorize<T>(
+        &self,
+        method: &'static str,
+        request: &Request<T>,
+        repo_id: Option<&[u8]>,
+    ) -> Result<Caller, Status> {
+        let peer = request.remote_addr();
+        let refuse = |reason: Refusal, token: Option<&TokenEntry>, status: Status| {
+            self.refused(method, reason, token, peer, status)
+        };
         let header = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
-        self.node
-            .token_repo(token.trim())
-            .ok_or_else(|| Status::unauthenticated("unknown token"))
+            .ok_or_else(|| {
+                refuse(
+                    Refusal::NoToken,
+                    None,
+                    Status::unauthenticated("missing bearer token"),
+                )
+            })?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            refuse(
+                Refusal::NoToken,
+                None,
+                Status::unauthenticated("authorization must be `Bearer <token>`"),
+            )
+        })?;
+        let entry = match self.node.token(token.trim()) {
+            Ok(t) => t,
+            Err((reason, t)) => {
+                let when = |unix: Option<i64>| {
+                    unix.and_then(|u| jiff::Timestamp::from_second(u).ok())
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                };
+                let status = match (&reason, &t) {
+                    (Refusal::Revoked, Some(t)) => Status::permission_denied(format!(
+                        "token {} was revoked at {}",
+                        t.name(),
+                        when(t.revoked)
+                    )),
+                    (Refusal::Expired, Some(t)) => Status::permission_denied(format!(
+                        "token {} expired at {}",
+                        t.name(),
+                        when(t.expires)
+                    )),
+                    _ => Status::unauthenticated("unknown token"),
+                };
+                return Err(refuse(reason, t.as_ref(), status));
+            }
+        };
+        let repo: RepoId = entry
+            .repository
+            .parse()
+            .map_err(|_| Status::internal("token file holds a bad repository id"))?;
+        if let Some(asked) = repo_id
+            && repo.as_bytes().as_slice() != asked
+        {
+            return Err(refuse(
+                Refusal::WrongRepository,
+                Some(&entry),
+                Status::permission_denied("token is not valid for this repository"),
+            ));
+        }
+        let role = entry
+            .role()
+            .map_err(|_| Status::internal("token file holds a bad role"))?;
+        let needed = required_role(method);
+        if role < needed {
+            return Err(refuse(
+                Refusal::Role,
+                Some(&entry),
+                Status::permission_denied(format!(
+                    "{method} needs a token with role {needed}; token {} has role {role}",
+                    entry.name()
+                )),
+            ));
+        }
+        Ok(Caller {
+            repo,
+            role,
+            name: entry.name(),
+            peer,
+        })
     }
 }
 
@@ -271,14 +377,27 @@ impl IndexRpc for IndexService {
         &self,
         request: Request<v1::RegisterPackRequest>,
     ) -> Result<Response<v1::RegisterPackResponse>, Status> {
+        let svc = self.clone();
         self.call(
             "RegisterPack",
             request,
             |r| &r.repo_id,
-            |_, tenant, req| async move {
+            |caller, tenant, req| async move {
                 let (pack, entries) = pack_entries(&req.pack_id, &req.entries)?;
                 #[allow(deprecated)]
                 if req.relocate {
+                    if caller.role < Role::Prune {
+                        return Err(svc.refused(
+                            "RegisterPack",
+                            Refusal::Role,
+                            None,
+                            caller.peer,
+                            Status::permission_denied(format!(
+                                "RegisterPack with relocate needs a token with role prune; token {} has role {}",
+                                caller.name, caller.role
+                            )),
+                        ));
+                    }
                     // A client from before RelocatePack.
                     let moved = relocate(tenant, pack, entries).await?;
                     #[allow(deprecated)]
@@ -417,7 +536,8 @@ impl IndexRpc for IndexService {
             "ClearRepository",
             request,
             |r| &r.repo_id,
-            |_, tenant, _| async move {
+            |caller, tenant, _| async move {
+                self.audit("index_cleared", &caller, json!({}));
                 blocking(move || {
                     on_engine(tenant.engine.clear()).map_err(status)?;
                     for p in 0..PARTITIONS {
@@ -440,13 +560,14 @@ impl IndexRpc for IndexService {
             "BeginSession",
             request,
             |r| &r.repo_id,
-            |_, tenant, req| async move {
+            |caller, tenant, req| async move {
                 let parent = optional_snapshot(&req.parent_snapshot)?;
                 let replica_of = if req.session_id.is_empty() {
                     None
                 } else {
                     Some(session_id(&req.session_id)?)
                 };
+                let replica = replica_of.is_some();
                 let s = blocking(move || {
                     match replica_of {
                         Some(id) => tenant.engine.adopt_session(
@@ -465,6 +586,16 @@ impl IndexRpc for IndexService {
                     .map_err(status)
                 })
                 .await?;
+                self.audit(
+                    "session_begun",
+                    &caller,
+                    json!({
+                        "session": hex::encode(s.id),
+                        "host": s.host,
+                        "parent": s.parent.map(|p| p.to_hex()),
+                        "replica": replica,
+                    }),
+                );
                 Ok(session_to_wire(&s))
             },
         )
@@ -498,12 +629,17 @@ impl IndexRpc for IndexService {
             "CommitManifest",
             request,
             |r| &r.repo_id,
-            |_, tenant, req| async move {
+            |caller, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
                 #[allow(deprecated)]
                 if req.finished {
                     // A client from before EndSession.
                     end_session(tenant, id).await?;
+                    self.audit(
+                        "session_ended",
+                        &caller,
+                        json!({"session": hex::encode(id)}),
+                    );
                     return Ok(v1::CommitManifestResponse { session: None });
                 }
                 let snapshot = SnapshotId::from_slice(&req.snapshot_id).map_err(invalid)?;
@@ -511,6 +647,15 @@ impl IndexRpc for IndexService {
                     on_engine(tenant.engine.commit_session(id, snapshot)).map_err(status)
                 })
                 .await?;
+                self.audit(
+                    "manifest_committed",
+                    &caller,
+                    json!({
+                        "snapshot": snapshot.to_hex(),
+                        "session": hex::encode(id),
+                        "host": s.host,
+                    }),
+                );
                 Ok(v1::CommitManifestResponse {
                     session: Some(session_to_wire(&s)),
                 })
@@ -527,8 +672,14 @@ impl IndexRpc for IndexService {
             "EndSession",
             request,
             |r| &r.repo_id,
-            |_, tenant, req| async move {
-                end_session(tenant, session_id(&req.session_id)?).await?;
+            |caller, tenant, req| async move {
+                let id = session_id(&req.session_id)?;
+                end_session(tenant, id).await?;
+                self.audit(
+                    "session_ended",
+                    &caller,
+                    json!({"session": hex::encode(id)}),
+                );
                 Ok(v1::EndSessionResponse {})
             },
         )
@@ -563,13 +714,22 @@ impl IndexRpc for IndexService {
             "Condemn",
             request,
             |r| &r.repo_id,
-            |_, tenant, req| async move {
+            |caller, tenant, req| async move {
                 let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
                 let cutoff = req.cutoff_unix;
                 let condemned = blocking(move || {
                     on_engine(tenant.engine.condemn(&ids, cutoff)).map_err(status)
                 })
                 .await?;
+                self.audit(
+                    "chunks_condemned",
+                    &caller,
+                    json!({
+                        "asked": condemned.len(),
+                        "condemned": condemned.iter().filter(|c| **c).count(),
+                        "cutoff_unix": cutoff,
+                    }),
+                );
                 Ok(v1::CondemnResponse {
                     condemned: to_bitmap(&condemned).into(),
                 })
@@ -586,7 +746,7 @@ impl IndexRpc for IndexService {
             "PackStates",
             request,
             |r| &r.repo_id,
-            |_, tenant, req| async move {
+            |caller, tenant, req| async move {
                 if req.packs.len() > MAX_BATCH {
                     return Err(invalid(format!(
                         "{} packs in one call; at most {MAX_BATCH}",
@@ -609,6 +769,16 @@ impl IndexRpc for IndexService {
                         Ok((id, seen))
                     })
                     .collect::<Result<Vec<_>, Status>>()?;
+                let count =
+                    |f: fn(&PackObservation) -> bool| packs.iter().filter(|(_, o)| f(o)).count();
+                let dead = count(|o| matches!(o, PackObservation::Dead { .. }));
+                let deleted = count(|o| matches!(o, PackObservation::Deleted));
+                if deleted > 0 {
+                    self.audit("packs_deleted", &caller, json!({"packs": deleted}));
+                }
+                if dead > 0 {
+                    self.audit("packs_dead", &caller, json!({"packs": dead}));
+                }
                 let (dead_since, now) = blocking(move || {
                     let d = on_engine(tenant.engine.pack_states(&packs)).map_err(status)?;
                     Ok((d, cairn_chunk_store::now_unix_nanos() / 1_000_000_000))
@@ -630,7 +800,7 @@ impl IndexRpc for IndexService {
         // Membership is not secret to a token holder of any repository, but
         // it still needs a valid token.
         let start = Instant::now();
-        if let Err(status) = self.authenticate(&request) {
+        if let Err(status) = self.authorize("ClusterMap", &request, None) {
             self.record("ClusterMap", start, Some(status.code()));
             return Err(status);
         }
@@ -660,6 +830,37 @@ impl IndexRpc for IndexService {
             replication: self.node.config.replication,
             epoch,
         }))
+    }
+
+    async fn commit_times(
+        &self,
+        request: Request<v1::CommitTimesRequest>,
+    ) -> Result<Response<v1::CommitTimesResponse>, Status> {
+        self.call(
+            "CommitTimes",
+            request,
+            |r| &r.repo_id,
+            |_, tenant, req| async move {
+                if req.snapshot_ids.len() > MAX_BATCH {
+                    return Err(invalid(format!(
+                        "{} snapshots in one call; at most {MAX_BATCH}",
+                        req.snapshot_ids.len()
+                    )));
+                }
+                let ids = req
+                    .snapshot_ids
+                    .iter()
+                    .map(|b| SnapshotId::from_slice(b).map_err(invalid))
+                    .collect::<Result<Vec<_>, Status>>()?;
+                let times =
+                    blocking(move || on_engine(tenant.engine.commit_times(&ids)).map_err(status))
+                        .await?;
+                Ok(v1::CommitTimesResponse {
+                    committed_unix: times.into_iter().map(|t| t.unwrap_or(0)).collect(),
+                })
+            },
+        )
+        .await
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression, PackEntry};
 use cairn_chunk_store::{ChunkId, PackId, RepoId};
-use cairn_index_server::node::{Node, NodeConfig, add_token};
+use cairn_index_server::access::add_token;
+use cairn_index_server::node::{Node, NodeConfig};
 use cairn_proto::convert::{entry_to_wire, pack_ids};
 use cairn_proto::v1;
 use cairn_proto::v1::index_client::IndexClient;
