@@ -66,10 +66,14 @@ pub use error::{FormatError, RepoError};
 pub use id::{ChunkId, KeyId, PackId, RepoId, SnapshotId};
 pub use repository::Repository;
 
-/// Current time, nanoseconds since the Unix epoch.
+/// Current time, nanoseconds since the Unix epoch: the one clock of the
+/// client and the index (snapshot times, sessions, prune's cutoffs, commit
+/// times). With the `test-support` feature, `CAIRN_TEST_CLOCK_OFFSET_SECS`
+/// shifts it, so tests can run a process days in the past or future.
 pub fn now_unix_nanos() -> i64 {
-    std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    now.saturating_add(fault::clock_offset_secs().saturating_mul(1_000_000_000))
 }

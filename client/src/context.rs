@@ -233,10 +233,17 @@ impl RepoArgs {
     }
 
     /// Opens the index a backup writes to: the cluster when `--index` is
-    /// given (with a fresh filter), else the embedded index.
-    pub async fn open_index(&self, repo: &Repository) -> Result<Arc<dyn Index>> {
+    /// given (with a fresh filter), else the embedded index. `job` (for
+    /// messages) needs an index token of role `role` or stronger.
+    pub async fn open_index(
+        &self,
+        repo: &Repository,
+        role: &str,
+        job: &str,
+    ) -> Result<Arc<dyn Index>> {
         match self.open_remote(repo).await {
             Ok(Some(remote)) => {
+                remote.require_role(role, job)?;
                 if let Err(e) = remote.refresh_filter().await {
                     tracing::warn!("filter not refreshed: {e}");
                 }
@@ -267,7 +274,7 @@ impl RepoArgs {
             && self.local_path().is_ok_and(|p| p.join("config").is_file());
         if !local {
             let repo = self.open().await?;
-            let index = self.open_index(&repo).await?;
+            let index = self.open_index(&repo, "backup", "a backup").await?;
             return Ok((repo, index));
         }
         let args = self.clone();

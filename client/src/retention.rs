@@ -33,6 +33,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result, bail};
 use cairn_chunk_store::manifest::{Snapshot, manifest_key};
 use cairn_chunk_store::{Repository, SnapshotId};
+use cairn_index::{CommitTime, GcIndex};
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
 use serde::Deserialize;
@@ -434,45 +435,58 @@ impl Policy {
             ),
             _ => None,
         };
-        // (period, counts left, bucket of the last kept snapshot)
-        let mut rules: Vec<(Period, KeepCount, Option<i64>)> = self
-            .periods()
-            .into_iter()
-            .map(|(p, c)| (p, c, None))
-            .collect();
-        let oldest = group.len().saturating_sub(1);
-        let (mut keep, mut remove) = (Vec::new(), Vec::new());
-        for (nr, snap) in group.into_iter().enumerate() {
-            let mut reasons = Vec::new();
+        let locals: Vec<Zoned> = group.iter().map(|s| s.time.to_zoned(tz.clone())).collect();
+        let mut reasons: Vec<Vec<String>> = vec![Vec::new(); group.len()];
+        for (nr, snap) in group.iter().enumerate() {
             for list in &self.keep_tag {
                 if list.matches(&snap.tags) {
-                    reasons.push(format!("has tags {list}"));
+                    reasons[nr].push(format!("has tags {list}"));
                 }
             }
             if let (Some(cutoff), Some(w)) = (within_cutoff, &self.keep_within)
                 && snap.time > cutoff
             {
-                reasons.push(format!("within {w}"));
+                reasons[nr].push(format!("within {w}"));
             }
-            let local = snap.time.to_zoned(tz.clone());
-            for (period, left, last) in &mut rules {
-                if *left == KeepCount::Count(0) {
+        }
+        let oldest = group.len().saturating_sub(1);
+        for (period, mut left) in self.periods() {
+            let buckets: Vec<i64> = (0..group.len())
+                .map(|nr| period.bucket(&locals[nr], nr))
+                .collect();
+            let mut last: Option<i64> = None;
+            for nr in 0..group.len() {
+                if left == KeepCount::Count(0) {
+                    break;
+                }
+                let new_period = last != Some(buckets[nr]);
+                if !new_period && nr != oldest {
                     continue;
                 }
-                let bucket = period.bucket(&local, nr);
-                let new_period = *last != Some(bucket);
-                if new_period || nr == oldest {
-                    reasons.push(if new_period {
-                        period.reason().to_string()
-                    } else {
-                        format!("oldest {}", period.reason())
-                    });
-                    *last = Some(bucket);
-                    if let KeepCount::Count(n) = left {
-                        *n -= 1;
-                    }
+                // The period's snapshot: its newest, unless that one is
+                // suspect and another in the same period is not (a forged
+                // time never displaces a genuine snapshot).
+                let chosen = if new_period && group[nr].suspect {
+                    (nr..group.len())
+                        .take_while(|&j| buckets[j] == buckets[nr])
+                        .find(|&j| !group[j].suspect)
+                        .unwrap_or(nr)
+                } else {
+                    nr
+                };
+                reasons[chosen].push(if new_period {
+                    period.reason().to_string()
+                } else {
+                    format!("oldest {}", period.reason())
+                });
+                last = Some(buckets[nr]);
+                if let KeepCount::Count(n) = &mut left {
+                    *n -= 1;
                 }
             }
+        }
+        let (mut keep, mut remove) = (Vec::new(), Vec::new());
+        for (snap, reasons) in group.into_iter().zip(reasons) {
             if reasons.is_empty() {
                 remove.push(snap);
             } else {
@@ -532,8 +546,18 @@ impl fmt::Display for Policy {
 pub struct SnapshotMeta {
     /// Snapshot id.
     pub id: SnapshotId,
-    /// When the backup started.
+    /// The time the policy goes by: when the index committed the snapshot
+    /// where the index recorded it (a cluster), else the time the snapshot
+    /// claims.
     pub time: Timestamp,
+    /// The time the snapshot claims (when its backup started, by the
+    /// clock of the machine that made it).
+    pub claimed: Timestamp,
+    /// When the index committed it, by the index's clock (cluster only).
+    pub committed: Option<Timestamp>,
+    /// The claimed time is off the committed one by more than the skew
+    /// margin: a machine with a wrong clock, or a forged time.
+    pub suspect: bool,
     /// Host name.
     pub host: String,
     /// Backed-up paths, sorted.
@@ -549,14 +573,32 @@ impl SnapshotMeta {
         paths.sort();
         let mut tags = s.tags.clone();
         tags.sort();
+        let time =
+            Timestamp::from_nanosecond(i128::from(s.time_ns)).unwrap_or(Timestamp::UNIX_EPOCH);
         SnapshotMeta {
             id,
-            time: Timestamp::from_nanosecond(i128::from(s.time_ns))
-                .unwrap_or(Timestamp::UNIX_EPOCH),
+            time,
+            claimed: time,
+            committed: None,
+            suspect: false,
             host: s.host.clone(),
             paths,
             tags,
         }
+    }
+
+    /// Goes by the index's record of the commit from now on, marking the
+    /// snapshot suspect if the time it claims is further than
+    /// `margin_secs` from when its session began on the index (a backup's
+    /// snapshot time is taken as its session begins).
+    pub fn with_commit_time(mut self, t: CommitTime, margin_secs: i64) -> Self {
+        let Ok(committed) = Timestamp::from_second(t.committed) else {
+            return self;
+        };
+        self.suspect = (self.claimed.as_second() - t.started).abs() > margin_secs;
+        self.committed = Some(committed);
+        self.time = committed;
+        self
     }
 }
 
@@ -696,10 +738,18 @@ pub enum ForgetReport {
 /// Applies `request` to the repository's snapshots: resolves the named
 /// snapshots or plans the policy (periods in `tz`), and deletes the
 /// manifests unless it is a dry run.
+///
+/// With `index` (a cluster: the index runs apart from the machines that
+/// back up), the policy goes by the time the index committed each
+/// snapshot, not the time the snapshot claims: a machine that can write
+/// snapshots cannot forge times that push genuine snapshots out of the
+/// policy. Snapshots the index has no record of (made before it kept them)
+/// go by their claimed time.
 pub async fn forget(
     repo: &Repository,
     request: ForgetRequest,
     tz: &TimeZone,
+    index: Option<&dyn GcIndex>,
 ) -> Result<ForgetReport> {
     let ForgetRequest {
         snapshots,
@@ -728,11 +778,14 @@ pub async fn forget(
         return Ok(ForgetReport::NoPolicy { dry_run });
     }
     let all = repo.snapshots().await?;
-    let metas: Vec<SnapshotMeta> = all
+    let mut metas: Vec<SnapshotMeta> = all
         .iter()
         .map(|(id, s)| SnapshotMeta::new(*id, s))
         .filter(|m| filter.matches(m))
         .collect();
+    if let Some(index) = index {
+        metas = with_commit_times(index, metas).await?;
+    }
     let groups = policy.plan(metas, tz);
     let removed: Vec<SnapshotId> = groups
         .iter()
@@ -747,6 +800,28 @@ pub async fn forget(
         groups,
         removed,
     })
+}
+
+/// The snapshots with the index's record of their commits (see
+/// [`SnapshotMeta::with_commit_time`]; the margin is prune's clock-skew
+/// margin).
+pub async fn with_commit_times(
+    index: &dyn GcIndex,
+    metas: Vec<SnapshotMeta>,
+) -> Result<Vec<SnapshotMeta>> {
+    let ids: Vec<SnapshotId> = metas.iter().map(|m| m.id).collect();
+    let times = index
+        .commit_times(&ids)
+        .await
+        .context("retention goes by the index's commit times")?;
+    Ok(metas
+        .into_iter()
+        .zip(times)
+        .map(|(m, t)| match t {
+            Some(t) => m.with_commit_time(t, crate::prune::DEFAULT_SKEW_SECS),
+            None => m,
+        })
+        .collect())
 }
 
 /// `2024-06-01 14:03:07` in the given zone.
@@ -787,6 +862,9 @@ mod tests {
             .map(|(i, t)| SnapshotMeta {
                 id: SnapshotId::from_bytes([i as u8; 32]),
                 time: t.parse().unwrap(),
+                claimed: t.parse().unwrap(),
+                committed: None,
+                suspect: false,
                 host: "host".into(),
                 paths: vec!["/data".into()],
                 tags: match i {
@@ -885,6 +963,57 @@ mod tests {
             let got = kept(&policy(flags), history());
             assert_eq!(&got, want, "policy {flags:?}");
         }
+    }
+
+    #[test]
+    fn forged_times_do_not_displace_genuine_snapshots_of_a_period() {
+        let day = 86_400;
+        let now = 1_733_280_000;
+        let snap = |i: u8, claimed: i64, committed: i64| {
+            let t = Timestamp::from_second(claimed).unwrap();
+            SnapshotMeta {
+                id: SnapshotId::from_bytes([i; 32]),
+                time: t,
+                claimed: t,
+                committed: None,
+                suspect: false,
+                host: "h".into(),
+                paths: vec!["/d".into()],
+                tags: vec![],
+            }
+            .with_commit_time(
+                CommitTime {
+                    committed,
+                    started: committed - 60,
+                },
+                300,
+            )
+        };
+        // A week of genuine dailies (claimed = session start), then 20
+        // forged snapshots committed today after the genuine one of today,
+        // claiming days long past or in the future.
+        let mut snaps: Vec<SnapshotMeta> = (0..7)
+            .map(|d| snap(d as u8, now - d * day - 60, now - d * day))
+            .collect();
+        for k in 0..20 {
+            let claimed = if k % 2 == 0 {
+                now - (k + 1) * day
+            } else {
+                now + k * day
+            };
+            snaps.push(snap(100 + k as u8, claimed, now + 10 + k));
+        }
+        assert!(snaps[..7].iter().all(|s| !s.suspect));
+        assert!(snaps[7..].iter().all(|s| s.suspect));
+        let kept = kept_ids(&policy("--keep-daily 7"), snaps);
+        assert_eq!(kept, (0..7).collect::<Vec<u8>>());
+    }
+
+    fn kept_ids(p: &Policy, snaps: Vec<SnapshotMeta>) -> Vec<u8> {
+        let (keep, _) = p.apply(snaps, &TimeZone::UTC);
+        let mut ids: Vec<u8> = keep.iter().map(|k| k.snapshot.id.as_bytes()[0]).collect();
+        ids.sort();
+        ids
     }
 
     #[test]

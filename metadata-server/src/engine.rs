@@ -33,8 +33,8 @@ use crate::record::{
     encode_commit, encode_pack, encode_session,
 };
 use crate::{
-    ChunkRecord, DedupIndex, GcIndex, IndexError, IndexStats, LockWait, PackObservation,
-    RegisterOutcome, Session, SessionId, SessionList,
+    ChunkRecord, CommitTime, DedupIndex, GcIndex, IndexError, IndexStats, LockWait,
+    PackObservation, RegisterOutcome, Session, SessionId, SessionList,
 };
 
 const CF_CHUNKS: &str = "chunks";
@@ -541,13 +541,20 @@ impl GcIndex for Engine {
             .map_err(|e| self.db_err(e))?
             .is_none()
         {
-            batch.put_cf(commits, snapshot.as_bytes(), encode_commit(now));
+            let t = CommitTime {
+                committed: now,
+                started: s.started,
+            };
+            batch.put_cf(commits, snapshot.as_bytes(), encode_commit(&t));
         }
         self.db.write(batch).map_err(|e| self.db_err(e))?;
         Ok(s)
     }
 
-    async fn commit_times(&self, ids: &[SnapshotId]) -> Result<Vec<Option<i64>>, IndexError> {
+    async fn commit_times(
+        &self,
+        ids: &[SnapshotId],
+    ) -> Result<Vec<Option<CommitTime>>, IndexError> {
         let cf = self.cf(CF_COMMITS)?;
         self.db
             .batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), false)

@@ -42,6 +42,10 @@ pub enum IndexError {
     /// The index refused our credentials (a configuration error).
     #[error("{0}")]
     Unauthorized(String),
+    /// The index refused the call for the token's role, repository,
+    /// revocation or expiry (the message says which and what is needed).
+    #[error("the index refused: {0}")]
+    PermissionDenied(String),
     /// The index answered nothing usable (remote index down, timeout).
     #[error("index unavailable: {0}")]
     Unavailable(String),

@@ -123,6 +123,15 @@ pub trait DedupIndex: Send + Sync {
     async fn stats(&self) -> Result<IndexStats, IndexError>;
 }
 
+/// The index's own record of a snapshot's commit (Unix seconds, its clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitTime {
+    /// When CommitManifest allowed the snapshot.
+    pub committed: i64,
+    /// When the session that wrote it began.
+    pub started: i64,
+}
+
 /// What garbage collection needs of an index (crate docs, "Garbage
 /// collection"): the sessions backups hold, condemnation, and pack states.
 /// Prune drives these; a backup only begins, renews, commits and ends its
@@ -155,10 +164,14 @@ pub trait GcIndex: Send + Sync {
         Err(unsupported())
     }
 
-    /// When the index committed each snapshot ([`GcIndex::commit_session`]),
-    /// by its own clock; `None` for a snapshot it has no record of (an
-    /// index without records answers `None` for all).
-    async fn commit_times(&self, ids: &[SnapshotId]) -> Result<Vec<Option<i64>>, IndexError> {
+    /// When the index committed each snapshot ([`GcIndex::commit_session`])
+    /// and when its session began, by the index's clock; `None` for a
+    /// snapshot it has no record of (an index without records answers
+    /// `None` for all).
+    async fn commit_times(
+        &self,
+        ids: &[SnapshotId],
+    ) -> Result<Vec<Option<CommitTime>>, IndexError> {
         Ok(vec![None; ids.len()])
     }
 

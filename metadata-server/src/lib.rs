@@ -141,7 +141,7 @@ mod record;
 pub use engine::{DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS};
 pub use error::IndexError;
 pub use index::{
-    ChunkRecord, DedupIndex, GcIndex, Index, IndexStats, PackObservation, RegisterOutcome, Session,
-    SessionId, SessionList,
+    ChunkRecord, CommitTime, DedupIndex, GcIndex, Index, IndexStats, PackObservation,
+    RegisterOutcome, Session, SessionId, SessionList,
 };
 pub use lock::LockWait;

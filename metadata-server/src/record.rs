@@ -42,18 +42,20 @@
 //! 90..     host name (UTF-8)
 //! ```
 //!
-//! Commit record, version 1 (9 bytes), keyed by snapshot id: when this
-//! index committed the snapshot (CommitManifest), by its own clock.
+//! Commit record, version 1 (17 bytes), keyed by snapshot id: when this
+//! index committed the snapshot (CommitManifest) and when the session that
+//! wrote it began, both by the index's own clock.
 //!
 //! ```text
 //! 0      version (1)
 //! 1..9   committed i64 (Unix seconds)
+//! 9..17  session started i64 (Unix seconds)
 //! ```
 
 use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression};
 use cairn_chunk_store::{PackId, SnapshotId};
 
-use crate::{ChunkRecord, Session};
+use crate::{ChunkRecord, CommitTime, Session};
 
 const CHUNK_RECORD_VERSION: u8 = 1;
 /// Encoded length of a chunk record.
@@ -248,17 +250,52 @@ pub fn decode_session(id: [u8; 16], b: &[u8]) -> Result<Session, String> {
     })
 }
 
+const COMMIT_RECORD_VERSION: u8 = 1;
+
+/// Encodes a commit record: the index's times of a snapshot's commit.
+pub fn encode_commit(t: &CommitTime) -> [u8; 17] {
+    let mut b = [0u8; 17];
+    b[0] = COMMIT_RECORD_VERSION;
+    b[1..9].copy_from_slice(&t.committed.to_le_bytes());
+    b[9..17].copy_from_slice(&t.started.to_le_bytes());
+    b
+}
+
+/// Decodes a commit record.
+pub fn decode_commit(b: &[u8]) -> Result<CommitTime, String> {
+    let i64_at = |at: usize| {
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&b[at..at + 8]);
+        i64::from_le_bytes(t)
+    };
+    match b.first() {
+        Some(&COMMIT_RECORD_VERSION) if b.len() >= 17 => Ok(CommitTime {
+            committed: i64_at(1),
+            started: i64_at(9),
+        }),
+        Some(&COMMIT_RECORD_VERSION) => Err(format!("commit record of {} bytes", b.len())),
+        Some(v) => Err(format!("commit record version {v}")),
+        None => Err("empty commit record".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn commit_record_bytes_are_pinned() {
-        let bytes = encode_commit(1_733_280_000);
-        assert_eq!(hex::encode(bytes), "0100c14f6700000000");
-        assert_eq!(decode_commit(&bytes).unwrap(), 1_733_280_000);
-        assert!(decode_commit(&bytes[..5]).is_err());
-        assert!(decode_commit(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let t = CommitTime {
+            committed: 1_733_280_000,
+            started: 1_733_279_000,
+        };
+        let bytes = encode_commit(&t);
+        assert_eq!(hex::encode(bytes), "0100c14f670000000018bd4f6700000000");
+        assert_eq!(decode_commit(&bytes).unwrap(), t);
+        assert!(decode_commit(&bytes[..9]).is_err());
+        let mut v2 = bytes;
+        v2[0] = 2;
+        assert!(decode_commit(&v2).is_err());
         assert!(decode_commit(&[]).is_err());
     }
 
@@ -369,29 +406,5 @@ mod tests {
         );
         assert_eq!(decode_session([9; 16], &bytes).unwrap(), s);
         assert!(decode_session([9; 16], &bytes[..50]).is_err());
-    }
-}
-
-const COMMIT_RECORD_VERSION: u8 = 1;
-
-/// Encodes a commit record: the index's time of a snapshot's commit.
-pub fn encode_commit(committed: i64) -> [u8; 9] {
-    let mut b = [0u8; 9];
-    b[0] = COMMIT_RECORD_VERSION;
-    b[1..9].copy_from_slice(&committed.to_le_bytes());
-    b
-}
-
-/// Decodes a commit record.
-pub fn decode_commit(b: &[u8]) -> Result<i64, String> {
-    match b.first() {
-        Some(&COMMIT_RECORD_VERSION) if b.len() >= 9 => {
-            let mut t = [0u8; 8];
-            t.copy_from_slice(&b[1..9]);
-            Ok(i64::from_le_bytes(t))
-        }
-        Some(&COMMIT_RECORD_VERSION) => Err(format!("commit record of {} bytes", b.len())),
-        Some(v) => Err(format!("commit record version {v}")),
-        None => Err("empty commit record".into()),
     }
 }

@@ -12,7 +12,7 @@ use cairn_proto::v1::index_client::IndexClient;
 
 use crate::common::*;
 
-fn index_binary() -> PathBuf {
+pub(crate) fn index_binary() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-index");
     assert!(
         path.exists(),
@@ -23,11 +23,11 @@ fn index_binary() -> PathBuf {
 }
 
 /// One running node.
-struct IndexNode {
+pub(crate) struct IndexNode {
     id: String,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     metrics: String,
 }
 
@@ -41,6 +41,18 @@ impl IndexNode {
     }
 
     fn start_with(dir: &Path, id: &str, replication: u32, data: PathBuf, extra: &[&str]) -> Self {
+        Self::start_full(dir, id, replication, data, extra, &[])
+    }
+
+    /// A node with extra flags and environment variables.
+    pub(crate) fn start_full(
+        dir: &Path,
+        id: &str,
+        replication: u32,
+        data: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let tls = extra.contains(&"--tls-cert");
         let mut child = Command::new(index_binary())
             .args([
@@ -61,6 +73,7 @@ impl IndexNode {
             .args(["--replication", &replication.to_string()])
             .args(extra)
             .env("CAIRN_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(dir.join(format!("{id}.stderr"))).expect("log file"))
@@ -91,12 +104,12 @@ impl IndexNode {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    fn metric(&self, name: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str) -> f64 {
         let body = http_get(&self.metrics, "/metrics");
         body.lines()
             .filter(|l| l.starts_with(name))

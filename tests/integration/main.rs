@@ -31,6 +31,7 @@ mod keys;
 mod lock;
 mod mount;
 mod output;
+mod privilege;
 mod prune;
 mod prune_explains;
 mod round_trips;

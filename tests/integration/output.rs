@@ -283,7 +283,7 @@ dry run: 0 snapshot(s) would be removed
     assert_text(
         "forget --dry-run --json",
         &out,
-        r#"{"dry_run":true,"groups":[{"host":"fixture","keep":[{"id":"<id>","reasons":["last snapshot"],"short_id":"<short>","time":"2026-12-02T09:30:35.39075266Z"}],"paths":["/work/main/tests/fixtures/source-v1"],"remove":[],"tags":null}],"policy":"keep the last 1 snapshots","removed":[]}
+        r#"{"dry_run":true,"groups":[{"host":"fixture","keep":[{"committed_time":null,"id":"<id>","reasons":["last snapshot"],"short_id":"<short>","snapshot_time":"2026-12-02T09:30:35.39075266Z","suspect":false,"time":"2026-12-02T09:30:35.39075266Z","time_used":"snapshot"}],"paths":["/work/main/tests/fixtures/source-v1"],"remove":[],"tags":null}],"policy":"keep the last 1 snapshots","removed":[]}
 "#,
     );
     let (out, _) = run(&["forget", "--dry-run"]);

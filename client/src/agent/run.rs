@@ -83,11 +83,12 @@ fn backup_inner(
     let store = handle.block_on(repo_args.store())?;
     let password = job.password()?;
     let repo = handle.block_on(Repository::open(store, password.as_bytes()))?;
-    let index = if repo_args.index.is_some() {
+    let repo_args_cluster = repo_args.index.is_some();
+    let index = if repo_args_cluster {
         // The cluster: an index that does not answer makes the backup
         // upload more, never fail (see the crate docs of cairn-index).
         repo_args.index_token = job.index_token()?;
-        handle.block_on(repo_args.open_index(&repo))?
+        handle.block_on(repo_args.open_index(&repo, "backup", "a backup"))?
     } else {
         open_index(job, &repo_args.index_path()?, cancel, log)?
     };
@@ -106,6 +107,7 @@ fn backup_inner(
             excludes,
             tags: job.tags.clone(),
             host: job.host.clone(),
+            time_ns: None,
             user: username(),
             progress: false,
             cancel: Some(cancel.clone()),
@@ -141,7 +143,10 @@ fn backup_inner(
         return Ok(outcome);
     }
     if let Some(policy) = &job.retention {
-        match apply_retention(handle, &repo, job, policy, log) {
+        // A cluster's index keeps its own record of when each snapshot was
+        // committed, and retention goes by it (crate docs of `retention`).
+        let cluster = repo_args_cluster.then_some(&*index as &dyn cairn_index::GcIndex);
+        match apply_retention(handle, &repo, job, policy, cluster, log) {
             Ok(n) => {
                 outcome.forgotten = n;
                 if policy.prune && n > 0 {
@@ -233,6 +238,7 @@ fn apply_retention(
     repo: &Repository,
     job: &Job,
     policy: &retention::Policy,
+    cluster: Option<&dyn cairn_index::GcIndex>,
     log: &Logger,
 ) -> Result<u64> {
     let mut paths: Vec<String> = job
@@ -242,12 +248,15 @@ fn apply_retention(
         .collect::<std::io::Result<_>>()
         .context("job paths")?;
     paths.sort();
-    let mine: Vec<SnapshotMeta> = handle
+    let mut mine: Vec<SnapshotMeta> = handle
         .block_on(repo.snapshots())?
         .iter()
         .map(|(id, s)| SnapshotMeta::new(*id, s))
         .filter(|m| m.host == job.host && m.paths == paths)
         .collect();
+    if let Some(index) = cluster {
+        mine = handle.block_on(retention::with_commit_times(index, mine))?;
+    }
     let plans = policy.plan(mine, &TimeZone::system());
     let remove: Vec<SnapshotId> = plans
         .iter()

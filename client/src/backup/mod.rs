@@ -55,6 +55,8 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Host name recorded in the snapshot.
     pub host: String,
+    /// The snapshot's time (Unix nanoseconds) when not now (`--time`).
+    pub time_ns: Option<i64>,
     /// User name recorded in the snapshot.
     pub user: String,
     /// Show progress on stderr.
@@ -651,7 +653,9 @@ pub fn run(
     options: BackupOptions,
 ) -> Result<BackupReport> {
     let start = Instant::now();
-    let time_ns = cairn_chunk_store::now_unix_nanos();
+    let time_ns = options
+        .time_ns
+        .unwrap_or_else(cairn_chunk_store::now_unix_nanos);
     let mut paths = Vec::new();
     for p in &options.paths {
         let abs =

@@ -50,6 +50,9 @@ pub struct BackupArgs {
     /// Host name to record (default: this machine's).
     #[arg(long)]
     host: Option<String>,
+    /// The time to record for the snapshot instead of now (2024-06-01 14:00, or RFC 3339).
+    #[arg(long, value_name = "T", value_parser = super::parse_time)]
+    time: Option<jiff::Timestamp>,
     /// Read and chunk everything and report what would be uploaded; write nothing.
     #[arg(long, short = 'n')]
     dry_run: bool,
@@ -85,6 +88,9 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
         )?,
         tags: a.tag,
         host: a.host.unwrap_or_else(hostname),
+        time_ns: a
+            .time
+            .map(|t| i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)),
         user: username(),
         progress: g.progress,
         cancel: Some(cancel_on_signal(rt)),

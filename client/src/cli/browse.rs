@@ -45,17 +45,40 @@ pub struct DiffArgs {
 pub fn snapshots(rt: &Runtime, g: &Globals) -> Result<u8> {
     let repo = rt.block_on(g.repo.open())?;
     let snaps = rt.block_on(repo.snapshots())?;
+    let metas = commit_times(rt, g, &repo, &snaps);
+    let suspects = metas.iter().filter(|m| m.suspect).count();
     if g.json {
-        let list: Vec<_> = snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect();
+        let list: Vec<_> = snaps
+            .iter()
+            .zip(&metas)
+            .map(|((id, s), m)| {
+                let mut v = snapshot_json(id, s);
+                if let Some(c) = m.committed {
+                    v["committed_time"] = json!(format_time(
+                        i64::try_from(c.as_nanosecond()).unwrap_or(0),
+                        false
+                    ));
+                    v["suspect"] = json!(m.suspect);
+                }
+                v
+            })
+            .collect();
         print_json(&serde_json::Value::Array(list));
     } else {
         println!(
             "{:<10} {:<20} {:<16} {:<16} paths",
             "id", "time", "host", "tags"
         );
-        for (id, s) in &snaps {
+        for ((id, s), m) in snaps.iter().zip(&metas) {
+            let mark = match m.committed.filter(|_| m.suspect) {
+                Some(c) => format!(
+                    "  ! committed {}",
+                    format_time(i64::try_from(c.as_nanosecond()).unwrap_or(0), false)
+                ),
+                None => String::new(),
+            };
             println!(
-                "{:<10} {:<20} {:<16} {:<16} {}",
+                "{:<10} {:<20} {:<16} {:<16} {}{mark}",
                 id.short(),
                 format_time(s.time_ns, false),
                 s.host,
@@ -64,8 +87,50 @@ pub fn snapshots(rt: &Runtime, g: &Globals) -> Result<u8> {
             );
         }
         println!("{} snapshot(s)", snaps.len());
+        if suspects > 0 {
+            println!(
+                "{suspects} snapshot(s) marked ! claim a time more than {} away from when \
+                 their backup began on the index; retention goes by the committed time",
+                cairn_client::duration::format(std::time::Duration::from_secs(
+                    cairn_client::prune::DEFAULT_SKEW_SECS as u64
+                ))
+            );
+        }
     }
     Ok(0)
+}
+
+/// The snapshots with the index cluster's record of their commits; without
+/// a cluster (or when it does not answer: listing never needs it) the
+/// times they claim.
+fn commit_times(
+    rt: &Runtime,
+    g: &Globals,
+    repo: &cairn_chunk_store::Repository,
+    snaps: &[(SnapshotId, Snapshot)],
+) -> Vec<SnapshotMeta> {
+    let metas: Vec<SnapshotMeta> = snaps
+        .iter()
+        .map(|(id, s)| SnapshotMeta::new(*id, s))
+        .collect();
+    let cluster = match rt.block_on(g.repo.open_remote(repo)) {
+        Ok(Some(c)) => c,
+        Ok(None) => return metas,
+        Err(e) => {
+            cairn_client::notify::warning(format!("{e:#}; showing the times snapshots claim only"));
+            return metas;
+        }
+    };
+    match rt.block_on(cairn_client::retention::with_commit_times(
+        &*cluster,
+        metas.clone(),
+    )) {
+        Ok(m) => m,
+        Err(e) => {
+            cairn_client::notify::warning(format!("{e:#}; showing the times snapshots claim only"));
+            metas
+        }
+    }
 }
 
 pub fn ls(rt: &Runtime, g: &Globals, a: LsArgs) -> Result<u8> {

@@ -30,30 +30,11 @@ pub struct FindArgs {
     #[arg(long, value_name = "TAGS")]
     tag: Vec<TagList>,
     /// Only entries modified at or after T (2024-06-01, 2024-06-01 14:00, or RFC 3339).
-    #[arg(long, value_name = "T", value_parser = parse_time)]
+    #[arg(long, value_name = "T", value_parser = super::parse_time)]
     oldest: Option<Timestamp>,
     /// Only entries modified at or before T.
-    #[arg(long, value_name = "T", value_parser = parse_time)]
+    #[arg(long, value_name = "T", value_parser = super::parse_time)]
     newest: Option<Timestamp>,
-}
-
-/// A point in time as people write it: RFC 3339, or a local date and time.
-fn parse_time(s: &str) -> Result<Timestamp, String> {
-    if let Ok(t) = s.parse::<Timestamp>() {
-        return Ok(t);
-    }
-    let local = s.parse::<jiff::civil::DateTime>().or_else(|_| {
-        s.parse::<jiff::civil::Date>()
-            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
-    });
-    local
-        .and_then(|dt| dt.to_zoned(TimeZone::system()))
-        .map(|z| z.timestamp())
-        .map_err(|_| {
-            format!(
-                "invalid time {s:?} (e.g. 2024-06-01, \"2024-06-01 14:00\", 2024-06-01T14:00:00Z)"
-            )
-        })
 }
 
 pub fn run(rt: &Runtime, g: &Globals, a: FindArgs) -> Result<u8> {

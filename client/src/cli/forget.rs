@@ -58,6 +58,11 @@ pub fn run(rt: &Runtime, g: &Globals, a: ForgetArgs) -> Result<u8> {
     }
     let repo = rt.block_on(g.repo.open())?;
     let tz = TimeZone::system();
+    // A cluster's commit times decide, never the times snapshots claim; a
+    // cluster that cannot say stops forget before it removes anything.
+    let cluster = rt
+        .block_on(g.repo.open_remote(&repo))
+        .context("forget goes by the index cluster's commit times")?;
     let report = rt.block_on(retention::forget(
         &repo,
         ForgetRequest {
@@ -71,6 +76,7 @@ pub fn run(rt: &Runtime, g: &Globals, a: ForgetArgs) -> Result<u8> {
             dry_run: a.dry_run,
         },
         &tz,
+        cluster.as_deref().map(|c| c as &dyn cairn_index::GcIndex),
     ))?;
     if g.json {
         print_json(&report_json(&report));
@@ -123,9 +129,31 @@ fn report_json(report: &ForgetReport) -> serde_json::Value {
     }
 }
 
-/// A snapshot as the forget report names it.
+/// A snapshot as the forget report names it: the time the policy went by
+/// (`time`, and which one it is in `time_used`: `committed` by the index
+/// cluster, or the `snapshot`'s own), both times, and whether they
+/// disagree by more than the clock-skew margin (`suspect`).
 fn snapshot_ref(s: &SnapshotMeta) -> serde_json::Value {
-    json!({"id": s.id, "short_id": s.id.short(), "time": s.time.to_string()})
+    json!({
+        "id": s.id,
+        "short_id": s.id.short(),
+        "time": s.time.to_string(),
+        "time_used": if s.committed.is_some() { "committed" } else { "snapshot" },
+        "snapshot_time": s.claimed.to_string(),
+        "committed_time": s.committed.map(|t| t.to_string()),
+        "suspect": s.suspect,
+    })
+}
+
+/// A snapshot's line: id, the time the policy went by, and a mark when the
+/// time it claims disagrees with the index's record.
+fn snapshot_line(s: &SnapshotMeta, tz: &TimeZone) -> String {
+    let mark = if s.suspect {
+        format!("  [claims {}]", local_time(s.claimed, tz))
+    } else {
+        String::new()
+    };
+    format!("{}  {}{mark}", s.id.short(), local_time(s.time, tz))
 }
 
 fn print_text(report: &ForgetReport, tz: &TimeZone) {
@@ -152,16 +180,15 @@ fn print_text(report: &ForgetReport, tz: &TimeZone) {
                 println!("keep {} snapshot(s):", g.keep.len());
                 for k in &g.keep {
                     println!(
-                        "  {}  {}  {}",
-                        k.snapshot.id.short(),
-                        local_time(k.snapshot.time, tz),
+                        "  {}  {}",
+                        snapshot_line(&k.snapshot, tz),
                         k.reasons.join(", ")
                     );
                 }
                 if !g.remove.is_empty() {
                     println!("remove {} snapshot(s):", g.remove.len());
                     for s in &g.remove {
-                        println!("  {}  {}", s.id.short(), local_time(s.time, tz));
+                        println!("  {}", snapshot_line(s, tz));
                     }
                 }
             }

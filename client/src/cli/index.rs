@@ -16,7 +16,7 @@ pub fn run(rt: &Runtime, g: &Globals, command: IndexCommand) -> Result<u8> {
     match command {
         IndexCommand::Rebuild => {
             let repo = rt.block_on(g.repo.open())?;
-            let index = rt.block_on(g.repo.open_index(&repo))?;
+            let index = rt.block_on(g.repo.open_index(&repo, "prune", "index rebuild"))?;
             let report = rt.block_on(rebuild::run(&repo, index))?;
             for (pack, reason) in &report.bad_packs {
                 eprintln!("warning: pack {pack} skipped: {reason}");

@@ -232,6 +232,25 @@ fn run(cli: Cli, rt: &Runtime, agent_log: log::AgentFormat) -> Result<u8> {
     }
 }
 
+/// A point in time as people write it: RFC 3339, or a local date and time.
+pub(crate) fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let local = s.parse::<jiff::civil::DateTime>().or_else(|_| {
+        s.parse::<jiff::civil::Date>()
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+    });
+    local
+        .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::system()))
+        .map(|z| z.timestamp())
+        .map_err(|_| {
+            format!(
+                "invalid time {s:?} (e.g. 2024-06-01, \"2024-06-01 14:00\", 2024-06-01T14:00:00Z)"
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

@@ -66,7 +66,10 @@ pub fn run(rt: &Runtime, g: &Globals, a: &PruneArgs) -> Result<u8> {
     // Prune never runs on a partial view: the cluster must answer (unlike
     // a backup, which carries on without it).
     let index: Arc<dyn Index> = match rt.block_on(g.repo.open_remote(&repo)) {
-        Ok(Some(remote)) => remote,
+        Ok(Some(remote)) => {
+            remote.require_role("prune", "prune")?;
+            remote
+        }
         Ok(None) => g.repo.open_embedded()?,
         Err(e) => return Err(e.context("prune needs the index cluster")),
     };

@@ -15,8 +15,8 @@ use cairn_proto::cluster::partition_of;
 use cairn_proto::convert::{entry_to_wire, from_bitmap, pack_ids};
 use cairn_proto::v1;
 
+use super::RemoteIndex;
 use super::channel::authed;
-use super::{RemoteIndex, unavailable};
 
 #[async_trait]
 impl DedupIndex for RemoteIndex {
@@ -192,7 +192,7 @@ impl DedupIndex for RemoteIndex {
                 .clone()
                 .clear_repository(authed(request, &self.token))
                 .await
-                .map_err(|s| unavailable(format!("index node {}: {}", conn.id, s.message())))?;
+                .map_err(|s| super::call_error(&conn.id, "ClearRepository", &s))?;
         }
         self.filter
             .write()

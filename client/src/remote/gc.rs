@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use cairn_chunk_store::pack::PackEntry;
 use cairn_chunk_store::{ChunkId, PackId, SnapshotId};
 use cairn_index::{
-    ChunkRecord, GcIndex, IndexError, PackObservation, Session, SessionId, SessionList,
+    ChunkRecord, CommitTime, GcIndex, IndexError, PackObservation, Session, SessionId, SessionList,
 };
 use cairn_proto::MAX_BATCH;
 use cairn_proto::convert::{entry_to_wire, from_bitmap, pack_ids};
@@ -40,6 +40,7 @@ impl GcIndex for RemoteIndex {
         };
         let mut last = String::from("no node owns partition 0");
         let mut begun: Option<Session> = None;
+        let mut denied: Option<IndexError> = None;
         let mut holders = Vec::new();
         for n in self.cluster.owners(0) {
             let conn = &self.cluster.nodes[n];
@@ -59,11 +60,19 @@ impl GcIndex for RemoteIndex {
                 Err(s) => {
                     conn.failed("BeginSession", &s);
                     last = format!("{}: {}", conn.id, s.message());
+                    if s.code() == tonic::Code::PermissionDenied {
+                        denied = Some(IndexError::PermissionDenied(s.message().to_string()));
+                    }
                 }
             }
         }
-        let session =
-            begun.ok_or_else(|| unavailable(format!("no node began a session ({last})")))?;
+        let session = match (begun, denied) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(e),
+            (None, None) => {
+                return Err(unavailable(format!("no node began a session ({last})")));
+            }
+        };
         self.session_nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -131,6 +140,71 @@ impl GcIndex for RemoteIndex {
             }
         }
         last
+    }
+
+    async fn commit_times(
+        &self,
+        ids: &[SnapshotId],
+    ) -> Result<Vec<Option<CommitTime>>, IndexError> {
+        // Every node that held a session recorded its own time of the
+        // commit; the earliest any of them recorded counts. Nodes that do
+        // not answer are skipped, but some node must answer: retention
+        // never falls back to the times snapshots claim.
+        let mut out: Vec<Option<CommitTime>> = vec![None; ids.len()];
+        let mut answered = false;
+        let mut last = String::from("no index node");
+        for (n, conn) in self.cluster.nodes.iter().enumerate() {
+            let mut node_ok = true;
+            for (k, batch) in ids.chunks(MAX_BATCH).enumerate() {
+                let request = v1::CommitTimesRequest {
+                    repo_id: self.repo_bytes(),
+                    snapshot_ids: batch
+                        .iter()
+                        .map(|id| id.as_bytes().to_vec().into())
+                        .collect(),
+                };
+                match conn
+                    .client
+                    .clone()
+                    .commit_times(authed(request, &self.token))
+                    .await
+                {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let started = r.started_unix.iter().copied().chain(std::iter::repeat(0));
+                        let times = r.committed_unix.iter().copied().zip(started);
+                        for (i, (committed, started)) in times.take(batch.len()).enumerate() {
+                            let slot = &mut out[k * MAX_BATCH + i];
+                            if committed <= 0 {
+                                continue;
+                            }
+                            let started = if started > 0 { started } else { committed };
+                            let t = CommitTime { committed, started };
+                            *slot = Some(match *slot {
+                                Some(have) if have.committed <= committed => have,
+                                _ => t,
+                            });
+                        }
+                    }
+                    Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                        return Err(self.gc_error(n, "CommitTimes", &s));
+                    }
+                    Err(s) => {
+                        conn.failed("CommitTimes", &s);
+                        last = format!("{}: {}", conn.id, s.message());
+                        node_ok = false;
+                        break;
+                    }
+                }
+            }
+            answered |= node_ok;
+        }
+        if !answered {
+            return Err(unavailable(format!(
+                "no index node answered CommitTimes ({last})"
+            )));
+        }
+        Ok(out)
     }
 
     async fn sessions(&self) -> Result<SessionList, IndexError> {

@@ -53,6 +53,9 @@ pub struct RemoteIndex {
     pub calls: AtomicU64,
     /// The nodes that hold each session this client began.
     session_nodes: Mutex<HashMap<SessionId, Vec<usize>>>,
+    /// The token's role as the cluster reported it (nodes before roles
+    /// report none).
+    token_role: Option<String>,
 }
 
 impl std::fmt::Debug for RemoteIndex {
@@ -63,6 +66,19 @@ impl std::fmt::Debug for RemoteIndex {
 
 fn unavailable(e: impl std::fmt::Display) -> IndexError {
     IndexError::Unavailable(e.to_string())
+}
+
+/// A refused call is the token's problem and says so; anything else means
+/// the node could not be reached.
+fn call_error(node: &str, what: &str, s: &tonic::Status) -> IndexError {
+    if s.code() == tonic::Code::PermissionDenied {
+        IndexError::PermissionDenied(s.message().to_string())
+    } else {
+        unavailable(format!(
+            "index node {node} did not answer {what}: {}",
+            s.message()
+        ))
+    }
 }
 
 impl RemoteIndex {
@@ -96,6 +112,12 @@ impl RemoteIndex {
                 Err(s) if s.code() == tonic::Code::Unauthenticated => {
                     return Err(IndexError::Unauthorized(format!(
                         "index {seed} refused the token: {}",
+                        s.message()
+                    )));
+                }
+                Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                    return Err(IndexError::PermissionDenied(format!(
+                        "{seed}: {}",
                         s.message()
                     )));
                 }
@@ -141,9 +163,27 @@ impl RemoteIndex {
             warned: AtomicBool::new(false),
             calls: AtomicU64::new(0),
             session_nodes: Mutex::new(HashMap::new()),
+            token_role: Some(map.token_role.clone()).filter(|r| !r.is_empty()),
         };
         index.load_filter_cache();
         Ok(index)
+    }
+
+    /// Fails with one line unless the token's role is `needed` or
+    /// stronger (roles: restore < backup < prune < admin), so that a job
+    /// given the wrong token stops before it does anything.
+    pub fn require_role(&self, needed: &str, job: &str) -> Result<(), IndexError> {
+        const ORDER: [&str; 4] = ["restore", "backup", "prune", "admin"];
+        let rank = |r: &str| ORDER.iter().position(|o| *o == r);
+        let Some(role) = &self.token_role else {
+            return Ok(());
+        };
+        match (rank(role), rank(needed)) {
+            (Some(have), Some(need)) if have < need => Err(IndexError::PermissionDenied(format!(
+                "{job} needs an index token with role {needed}; CAIRN_INDEX_TOKEN has role {role}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn warn_once(&self, what: &str) {

@@ -49,7 +49,9 @@ impl SessionCall {
             }
             Ok(None) => {}
             Err(status) => match session_error(node, &status) {
-                e @ IndexError::Fenced(_) => self.fenced = Some(e),
+                e @ (IndexError::Fenced(_) | IndexError::PermissionDenied(_)) => {
+                    self.fenced = Some(e)
+                }
                 e => self.unreachable = Some(e),
             },
         }
@@ -67,10 +69,10 @@ impl SessionCall {
 /// A failed session call: an expired lease is fencing, anything else means
 /// the index could not be reached.
 pub(super) fn session_error(node: &str, s: &tonic::Status) -> IndexError {
-    if s.code() == tonic::Code::FailedPrecondition {
-        IndexError::Fenced(s.message().to_string())
-    } else {
-        unavailable(format!("index node {node}: {}", s.message()))
+    match s.code() {
+        tonic::Code::FailedPrecondition => IndexError::Fenced(s.message().to_string()),
+        tonic::Code::PermissionDenied => IndexError::PermissionDenied(s.message().to_string()),
+        _ => unavailable(format!("index node {node}: {}", s.message())),
     }
 }
 
@@ -79,6 +81,9 @@ impl RemoteIndex {
     pub(super) fn gc_error(&self, n: usize, what: &str, s: &tonic::Status) -> IndexError {
         let conn = &self.cluster.nodes[n];
         conn.failed(what, s);
+        if s.code() == tonic::Code::PermissionDenied {
+            return IndexError::PermissionDenied(s.message().to_string());
+        }
         unavailable(format!(
             "index node {} did not answer {what} ({}); garbage collection needs every node",
             conn.id,

@@ -349,7 +349,7 @@ impl Node {
     }
 
     /// The token a bearer token is, if it may be used now; else why not.
-    pub fn token(&self, token: &str) -> Result<TokenEntry, (Refusal, Option<TokenEntry>)> {
+    pub fn token(&self, token: &str) -> Result<TokenEntry, (Refusal, Option<Box<TokenEntry>>)> {
         let tokens = self.tokens.get();
         self.note_tokens(&tokens);
         let Some(t) = tokens.by_hash.get(&token_hash(token)) else {
@@ -357,10 +357,10 @@ impl Node {
         };
         let now = crate::access::now_secs();
         if t.revoked.is_some() {
-            return Err((Refusal::Revoked, Some(t.clone())));
+            return Err((Refusal::Revoked, Some(Box::new(t.clone()))));
         }
         if t.expires.is_some_and(|e| e <= now) {
-            return Err((Refusal::Expired, Some(t.clone())));
+            return Err((Refusal::Expired, Some(Box::new(t.clone()))));
         }
         self.note_use(t.id(), now);
         Ok(t.clone())

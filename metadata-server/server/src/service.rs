@@ -30,6 +30,7 @@ fn status(e: IndexError) -> Status {
             IndexError::Unavailable(m) => Status::unavailable(m),
             IndexError::Unauthorized(m) => Status::unauthenticated(m),
             IndexError::Fenced(m) => Status::failed_precondition(m),
+            IndexError::PermissionDenied(m) => Status::permission_denied(m),
             other => {
                 tracing::error!("internal error: {other}");
                 Status::internal("internal index error")
@@ -272,7 +273,7 @@ impl IndexService {
                     )),
                     _ => Status::unauthenticated("unknown token"),
                 };
-                return Err(refuse(reason, t.as_ref(), status));
+                return Err(refuse(reason, t.as_deref(), status));
             }
         };
         let repo: RepoId = entry
@@ -800,10 +801,13 @@ impl IndexRpc for IndexService {
         // Membership is not secret to a token holder of any repository, but
         // it still needs a valid token.
         let start = Instant::now();
-        if let Err(status) = self.authorize("ClusterMap", &request, None) {
-            self.record("ClusterMap", start, Some(status.code()));
-            return Err(status);
-        }
+        let caller = match self.authorize("ClusterMap", &request, None) {
+            Ok(c) => c,
+            Err(status) => {
+                self.record("ClusterMap", start, Some(status.code()));
+                return Err(status);
+            }
+        };
         let members = self.node.members();
         let epoch = {
             let mut h = blake3::Hasher::new();
@@ -829,6 +833,7 @@ impl IndexRpc for IndexService {
             partitions: PARTITIONS,
             replication: self.node.config.replication,
             epoch,
+            token_role: caller.role.name().to_string(),
         }))
     }
 
@@ -856,7 +861,8 @@ impl IndexRpc for IndexService {
                     blocking(move || on_engine(tenant.engine.commit_times(&ids)).map_err(status))
                         .await?;
                 Ok(v1::CommitTimesResponse {
-                    committed_unix: times.into_iter().map(|t| t.unwrap_or(0)).collect(),
+                    committed_unix: times.iter().map(|t| t.map_or(0, |t| t.committed)).collect(),
+                    started_unix: times.iter().map(|t| t.map_or(0, |t| t.started)).collect(),
                 })
             },
         )
