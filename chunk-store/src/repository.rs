@@ -35,6 +35,8 @@ pub struct InitOptions {
     /// ([`Repository::chunker_params`]), so that both cut data alike;
     /// `None`: the defaults and a seed derived from the new master key.
     pub chunker: Option<(ChunkerParams, [u8; 32])>,
+    /// Write every object under this S3 Object Lock (S3 stores only).
+    pub object_lock: Option<crate::store::ObjectLock>,
 }
 
 /// A key file as listed by `cairn key list`.
@@ -86,6 +88,11 @@ impl Repository {
             config.chunker = params;
             config.chunker_seed = Some(seed);
         }
+        if let Some(lock) = options.object_lock {
+            // Before the first write: the key file and the config are locked too.
+            store.set_object_lock(lock)?;
+            config.object_lock = Some(lock);
+        }
         let key_id = KeyId::random();
         let key_file = keys::wrap(&master, password, options.kdf, &options.host, &options.user)
             .map_err(|source| format_err(&*store, "key file", source))?;
@@ -123,6 +130,9 @@ impl Repository {
         let config = RepoConfig::open(&keys, &config_bytes)
             .map_err(|source| format_err(&*store, CONFIG_KEY, source))?;
         let keys = keys.with_cipher(config.cipher);
+        if let Some(lock) = config.object_lock {
+            store.set_object_lock(lock)?;
+        }
         Ok(Self::assemble(store, config, keys, master, key_id))
     }
 

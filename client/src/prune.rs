@@ -114,6 +114,10 @@ pub struct PruneReport {
     pub bytes_waiting: u64,
     /// Packs whose table cannot be read (left alone; see `cairn check`).
     pub packs_unreadable: usize,
+    /// Packs prune would delete or repack but for the object lock.
+    pub packs_locked: usize,
+    /// Their bytes.
+    pub bytes_locked: u64,
     /// Data no snapshot needs that this run did not free, and why: one
     /// entry per reason, so a prune that frees less than `forget` made
     /// unreachable always says what it waits for.
@@ -135,6 +139,9 @@ pub enum WaitReason {
     ForgottenParent,
     /// Its pack has been dead for less than the grace period.
     GracePeriod,
+    /// Its pack is under the repository's object lock: the store refuses to
+    /// delete it (and repacking it would only add a copy) until the date.
+    ObjectLock,
 }
 
 /// An amount of unreachable data that waits, and until when.
@@ -205,6 +212,67 @@ impl PruneReport {
     }
 }
 
+impl PruneReport {
+    /// Records what the object lock holds, if anything.
+    fn add_lock_wait(&mut self, held: Held) {
+        for (reason, packs, bytes, until) in held.by_reason {
+            self.packs_locked += packs.len();
+            self.bytes_locked += bytes;
+            self.waiting.push(Waiting {
+                reason,
+                packs: packs.len(),
+                bytes,
+                until,
+                host: None,
+                started: None,
+            });
+        }
+    }
+}
+
+/// Until when each pack is under the repository's object lock: its
+/// writing time in the store plus the lock's days, plus the clock-skew
+/// margin (the store's clock decides, not ours).
+struct LockDates {
+    until: HashMap<PackId, i64>,
+    lock: Option<cairn_chunk_store::store::ObjectLock>,
+    skew_secs: i64,
+}
+
+impl LockDates {
+    async fn of(repo: &Repository, skew_secs: i64) -> Result<Self> {
+        let lock = repo.config().object_lock;
+        let mut until = HashMap::new();
+        if let Some(lock) = lock {
+            for o in repo.store().list("packs/").await? {
+                let Some(Ok(id)) = o.key.rsplit('/').next().map(str::parse::<PackId>) else {
+                    continue;
+                };
+                if let Some(written) = o.modified {
+                    until.insert(id, lock.retain_until(written) + skew_secs);
+                }
+            }
+        }
+        Ok(Self {
+            until,
+            lock,
+            skew_secs,
+        })
+    }
+
+    /// The date a pack is locked until, if it still is at `now`. A pack
+    /// whose writing time is unknown counts as written now.
+    fn until(&self, pack: &PackId, now: i64) -> Option<i64> {
+        let lock = self.lock?;
+        let until = self
+            .until
+            .get(pack)
+            .copied()
+            .unwrap_or_else(|| lock.retain_until(now) + self.skew_secs);
+        (until > now).then_some(until)
+    }
+}
+
 /// A point where the tests that kill prune midway make it crash
 /// (`CAIRN_PRUNE_FAULT=<point>`); nothing in a build without the
 /// `test-support` feature of `cairn-chunk-store`.
@@ -229,6 +297,11 @@ pub async fn run(
         dry_run: options.dry_run,
         ..PruneReport::default()
     };
+
+    // 0. Credentials that may not delete stop prune before it changes anything.
+    if !options.dry_run {
+        repo.store().check_delete().await?;
+    }
 
     // 1. Sessions first, manifests second (crate docs of cairn_index).
     let sessions = index
@@ -481,6 +554,25 @@ pub async fn run(
         }
     }
 
+    // Under an object lock a pack cannot be deleted before its date, so
+    // repacking it early would only add a copy: both wait for the date.
+    let locks = LockDates::of(repo, options.skew_secs).await?;
+    let mut locked = Held::default();
+    to_repack.retain(|pack| match locks.until(pack, now) {
+        Some(until) => {
+            let view = &views[pack];
+            let unused: u64 = view
+                .entries
+                .iter()
+                .filter(|e| !live(pack, e, &records))
+                .map(|e| u64::from(e.location.stored_len))
+                .sum();
+            locked.add(WaitReason::ObjectLock, *pack, unused, Some(until));
+            false
+        }
+        None => true,
+    });
+
     // 6. Repack.
     if !to_repack.is_empty() {
         to_repack.sort_unstable();
@@ -520,6 +612,10 @@ pub async fn run(
         for (pack, seen) in &dead {
             if let PackObservation::Dead { since } = seen {
                 if since + options.grace_secs <= now {
+                    if let Some(until) = locks.until(pack, now) {
+                        locked.add(WaitReason::ObjectLock, *pack, views[pack].size, Some(until));
+                        continue;
+                    }
                     report.packs_deleted += 1;
                     report.bytes_freed += views[pack].size;
                 } else {
@@ -530,6 +626,7 @@ pub async fn run(
             }
         }
         report.add_grace_wait(grace_until);
+        report.add_lock_wait(locked);
         return Ok(report);
     }
     let since = index.pack_states(&states).await?;
@@ -539,6 +636,10 @@ pub async fn run(
             continue;
         }
         if since > 0 && since + options.grace_secs <= now {
+            if let Some(until) = locks.until(pack, now) {
+                locked.add(WaitReason::ObjectLock, *pack, views[pack].size, Some(until));
+                continue;
+            }
             due.push(*pack);
         } else {
             report.packs_waiting += 1;
@@ -547,6 +648,7 @@ pub async fn run(
         }
     }
     report.add_grace_wait(grace_until);
+    report.add_lock_wait(locked);
     // Re-check right before deleting: a pack that holds a live chunk again
     // (on any replica) is live.
     let recheck_ids: Vec<ChunkId> = due

@@ -766,7 +766,19 @@ pub async fn forget(
             ids.push(repo.resolve_snapshot(reference).await?);
         }
         ids.dedup();
+        let locks = manifest_locks(repo).await?;
+        if let Some((id, until)) = ids
+            .iter()
+            .find_map(|id| locks.get(id).map(|until| (id, *until)))
+        {
+            bail!(
+                "snapshot {} is under the repository's object lock until {}; it can be removed after that",
+                id.short(),
+                Timestamp::from_second(until).unwrap_or(Timestamp::MAX)
+            );
+        }
         if !dry_run {
+            repo.store().check_delete().await?;
             remove_snapshots(repo, &ids).await?;
         }
         return Ok(ForgetReport::Named {
@@ -786,12 +798,28 @@ pub async fn forget(
     if let Some(index) = index {
         metas = with_commit_times(index, metas).await?;
     }
-    let groups = policy.plan(metas, tz);
+    let mut groups = policy.plan(metas, tz);
+    let locks = manifest_locks(repo).await?;
+    for g in &mut groups {
+        let (held, remove): (Vec<_>, Vec<_>) = std::mem::take(&mut g.remove)
+            .into_iter()
+            .partition(|s| locks.contains_key(&s.id));
+        g.remove = remove;
+        for snapshot in held {
+            let until = Timestamp::from_second(locks[&snapshot.id]).unwrap_or(Timestamp::MAX);
+            g.keep.push(Kept {
+                snapshot,
+                reasons: vec![format!("object lock until {until}")],
+            });
+        }
+        g.keep.sort_by(|a, b| b.snapshot.time.cmp(&a.snapshot.time));
+    }
     let removed: Vec<SnapshotId> = groups
         .iter()
         .flat_map(|g| g.remove.iter().map(|s| s.id))
         .collect();
-    if !dry_run {
+    if !dry_run && !removed.is_empty() {
+        repo.store().check_delete().await?;
         remove_snapshots(repo, &removed).await?;
     }
     Ok(ForgetReport::Policy {
@@ -800,6 +828,28 @@ pub async fn forget(
         groups,
         removed,
     })
+}
+
+/// Manifests under the repository's object lock now, with the date each
+/// is locked until (the store's writing time plus the lock's days plus
+/// prune's clock-skew margin). Empty without a lock.
+async fn manifest_locks(repo: &Repository) -> Result<std::collections::HashMap<SnapshotId, i64>> {
+    let mut out = std::collections::HashMap::new();
+    let Some(lock) = repo.config().object_lock else {
+        return Ok(out);
+    };
+    let now = cairn_chunk_store::now_unix_nanos() / 1_000_000_000;
+    for o in repo.store().list("manifests/").await? {
+        let Some(Ok(id)) = o.key.rsplit('/').next().map(str::parse::<SnapshotId>) else {
+            continue;
+        };
+        let written = o.modified.unwrap_or(now);
+        let until = lock.retain_until(written) + crate::prune::DEFAULT_SKEW_SECS;
+        if until > now {
+            out.insert(id, until);
+        }
+    }
+    Ok(out)
 }
 
 /// The snapshots with the index's record of their commits (see

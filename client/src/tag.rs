@@ -59,6 +59,9 @@ pub async fn retag(
     if change.set.is_none() && change.add.is_empty() && change.remove.is_empty() {
         bail!("nothing to change: give --add, --remove or --set");
     }
+    // Retagging replaces manifests: credentials that may not delete stop
+    // here, before a new manifest is written beside the old one.
+    repo.store().check_delete().await?;
     let mut out = Vec::new();
     for id in ids {
         let old = repo

@@ -224,6 +224,7 @@ mod tests {
             host: "h".into(),
             user: "u".into(),
             chunker: None,
+            object_lock: None,
         };
         let store = Arc::new(LocalStore::new(dir.join("repo")));
         tokio::runtime::Runtime::new()

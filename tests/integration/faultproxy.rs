@@ -1,7 +1,9 @@
 //! An HTTP/1.1 proxy between `cairn` and an S3 server that injects faults:
 //! 503 SlowDown, connections reset before the answer, stalled responses and
 //! bodies cut short, on a chosen fraction of requests; or the whole store
-//! gone. It counts every request it sees.
+//! gone. It counts every request it sees and records each one's method,
+//! path, headers and answer. It can also play an identity that may not
+//! delete: every `DELETE` and multi-object delete answered 403 AccessDenied.
 //!
 //! Each forwarded request goes to the server on a new connection with
 //! `Connection: close`, so responses end at EOF and need no parsing beyond
@@ -39,6 +41,28 @@ struct State {
     faults: Mutex<Vec<Fault>>,
     stall: Duration,
     rng: Mutex<Rng>,
+    refuse_deletes: AtomicBool,
+    recorded: Mutex<Vec<Recorded>>,
+}
+
+/// A request the proxy saw and what it answered.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The status sent back (0 when none was).
+    pub status: u16,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A running proxy.
@@ -68,6 +92,8 @@ impl FaultProxy {
             faults: Mutex::new(Vec::new()),
             stall,
             rng: Mutex::new(Rng::new(seed)),
+            refuse_deletes: AtomicBool::new(false),
+            recorded: Mutex::new(Vec::new()),
         });
         let accept_state = state.clone();
         std::thread::spawn(move || {
@@ -110,6 +136,16 @@ impl FaultProxy {
     /// The faults injected so far.
     pub fn faults(&self) -> Vec<Fault> {
         self.state.faults.lock().expect("faults").clone()
+    }
+
+    /// From now on, answer every delete with 403 AccessDenied (or not).
+    pub fn refuse_deletes(&self, refuse: bool) {
+        self.state.refuse_deletes.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Every request seen so far, in order, and forgets them.
+    pub fn take_recorded(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.state.recorded.lock().expect("recorded"))
     }
 
     pub fn reset_counters(&self) {
@@ -177,6 +213,34 @@ fn serve_connection(conn: TcpStream, state: &State) {
     let mut client = conn;
     while let Some(request) = read_request(&mut reader) {
         state.requests.fetch_add(1, Ordering::SeqCst);
+        let record = |status: u16| {
+            let headers = request.head[1..]
+                .iter()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            state.recorded.lock().expect("recorded").push(Recorded {
+                method: request.method.clone(),
+                path: request.path.clone(),
+                headers,
+                status,
+            });
+        };
+        let is_delete = request.method == "DELETE"
+            || (request.method == "POST" && request.path.contains("?delete"));
+        if is_delete && state.refuse_deletes.load(Ordering::SeqCst) {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                <Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+            let answer = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            record(403);
+            if client.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         let is_pack_put = request.method == "PUT" && request.path.contains("/packs/");
         if state.down.load(Ordering::SeqCst) {
             let _ = client.shutdown(Shutdown::Both);
@@ -216,9 +280,16 @@ fn serve_connection(conn: TcpStream, state: &State) {
             Some(Fault::CutBody) | None => {}
         }
         let Some(response) = forward(state.upstream, &request) else {
+            record(0);
             let _ = client.shutdown(Shutdown::Both);
             return;
         };
+        record(
+            std::str::from_utf8(response.get(9..12).unwrap_or_default())
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+        );
         if is_pack_put && response.starts_with(b"HTTP/1.1 200") {
             let puts = state.pack_puts.fetch_add(1, Ordering::SeqCst) + 1;
             if puts >= state.down_after_pack_puts.load(Ordering::SeqCst) {

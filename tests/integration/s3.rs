@@ -12,7 +12,7 @@ use cairn_chunk_store::store::{ObjectInfo, ObjectStore, S3Options, S3Store};
 
 use crate::cluster::ClusterFixture;
 use crate::common::*;
-use crate::faultproxy::{Fault, FaultProxy};
+use crate::faultproxy::{Fault, FaultProxy, Recorded};
 
 /// One S3 server the tests talk to.
 #[derive(Debug, Clone)]
@@ -586,4 +586,201 @@ fn copies_between_local_and_garage() {
 fn copies_between_local_and_s3s() {
     let Some(server) = s3s() else { return };
     copy_both_ways(server);
+}
+
+/// Every delete the proxy saw, other than the permission probe forget and
+/// prune send first.
+fn deletes(recorded: &[Recorded]) -> Vec<&Recorded> {
+    recorded
+        .iter()
+        .filter(|r| r.method == "DELETE" || (r.method == "POST" && r.path.contains("?delete")))
+        .filter(|r| !r.path.contains("/locks/delete-check-"))
+        .collect()
+}
+
+fn append_only(server: Server) {
+    let (_t, dir) = tempdir();
+    let proxy = FaultProxy::start(&server.endpoint, Duration::from_secs(3), 1);
+    proxy.refuse_deletes(true);
+    let repo = server.repo("append-only", &dir);
+    // The backup identity: every DELETE is answered 403.
+    let backup = repo.via(&proxy, &dir);
+    backup.init();
+    let src = source(&dir, 6, 31);
+    let first = backup.backup(&[&src], &[]).snapshot_id();
+    write_random_file(&src.join("later.bin"), 2 * MIB, 77);
+    let second = backup.backup(&[&src], &[]).snapshot_id();
+    assert_restores(&backup, &second, &src, &dir.join("restored"));
+    for args in [
+        vec!["check", "--read-data"],
+        vec!["snapshots"],
+        vec!["ls", first.as_str()],
+        vec!["diff", first.as_str(), second.as_str()],
+        vec!["index", "rebuild"],
+    ] {
+        backup.run(&args).expect_success();
+    }
+    let asked = proxy.take_recorded();
+    assert!(
+        deletes(&asked).is_empty() && !asked.iter().any(|r| r.status == 403),
+        "a backup-only command asked to delete: {:?}",
+        deletes(&asked)
+    );
+
+    // forget and prune stop before changing anything, naming the permission.
+    let (manifests, packs) = (repo.list("manifests/").len(), repo.list("packs/").len());
+    for args in [
+        vec!["forget", "--keep-last", "1"],
+        vec!["forget", first.as_str()],
+        vec!["prune"],
+        vec!["forget", "--keep-last", "1", "--prune"],
+    ] {
+        backup
+            .run(&args)
+            .expect_clean_error(1, "may not delete objects (s3:DeleteObject refused");
+    }
+    assert_eq!(repo.list("manifests/").len(), manifests);
+    assert_eq!(repo.list("packs/").len(), packs);
+    let asked = proxy.take_recorded();
+    assert!(deletes(&asked).is_empty(), "{:?}", deletes(&asked));
+    assert!(
+        asked.iter().any(|r| r.status == 403),
+        "the probe was refused"
+    );
+
+    // The prune identity (no proxy) may.
+    repo.cairn
+        .run(["forget", "--keep-last", "1", "--prune"])
+        .expect_success();
+    assert_eq!(repo.list("manifests/").len(), 1);
+    assert_restores(&repo.cairn, &second, &src, &dir.join("restored-after"));
+}
+
+#[test]
+fn backups_need_no_delete_permission_on_s3s() {
+    let Some(server) = s3s() else { return };
+    append_only(server);
+}
+
+#[test]
+fn backups_need_no_delete_permission_on_garage() {
+    let Some(server) = garage() else { return };
+    append_only(server);
+}
+
+/// The lock headers of every PUT, and their retain-until dates within an
+/// hour of `days` from now.
+fn assert_locked_puts(recorded: &[Recorded], mode: &str, days: i64, offset: i64) {
+    let puts: Vec<&Recorded> = recorded.iter().filter(|r| r.method == "PUT").collect();
+    assert!(!puts.is_empty());
+    let expected = jiff::Timestamp::now().as_second() + offset + days * 86_400;
+    for p in puts {
+        assert_eq!(p.header("x-amz-object-lock-mode"), Some(mode), "{p:?}");
+        let until: jiff::Timestamp = p
+            .header("x-amz-object-lock-retain-until-date")
+            .unwrap_or_else(|| panic!("no retain-until date: {p:?}"))
+            .parse()
+            .expect("an RFC 3339 date");
+        assert!(
+            (until.as_second() - expected).abs() < 3600,
+            "retain until {until}, expected about {expected}"
+        );
+        assert!(p.header("x-amz-checksum-sha256").is_some(), "{p:?}");
+    }
+}
+
+#[test]
+fn an_object_locked_repository_writes_lock_headers_and_prune_waits_for_the_dates() {
+    let (_t, dir) = tempdir();
+    let Some(server) = s3s() else { return };
+    let proxy = FaultProxy::start(&server.endpoint, Duration::from_secs(3), 2);
+    let repo = server.repo("object-lock", &dir);
+    let c = repo.via(&proxy, &dir);
+    c.run(["init", "--object-lock-days", "1"]).expect_success();
+    let src = source(&dir, 6, 41);
+    let old = c.backup(&[&src], &[]).snapshot_id();
+    let recorded = proxy.take_recorded();
+    let put_to = |what: &str| {
+        recorded
+            .iter()
+            .any(|r| r.method == "PUT" && r.path.split('?').next().unwrap_or("").contains(what))
+    };
+    assert!(put_to("/config"));
+    assert!(put_to("/keys/") && put_to("/packs/") && put_to("/manifests/"));
+    assert_locked_puts(&recorded, "GOVERNANCE", 1, 0);
+
+    // New data; the old snapshot is locked for a day.
+    let src2 = dir.join("src2");
+    std::fs::create_dir_all(&src2).unwrap();
+    write_random_file(&src2.join("new.bin"), 3 * MIB, 42);
+    let new = c.backup(&[&src2], &[]).snapshot_id();
+    c.run(["forget", &old])
+        .expect_clean_error(1, "is under the repository's object lock until");
+    let out = c.run(["forget", "--keep-last", "1", "--group-by", "host", "--json"]);
+    out.expect_success();
+    let report = out.json_last_line();
+    assert_eq!(report["removed"], serde_json::json!([]));
+    let reasons = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["keep"].as_array().unwrap().clone())
+        .find(|k| k["id"] == old.as_str())
+        .expect("the old snapshot is kept")["reasons"]
+        .to_string();
+    assert!(reasons.contains("object lock until"), "{reasons}");
+
+    // Two days on, the manifest's lock is over and forget removes it.
+    let later = |secs: i64| c.with_env("CAIRN_TEST_CLOCK_OFFSET_SECS", &secs.to_string());
+    later(2 * 86_400).run(["forget", &old]).expect_success();
+    proxy.take_recorded();
+
+    // An hour on, the old packs are garbage but still locked: kept, and said so.
+    let out = later(3600).run(["prune", "--grace", "0s", "--clock-skew", "0s", "--json"]);
+    out.expect_success();
+    let r = out.json_last_line();
+    assert_eq!(r["packs_deleted"], 0, "{r}");
+    assert!(r["packs_locked"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["bytes_locked"].as_u64().unwrap() >= 6 * MIB, "{r}");
+    let waiting = r["waiting"].to_string();
+    assert!(waiting.contains("\"object_lock\""), "{r}");
+    assert!(deletes(&proxy.take_recorded()).is_empty());
+    let text = later(3600).run(["prune", "--grace", "0s", "--clock-skew", "0s", "--dry-run"]);
+    assert!(
+        text.stdout_text()
+            .contains("is under the repository's object lock until"),
+        "{}",
+        text.describe()
+    );
+
+    // Two days on, the locks are over: prune deletes them.
+    let out = later(2 * 86_400).run(["prune", "--grace", "0s", "--clock-skew", "0s", "--json"]);
+    out.expect_success();
+    let r = out.json_last_line();
+    assert!(r["packs_deleted"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["packs_locked"], 0, "{r}");
+    let removed = proxy.take_recorded();
+    assert!(deletes(&removed).iter().any(|d| d.path.contains("/packs/")));
+    // Objects written two days on carry dates two days on.
+    assert_restores(&c, &new, &src2, &dir.join("restored"));
+
+    // Compliance mode, and a local repository refuses a lock.
+    let strict = server
+        .repo("object-lock-compliance", &dir)
+        .via(&proxy, &dir);
+    strict
+        .run([
+            "init",
+            "--object-lock-days",
+            "7",
+            "--object-lock-mode",
+            "compliance",
+        ])
+        .expect_success();
+    assert_locked_puts(&proxy.take_recorded(), "COMPLIANCE", 7, 0);
+    let (_t2, local) = tempdir();
+    Cairn::new(local.join("repo"))
+        .run(["init", "--object-lock-days", "1"])
+        .expect_clean_error(1, "object lock needs an S3 repository");
+    assert!(!local.join("repo").join("config").exists());
 }

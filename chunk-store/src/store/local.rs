@@ -225,12 +225,21 @@ impl LocalStore {
                 } else if ft.is_file() && key.starts_with(prefix) {
                     // An object deleted since the directory was read is simply
                     // not listed: a listing races with deletes (forget, prune).
-                    let size = match entry.metadata() {
-                        Ok(m) => m.len(),
+                    let meta = match entry.metadata() {
+                        Ok(m) => m,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(self.io_err(&key, e)),
                     };
-                    out.push(ObjectInfo { key, size });
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs() as i64);
+                    out.push(ObjectInfo {
+                        key,
+                        size: meta.len(),
+                        modified,
+                    });
                 }
             }
         }

@@ -23,6 +23,44 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// When it was written (Unix seconds, the store's clock), when known.
+    pub modified: Option<i64>,
+}
+
+/// How locked objects are protected (S3 Object Lock modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Only identities with `s3:BypassGovernanceRetention` may delete early.
+    Governance,
+    /// Nobody may delete before the date, not even the account's root.
+    Compliance,
+}
+
+impl LockMode {
+    /// The S3 header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// Object lock: every object written carries a retention of `days` days
+/// from its writing, during which the store refuses to delete it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// The mode.
+    pub mode: LockMode,
+    /// Days of retention from when an object is written.
+    pub days: u32,
+}
+
+impl ObjectLock {
+    /// Until when an object written at `written` (Unix seconds) is locked.
+    pub fn retain_until(&self, written: i64) -> i64 {
+        written.saturating_add(i64::from(self.days) * 86_400)
+    }
 }
 
 /// Errors of an object store, each naming the location and key.
@@ -112,6 +150,26 @@ impl StoreError {
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Human-readable location (`/path/to/repo`, `s3://bucket/prefix`) for messages.
     fn location(&self) -> String;
+
+    /// Writes every object from now on under `lock`. Only S3 stores can
+    /// (S3 Object Lock); others refuse.
+    fn set_object_lock(&self, _lock: ObjectLock) -> Result<(), StoreError> {
+        Err(StoreError::Rejected {
+            location: self.location(),
+            key: String::new(),
+            reason: "object lock needs an S3 repository (S3 Object Lock); this store \
+                     cannot keep objects from being deleted"
+                .into(),
+        })
+    }
+
+    /// Checks, without changing anything, that these credentials may
+    /// delete objects, so that a command that deletes (forget, prune)
+    /// fails before it starts rather than halfway. Stores without
+    /// per-request permissions say yes.
+    async fn check_delete(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Stores `data` under `key` unless `key` exists
     /// ([`StoreError::AlreadyExists`]). When this returns `Ok` the object is durable.

@@ -40,11 +40,12 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region, retry::RetryConfig};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ObjectLockMode;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use super::{ObjectInfo, ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectLock, ObjectStore, StoreError};
 
 /// How to reach a bucket and how patiently.
 #[derive(Debug, Clone)]
@@ -261,6 +262,8 @@ pub struct S3Store {
     slots: Arc<Semaphore>,
     budget: Arc<RetryBudget>,
     requests: Arc<AtomicU64>,
+    /// Object lock of every object written, once the config says so.
+    lock: Arc<std::sync::RwLock<Option<ObjectLock>>>,
 }
 
 impl S3Store {
@@ -314,6 +317,7 @@ impl S3Store {
                 tokens: AtomicU64::new(BUDGET_CAPACITY),
             }),
             requests: Arc::new(AtomicU64::new(0)),
+            lock: Arc::new(std::sync::RwLock::new(None)),
             options: Arc::new(options),
         }
     }
@@ -516,7 +520,7 @@ impl S3Store {
         let outcome = self
             .call(key, None, || {
                 let retry = tries.fetch_add(1, Ordering::Relaxed) > 0;
-                let request = self
+                let mut request = self
                     .client
                     .put_object()
                     .bucket(&self.options.bucket)
@@ -524,6 +528,20 @@ impl S3Store {
                     .if_none_match("*")
                     .content_length(data.len() as i64)
                     .body(ByteStream::from(data.clone()));
+                if let Some(lock) = *self.lock.read().unwrap_or_else(|p| p.into_inner()) {
+                    // The date counts from this attempt. S3 wants an
+                    // integrity header on locked writes: SHA-256 of the body.
+                    let until = lock.retain_until(crate::now_unix_nanos() / 1_000_000_000);
+                    request = request
+                        .object_lock_mode(match lock.mode {
+                            super::LockMode::Governance => ObjectLockMode::Governance,
+                            super::LockMode::Compliance => ObjectLockMode::Compliance,
+                        })
+                        .object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                            until,
+                        ))
+                        .checksum_sha256(sha256_base64(data));
+                }
                 async move {
                     match request.send().await {
                         Ok(_) => Ok(PutOutcome::Stored),
@@ -560,6 +578,13 @@ enum PutOutcome {
     Exists { retry: bool },
 }
 
+/// Base64 of the SHA-256 of `data` (the `x-amz-checksum-sha256` header).
+fn sha256_base64(data: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(data))
+}
+
 /// Exponential backoff with full jitter: uniform in [0, min(cap, base·2^n)).
 fn backoff(attempts: u32) -> Duration {
     let ceiling = BACKOFF_BASE
@@ -579,6 +604,59 @@ impl ObjectStore for S3Store {
             format!("s3://{}", self.options.bucket)
         } else {
             format!("s3://{}/{}", self.options.bucket, self.options.prefix)
+        }
+    }
+
+    fn set_object_lock(&self, lock: ObjectLock) -> Result<(), StoreError> {
+        *self.lock.write().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+        Ok(())
+    }
+
+    async fn check_delete(&self) -> Result<(), StoreError> {
+        // Deleting a key that does not exist changes nothing, and S3 checks
+        // the permission first: 403 if these credentials may not delete.
+        let probe = format!(
+            "locks/delete-check-{}",
+            hex::encode(crate::crypto::random_bytes::<8>())
+        );
+        let full = self.full_key(&probe);
+        let denied = self
+            .call(&probe, None, || {
+                let request = self
+                    .client
+                    .delete_object()
+                    .bucket(&self.options.bucket)
+                    .key(&full);
+                async move {
+                    match request.send().await {
+                        Ok(_) => Ok(None),
+                        Err(e) => match Failure::from_sdk(e) {
+                            f if f.is_missing_object() => Ok(None),
+                            Failure::Status {
+                                status: 403,
+                                code,
+                                message,
+                            } => Ok(Some(format!(
+                                "{}: {message}",
+                                code.as_deref().unwrap_or("403")
+                            ))),
+                            f => Err(f),
+                        },
+                    }
+                }
+            })
+            .await?;
+        match denied {
+            None => Ok(()),
+            Some(answer) => Err(StoreError::Rejected {
+                location: self.location(),
+                key: String::new(),
+                reason: format!(
+                    "these S3 credentials may not delete objects (s3:DeleteObject refused: \
+                     {answer}); forget and prune need an identity that may (README, \
+                     \"Append-only backups\")"
+                ),
+            }),
         }
     }
 
@@ -674,6 +752,7 @@ impl ObjectStore for S3Store {
                 objects.push(ObjectInfo {
                     key: relative.to_string(),
                     size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: object.last_modified().map(|t| t.secs()),
                 });
             }
             token = page

@@ -941,6 +941,7 @@ mod tests {
             host: "h".into(),
             user: "u".into(),
             chunker: None,
+            object_lock: None,
         };
         let repo = runtime
             .block_on(Repository::init(store, b"pw", options))

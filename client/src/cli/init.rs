@@ -5,6 +5,7 @@ use cairn_chunk_store::Repository;
 use cairn_chunk_store::crypto::Cipher;
 use cairn_chunk_store::fingerprint::HashAlgo;
 use cairn_chunk_store::repository::InitOptions;
+use cairn_chunk_store::store::{LockMode, ObjectLock};
 use cairn_client::context::{hostname, kdf_params, source_password, username};
 use serde_json::json;
 use tokio::runtime::Runtime;
@@ -30,10 +31,42 @@ pub struct InitArgs {
     /// Read that repository's password from this file (or set CAIRN_FROM_PASSWORD).
     #[arg(long, env = "CAIRN_FROM_PASSWORD_FILE", value_name = "FILE")]
     from_password_file: Option<std::path::PathBuf>,
+    /// S3 only: write every object with an S3 Object Lock retention of N
+    /// days (the bucket must have Object Lock enabled); prune never deletes
+    /// an object before its date.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    object_lock_days: Option<u32>,
+    /// The object lock mode: governance (an identity with
+    /// s3:BypassGovernanceRetention may delete early) or compliance (nobody may).
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "governance",
+        requires = "object_lock_days"
+    )]
+    object_lock_mode: LockModeArg,
+}
+
+/// `--object-lock-mode`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LockModeArg {
+    Governance,
+    Compliance,
 }
 
 pub fn run(rt: &Runtime, g: &Globals, a: InitArgs) -> Result<u8> {
     let store = rt.block_on(g.repo.store())?;
+    let object_lock = a.object_lock_days.map(|days| ObjectLock {
+        days,
+        mode: match a.object_lock_mode {
+            LockModeArg::Governance => LockMode::Governance,
+            LockModeArg::Compliance => LockMode::Compliance,
+        },
+    });
+    if let Some(lock) = object_lock {
+        // Refused before anything is written (a local directory cannot lock).
+        store.set_object_lock(lock)?;
+    }
     if rt.block_on(store.exists("config"))? {
         bail!("a repository already exists at {}", store.location());
     }
@@ -58,6 +91,7 @@ pub fn run(rt: &Runtime, g: &Globals, a: InitArgs) -> Result<u8> {
             host: hostname(),
             user: username(),
             chunker,
+            object_lock,
         },
     ))?;
     if g.json {

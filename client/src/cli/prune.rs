@@ -101,6 +101,10 @@ fn waiting_line(w: &Waiting, options: &PruneOptions) -> String {
         WaitReason::ForgottenParent => format!(
             "{amount} is held by running backups that reuse data of a forgotten snapshot, until they end"
         ),
+        WaitReason::ObjectLock => format!(
+            "{amount} is under the repository's object lock until {}; a later prune deletes it",
+            time(w.until)
+        ),
         WaitReason::GracePeriod => format!(
             "{amount} is younger than the grace period ({}) until {}; a later prune deletes it",
             Secs(options.grace_secs),
