@@ -812,7 +812,7 @@ pub async fn forget(
                 reasons: vec![format!("object lock until {until}")],
             });
         }
-        g.keep.sort_by(|a, b| b.snapshot.time.cmp(&a.snapshot.time));
+        g.keep.sort_by_key(|k| std::cmp::Reverse(k.snapshot.time));
     }
     let removed: Vec<SnapshotId> = groups
         .iter()
