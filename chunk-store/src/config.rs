@@ -356,12 +356,12 @@ mod tests {
         let future = envelope::seal(
             &keys.with_cipher(Cipher::XChaCha20Poly1305),
             CONFIG_MAGIC,
-            4,
+            5,
             &body,
         );
         assert!(matches!(
             RepoConfig::open(&keys, &future),
-            Err(FormatError::UnsupportedVersion { version: 4, .. })
+            Err(FormatError::UnsupportedVersion { version: 5, .. })
         ));
     }
 }

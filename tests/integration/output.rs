@@ -387,7 +387,7 @@ fn writing_commands_print_exactly() {
     assert_text(
         "prune --json",
         &normalize(&report.to_string(), &lit),
-        r#"{"backups_from_forgotten_parents":0,"bytes_before":0,"bytes_freed":0,"bytes_repacked":0,"bytes_waiting":0,"chunks_condemned":0,"chunks_repacked":0,"chunks_revived":0,"chunks_used":13,"cutoff_unix":0,"dry_run":true,"packs":4,"packs_deleted":0,"packs_registered":0,"packs_repacked":0,"packs_unreadable":0,"packs_waiting":0,"running_backups":0,"snapshots":2,"waiting":[]}"#,
+        r#"{"backups_from_forgotten_parents":0,"bytes_before":0,"bytes_freed":0,"bytes_locked":0,"bytes_repacked":0,"bytes_waiting":0,"chunks_condemned":0,"chunks_repacked":0,"chunks_revived":0,"chunks_used":13,"cutoff_unix":0,"dry_run":true,"packs":4,"packs_deleted":0,"packs_locked":0,"packs_registered":0,"packs_repacked":0,"packs_unreadable":0,"packs_waiting":0,"running_backups":0,"snapshots":2,"waiting":[]}"#,
     );
     let (out, _) = printed(&cairn.run(["forget", "--keep-last", "2", "--prune"]), &lit);
     assert_text(

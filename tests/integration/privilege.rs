@@ -248,6 +248,22 @@ fn each_token_role_does_its_job_and_no_more() {
     assert!(by_label("prune-client")["expires"].is_string());
     // The first use of a token is written at once.
     assert!(by_label("restore-client")["last_use"].is_string(), "{text}");
+    // A token from before roles: no role recorded, and it works as prune.
+    let mut file = std::fs::read_to_string(&tokens).unwrap();
+    file.push_str(&format!(
+        "\n[[token]]\nhash = \"{}\"\nrepository = \"{repo_id}\"\n",
+        blake3::hash(b"cairn_legacy").to_hex()
+    ));
+    std::fs::write(&tokens, file).unwrap();
+    let out = index_cmd(&["token", "list", "--tokens", s(&tokens)]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("prune (no role recorded)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    through(&cairn, &n, "cairn_legacy")
+        .run(["prune", "--dry-run"])
+        .expect_success();
 
     // The audit log: who committed which snapshot, from where; the refusal.
     let out = index_cmd(&[

@@ -7,7 +7,9 @@
 //! (counts), `token_added`, `token_revoked`, `membership_changed`, and
 //! `refused` for every call refused for its credentials (method, reason,
 //! the role it would need). Who did it is the token's label (or id) and
-//! the peer address; never the token.
+//! the peer address; never the token. Token and membership changes are
+//! recorded when the node notices them: at its next request after the file
+//! changed.
 //!
 //! The file is appended with one `write` per line and rotated by size:
 //! `audit.log` becomes `audit.log.1`, the older ones shift up, and the
