@@ -619,45 +619,7 @@ impl ObjectStore for S3Store {
             "locks/delete-check-{}",
             hex::encode(crate::crypto::random_bytes::<8>())
         );
-        let full = self.full_key(&probe);
-        let denied = self
-            .call(&probe, None, || {
-                let request = self
-                    .client
-                    .delete_object()
-                    .bucket(&self.options.bucket)
-                    .key(&full);
-                async move {
-                    match request.send().await {
-                        Ok(_) => Ok(None),
-                        Err(e) => match Failure::from_sdk(e) {
-                            f if f.is_missing_object() => Ok(None),
-                            Failure::Status {
-                                status: 403,
-                                code,
-                                message,
-                            } => Ok(Some(format!(
-                                "{}: {message}",
-                                code.as_deref().unwrap_or("403")
-                            ))),
-                            f => Err(f),
-                        },
-                    }
-                }
-            })
-            .await?;
-        match denied {
-            None => Ok(()),
-            Some(answer) => Err(StoreError::Rejected {
-                location: self.location(),
-                key: String::new(),
-                reason: format!(
-                    "these S3 credentials may not delete objects (s3:DeleteObject refused: \
-                     {answer}); forget and prune need an identity that may (README, \
-                     \"Append-only backups\")"
-                ),
-            }),
-        }
+        self.delete(&probe).await
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
@@ -767,23 +729,44 @@ impl ObjectStore for S3Store {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full = self.full_key(key);
-        self.call(key, None, || {
-            let request = self
-                .client
-                .delete_object()
-                .bucket(&self.options.bucket)
-                .key(&full);
-            async move {
-                match request.send().await {
-                    Ok(_) => Ok(()),
-                    Err(e) => match Failure::from_sdk(e) {
-                        f if f.is_missing_object() => Ok(()),
-                        f => Err(f),
-                    },
+        let denied = self
+            .call(key, None, || {
+                let request = self
+                    .client
+                    .delete_object()
+                    .bucket(&self.options.bucket)
+                    .key(&full);
+                async move {
+                    match request.send().await {
+                        Ok(_) => Ok(None),
+                        Err(e) => match Failure::from_sdk(e) {
+                            f if f.is_missing_object() => Ok(None),
+                            Failure::Status {
+                                status: 403,
+                                code,
+                                message,
+                            } => Ok(Some(format!(
+                                "{}: {message}",
+                                code.as_deref().unwrap_or("403")
+                            ))),
+                            f => Err(f),
+                        },
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await?;
+        match denied {
+            None => Ok(()),
+            Some(answer) => Err(StoreError::Rejected {
+                location: self.location(),
+                key: String::new(),
+                reason: format!(
+                    "these S3 credentials may not delete objects (s3:DeleteObject refused: \
+                     {answer}); forget and prune need an identity that may (README, \
+                     \"Append-only backups\")"
+                ),
+            }),
+        }
     }
 }
 

@@ -7,7 +7,6 @@
 //! on 127.0.0.1:0.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression, PackEntry};
 use cairn_chunk_store::{ChunkId, PackId, RepoId, SnapshotId};
@@ -19,21 +18,15 @@ use cairn_proto::v1::index_client::IndexClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
+mod common;
+
 struct Server {
     client: IndexClient<Channel>,
     tokens: PathBuf,
     data: PathBuf,
     repo: RepoId,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _served: common::Served,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 fn token(file: &Path, repo: RepoId, role: Role, expires_in: Option<i64>) -> String {
@@ -53,29 +46,15 @@ async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.toml");
     let data = dir.path().join("data");
-    let node = Arc::new(Node::new(NodeConfig::new("n1", data.clone(), tokens.clone())).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(cairn_index_server::server::serve(
-        node,
-        listener,
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let served =
+        common::serve(Node::new(NodeConfig::new("n1", data.clone(), tokens.clone())).unwrap())
+            .await;
     Server {
-        client: IndexClient::new(channel),
+        client: served.client.clone(),
         tokens,
         data,
         repo: RepoId::random(),
-        stop: Some(stop),
+        _served: served,
         _dir: dir,
     }
 }

@@ -4,8 +4,6 @@
 //! CommitManifest with `finished`): a node answers both alike. Served
 //! in-process on 127.0.0.1:0.
 
-use std::sync::Arc;
-
 use cairn_chunk_store::pack::{BlobKind, BlobLocation, Compression, PackEntry};
 use cairn_chunk_store::{ChunkId, PackId, RepoId};
 use cairn_index_server::access::add_token;
@@ -15,11 +13,13 @@ use cairn_proto::v1;
 use cairn_proto::v1::index_client::IndexClient;
 use tonic::transport::Channel;
 
+mod common;
+
 struct Fixture {
     client: IndexClient<Channel>,
     token: String,
     repo: RepoId,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _served: common::Served,
     _dir: tempfile::TempDir,
 }
 
@@ -28,35 +28,18 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let repo = RepoId::random();
         let token = add_token(&dir.path().join("tokens.toml"), &repo).unwrap();
-        let node = Arc::new(
-            Node::new(NodeConfig::new(
-                "n1",
-                dir.path().join("data"),
-                dir.path().join("tokens.toml"),
-            ))
-            .unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(cairn_index_server::server::serve(
-            node,
-            listener,
-            None,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let node = Node::new(NodeConfig::new(
+            "n1",
+            dir.path().join("data"),
+            dir.path().join("tokens.toml"),
+        ))
+        .unwrap();
+        let served = common::serve(node).await;
         Fixture {
-            client: IndexClient::new(channel),
+            client: served.client.clone(),
             token,
             repo,
-            stop: Some(stop),
+            _served: served,
             _dir: dir,
         }
     }
@@ -115,14 +98,6 @@ impl Fixture {
             .unwrap()
             .into_inner()
             .session_id
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 
