@@ -108,9 +108,15 @@ impl std::str::FromStr for Cipher {
     }
 }
 
-/// The repository's random master key.
+/// The repository's random master key; its bytes are zeroed when dropped.
 #[derive(Clone)]
 pub struct MasterKey([u8; 32]);
+
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,7 +144,8 @@ impl MasterKey {
 }
 
 /// The working keys derived from a [`MasterKey`], sealing with one
-/// [`Cipher`].
+/// [`Cipher`]. Zeroed when dropped (the XChaCha20 key schedule by its own
+/// crate).
 #[derive(Clone)]
 pub struct RepoKeys {
     cipher: Cipher,
@@ -146,6 +153,15 @@ pub struct RepoKeys {
     aes: [u8; 32],
     fingerprint: [u8; 32],
     chunker: [u8; 32],
+}
+
+impl Drop for RepoKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.aes.zeroize();
+        self.fingerprint.zeroize();
+        self.chunker.zeroize();
+    }
 }
 
 impl std::fmt::Debug for RepoKeys {
@@ -170,10 +186,9 @@ impl RepoKeys {
 
     /// The same keys, sealing with `cipher`.
     pub fn with_cipher(&self, cipher: Cipher) -> Self {
-        Self {
-            cipher,
-            ..self.clone()
-        }
+        let mut keys = self.clone();
+        keys.cipher = cipher;
+        keys
     }
 
     /// The cipher of [`RepoKeys::seal`] and [`RepoKeys::open`].

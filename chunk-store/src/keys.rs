@@ -11,6 +11,7 @@
 //! `"cairn key v1"`.
 
 use argon2::{Algorithm, Argon2, Params, Version};
+use zeroize::Zeroizing;
 
 use crate::crypto::{MasterKey, open_with_key, random_bytes, seal_with_key};
 use crate::envelope::{self, KEY_MAGIC};
@@ -77,16 +78,16 @@ fn derive_wrapping_key(
     password: &[u8],
     salt: &[u8],
     p: KdfParams,
-) -> Result<[u8; 32], FormatError> {
+) -> Result<Zeroizing<[u8; 32]>, FormatError> {
     let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32)).map_err(|e| {
         FormatError::Corrupt {
             what: "key file",
             detail: format!("invalid Argon2 parameters: {e}"),
         }
     })?;
-    let mut out = [0u8; 32];
+    let mut out = Zeroizing::new([0u8; 32]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(password, salt, &mut out)
+        .hash_password_into(password, salt, &mut *out)
         .map_err(|e| FormatError::Corrupt {
             what: "key file",
             detail: format!("Argon2 failed: {e}"),
@@ -149,7 +150,7 @@ pub fn unwrap(bytes: &[u8], password: &[u8]) -> Result<Option<MasterKey>, Format
         parallelism: record.parallelism,
     };
     let kek = derive_wrapping_key(password, &record.salt, params)?;
-    match open_with_key(&kek, WRAP_AAD, &record.wrapped_key) {
+    match open_with_key(&kek, WRAP_AAD, &record.wrapped_key).map(Zeroizing::new) {
         Ok(bytes) => {
             let key: [u8; 32] = bytes
                 .as_slice()

@@ -23,7 +23,7 @@ pub struct RepoArgs {
     /// cluster; `None` uses the embedded index at `REPO/index`.
     pub index: Option<String>,
     /// `CAIRN_INDEX_TOKEN`: bearer token for the cluster.
-    pub index_token: Option<String>,
+    pub index_token: Option<Password>,
     /// How to reach an `s3://` repository.
     pub s3: S3Settings,
 }
@@ -137,8 +137,8 @@ impl S3Settings {
 impl RepoArgs {
     /// `CAIRN_INDEX_TOKEN`: the bearer token for the index cluster (a
     /// secret, so never a flag that would show in the process list).
-    pub fn index_token_from_env() -> Option<String> {
-        std::env::var("CAIRN_INDEX_TOKEN").ok()
+    pub fn index_token_from_env() -> Option<Password> {
+        std::env::var("CAIRN_INDEX_TOKEN").ok().map(Password::new)
     }
 
     /// The `s3://` URL of the repository, if it is in S3.
@@ -178,10 +178,11 @@ impl RepoArgs {
     }
 
     /// The password, from the environment, a file, or a prompt on a TTY.
-    pub fn password(&self, confirm: bool) -> Result<String> {
+    pub fn password(&self, confirm: bool) -> Result<Password> {
         if let Some(p) = std::env::var_os("CAIRN_PASSWORD") {
             return p
                 .into_string()
+                .map(Password::new)
                 .map_err(|_| anyhow!("CAIRN_PASSWORD is not valid UTF-8"));
         }
         if let Some(file) = &self.password_file {
@@ -356,18 +357,23 @@ impl RepoArgs {
     }
 }
 
+/// A password: its memory is zeroed when dropped.
+pub type Password = zeroize::Zeroizing<String>;
+
 /// Reads a password file (first line, without the line ending).
-pub fn read_password_file(file: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("password file {}", file.display()))?;
-    Ok(text.lines().next().unwrap_or("").to_string())
+pub fn read_password_file(file: &Path) -> Result<Password> {
+    let text = Password::new(
+        std::fs::read_to_string(file)
+            .with_context(|| format!("password file {}", file.display()))?,
+    );
+    Ok(Password::new(text.lines().next().unwrap_or("").to_string()))
 }
 
 /// The password of the other repository of `copy --from-repo` and `init
 /// --copy-chunker-params-from`: `CAIRN_FROM_PASSWORD`, else the file
 /// (`--from-password-file`), else a prompt on a terminal. Never the
 /// target's password: the two repositories may have different ones.
-pub fn source_password(file: Option<&Path>) -> Result<String> {
+pub fn source_password(file: Option<&Path>) -> Result<Password> {
     if let Some(given) = password_given("CAIRN_FROM_PASSWORD", file) {
         return given;
     }
@@ -381,7 +387,7 @@ pub fn source_password(file: Option<&Path>) -> Result<String> {
 }
 
 /// A new password for `key add`/`key passwd`.
-pub fn new_password(file: Option<&Path>) -> Result<String> {
+pub fn new_password(file: Option<&Path>) -> Result<Password> {
     if let Some(given) = password_given("CAIRN_NEW_PASSWORD", file) {
         return given;
     }
@@ -390,26 +396,29 @@ pub fn new_password(file: Option<&Path>) -> Result<String> {
 
 /// A password from the environment variable `var`, else from `file`;
 /// `None` if neither gives one.
-fn password_given(var: &str, file: Option<&Path>) -> Option<Result<String>> {
+fn password_given(var: &str, file: Option<&Path>) -> Option<Result<Password>> {
     if let Some(p) = std::env::var_os(var) {
         return Some(
             p.into_string()
+                .map(Password::new)
                 .map_err(|_| anyhow!("{var} is not valid UTF-8")),
         );
     }
     file.map(read_password_file)
 }
 
-fn prompt(text: &str, confirm: bool) -> Result<String> {
+fn prompt(text: &str, confirm: bool) -> Result<Password> {
     use std::io::IsTerminal;
     if !std::io::stdin().is_terminal() {
         bail!(
             "no password given: set CAIRN_PASSWORD or CAIRN_PASSWORD_FILE, or pass --password-file"
         );
     }
-    let first = rpassword::prompt_password(text).context("reading password")?;
+    let first = Password::new(rpassword::prompt_password(text).context("reading password")?);
     if confirm {
-        let again = rpassword::prompt_password("enter it again: ").context("reading password")?;
+        let again = Password::new(
+            rpassword::prompt_password("enter it again: ").context("reading password")?,
+        );
         if first != again {
             bail!("the passwords do not match");
         }

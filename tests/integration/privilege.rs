@@ -309,3 +309,89 @@ fn each_token_role_does_its_job_and_no_more() {
     ]);
     assert!(other.stdout.is_empty());
 }
+
+#[test]
+fn no_secret_reaches_a_log_or_an_error_message() {
+    let (_d, dir) = tempdir();
+    let password = format!("pw-{}", random_marker());
+    let cairn = Cairn::new(dir.join("repo"))
+        .with_password(&password)
+        .with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
+    let init = cairn.run(["init", "--json"]);
+    init.expect_success();
+    let repo_id = init.json_last_line()["repo_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = add_token_with_role(&dir, &repo_id, "prune");
+    let n = IndexNode::start_full(
+        &dir,
+        "n1",
+        1,
+        dir.join("n1"),
+        &[],
+        &[("CAIRN_LOG", "debug")],
+    );
+    let client = through(&cairn, &n, &token).with_env("CAIRN_LOG", "debug");
+    let data = dir.join("data");
+    write_files(&data, &[("a.txt", "first"), ("b.txt", "second")]);
+
+    let mut outputs = Vec::new();
+    outputs.push(client.backup_raw(&[&data], &[]));
+    write_files(&data, &[("a.txt", "changed")]);
+    outputs.push(client.backup_raw(&[&data], &[]));
+    outputs.push(client.run(["restore", "latest", "--target", s(&dir.join("r"))]));
+    outputs.push(client.run(["forget", "--keep-last", "1", "--prune"]));
+    for out in &outputs {
+        out.expect_success();
+    }
+    // Failures: a wrong password, an unknown token, a revoked one.
+    let wrong_password = format!("{password}-wrong");
+    outputs.push(client.with_password(&wrong_password).run(["snapshots"]));
+    outputs.push(
+        client
+            .with_env("CAIRN_INDEX_TOKEN", &format!("{token}x"))
+            .backup_raw(&[&data], &[]),
+    );
+    index_cmd(&[
+        "token",
+        "revoke",
+        "--tokens",
+        s(&dir.join("tokens.toml")),
+        &access_id(&token),
+    ]);
+    outputs.push(client.backup_raw(&[&data], &[]));
+    assert_ne!(outputs[4].code, 0);
+    assert_ne!(outputs[5].code, 0);
+    assert_ne!(outputs[6].code, 0);
+
+    let secrets = [
+        password.as_str(),
+        wrong_password.as_str(),
+        token.as_str(),
+        &token["cairn_".len()..],
+    ];
+    let mut debug_lines = 0;
+    for out in &outputs {
+        let text = out.all_text();
+        debug_lines += text.lines().filter(|l| l.contains("DEBUG")).count();
+        for secret in secrets {
+            assert!(!text.contains(secret), "a secret in:\n{}", out.describe());
+        }
+    }
+    // Debug logging was on, or this test would prove nothing.
+    assert!(debug_lines > 10, "{debug_lines} debug lines");
+    drop(n);
+    for file in [dir.join("n1.stderr"), dir.join("n1").join("audit.log")] {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.is_empty(), "{} is empty", file.display());
+        for secret in secrets {
+            assert!(!text.contains(secret), "a secret in {}", file.display());
+        }
+    }
+}
+
+/// The id `token list` shows for `token`.
+fn access_id(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex()[..12].to_string()
+}

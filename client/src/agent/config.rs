@@ -145,7 +145,7 @@ impl Job {
     }
 
     /// The index cluster's token: `index_token_file`, else `CAIRN_INDEX_TOKEN`.
-    pub fn index_token(&self) -> anyhow::Result<Option<String>> {
+    pub fn index_token(&self) -> anyhow::Result<Option<crate::context::Password>> {
         match &self.index_token_file {
             Some(f) => Ok(Some(crate::context::read_password_file(f)?)),
             None => Ok(RepoArgs::index_token_from_env()),
@@ -153,10 +153,10 @@ impl Job {
     }
 
     /// The repository password.
-    pub fn password(&self) -> anyhow::Result<String> {
+    pub fn password(&self) -> anyhow::Result<crate::context::Password> {
         match &self.password {
             PasswordSource::File(f) => crate::context::read_password_file(f),
-            PasswordSource::Env(var) => std::env::var(var).map_err(|_| {
+            PasswordSource::Env(var) => std::env::var(var).map(Password::new).map_err(|_| {
                 anyhow::anyhow!(
                     "environment variable {var} (password_env of job {}) is not set",
                     self.name
@@ -165,6 +165,8 @@ impl Job {
         }
     }
 }
+
+use crate::context::Password;
 
 /// A loaded, checked config file.
 #[derive(Debug, Clone)]
@@ -713,7 +715,7 @@ keep_within = "2d"
             Some(d.path().join("repo").to_str().unwrap())
         );
         assert_eq!(job.password, PasswordSource::File(d.path().join("pw")));
-        assert_eq!(job.password().unwrap(), "secret");
+        assert_eq!(job.password().unwrap().as_str(), "secret");
         assert_eq!(job.jitter, Duration::from_secs(2));
         assert_eq!(job.lock_wait, Duration::from_secs(600));
         assert_eq!(job.on_failure.as_deref(), Some("echo failed"));

@@ -42,7 +42,7 @@ use routing::Cluster;
 /// A client of the index cluster for one repository.
 pub struct RemoteIndex {
     repo: RepoId,
-    token: String,
+    token: zeroize::Zeroizing<String>,
     cluster: Cluster,
     /// Filters by (partition, node id): one per replica, so a replica that
     /// missed writes while down cannot make a known chunk look new.
@@ -153,7 +153,7 @@ impl RemoteIndex {
         let cache_path = cache_dir.map(|d| d.join(format!("{}.filter", repo.to_hex())));
         let index = Self {
             repo,
-            token: token.to_string(),
+            token: zeroize::Zeroizing::new(token.to_string()),
             cluster: Cluster {
                 nodes,
                 replication: map.replication.max(1) as usize,

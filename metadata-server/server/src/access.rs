@@ -176,6 +176,8 @@ impl TokensFile {
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: Self = toml::from_str(text).map_err(|e| e.to_string())?;
         for t in &file.token {
+            blake3::Hash::from_hex(&t.hash)
+                .map_err(|_| format!("token {}: hash is not 64 hex digits", t.id()))?;
             t.repository
                 .parse::<RepoId>()
                 .map_err(|e| format!("token {}: repository {}: {e}", t.id(), t.repository))?;
@@ -398,9 +400,13 @@ mod tests {
 
     #[test]
     fn token_files_without_roles_still_load_as_prune() {
-        let old =
-            "[[token]]\nhash = \"ab12\"\nrepository = \"".to_string() + &"00".repeat(32) + "\"\n";
+        let old = format!(
+            "[[token]]\nhash = \"{}\"\nrepository = \"{}\"\n",
+            "ab".repeat(32),
+            "00".repeat(32)
+        );
         let file = TokensFile::parse(&old).unwrap();
+        assert!(TokensFile::parse(&old.replace(&"ab".repeat(32), "ab12")).is_err());
         assert_eq!(file.token[0].role().unwrap(), Role::Prune);
         assert!(TokensFile::parse(&old.replace("\"\n", "\"\nrole = \"root\"\n")).is_err());
     }

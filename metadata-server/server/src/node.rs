@@ -13,7 +13,7 @@ use cairn_proto::cluster::PARTITIONS;
 
 use cairn_index::{DedupIndex, Engine, EngineOptions, IndexError, LockWait};
 
-use crate::access::{Refusal, TokenEntry, TokensFile, token_hash};
+use crate::access::{Refusal, TokenEntry, TokensFile};
 use crate::audit::AuditLog;
 
 /// Node configuration (`node.toml`; flags override).
@@ -225,6 +225,23 @@ pub struct Tenant {
 #[derive(Debug, Default)]
 pub struct Tokens {
     by_hash: HashMap<String, TokenEntry>,
+    /// The same hashes, parsed, for the constant-time search.
+    hashes: Vec<(blake3::Hash, String)>,
+}
+
+impl Tokens {
+    /// The entry whose hash is `hash`. Every stored hash is compared, each
+    /// in constant time (`blake3::Hash`'s equality), so the time taken
+    /// says nothing about which hash matched or how much of it.
+    fn find(&self, hash: &blake3::Hash) -> Option<&TokenEntry> {
+        let mut found = None;
+        for (h, key) in &self.hashes {
+            if h == hash {
+                found = Some(key);
+            }
+        }
+        found.and_then(|k| self.by_hash.get(k))
+    }
 }
 
 /// A running node.
@@ -264,13 +281,16 @@ impl Node {
         })?;
         let tokens = Watched::new(Some(config.tokens.clone()), |text| {
             let file = TokensFile::parse(text)?;
-            Ok(Tokens {
-                by_hash: file
-                    .token
-                    .into_iter()
-                    .map(|t| (t.hash.to_ascii_lowercase(), t))
-                    .collect(),
-            })
+            let by_hash: HashMap<String, TokenEntry> = file
+                .token
+                .into_iter()
+                .map(|t| (t.hash.to_ascii_lowercase(), t))
+                .collect();
+            let hashes = by_hash
+                .keys()
+                .filter_map(|k| blake3::Hash::from_hex(k).ok().map(|h| (h, k.clone())))
+                .collect();
+            Ok(Tokens { by_hash, hashes })
         })?;
         let audit = AuditLog::new(config.audit_path(), &config.node_id, config.audit_max_bytes);
         Ok(Self {
@@ -352,7 +372,7 @@ impl Node {
     pub fn token(&self, token: &str) -> Result<TokenEntry, (Refusal, Option<Box<TokenEntry>>)> {
         let tokens = self.tokens.get();
         self.note_tokens(&tokens);
-        let Some(t) = tokens.by_hash.get(&token_hash(token)) else {
+        let Some(t) = tokens.find(&blake3::hash(token.as_bytes())) else {
             return Err((Refusal::UnknownToken, None));
         };
         let now = crate::access::now_secs();
