@@ -50,6 +50,12 @@ trap 'rm -f "$log"; stop_services' EXIT
 # skipping (a plain `cargo test` skips those tests and says so).
 export CAIRN_TEST_REQUIRE_SERVICES=1
 cargo test --workspace --locked 2>&1 | tee "$log"
+
+# --- fuzzing ------------------------------------------------------------
+# Every decoder's fuzz target, briefly, from the committed seed corpora; a
+# crash fails the run. (A long run: bash scripts/fuzz.sh --seconds 1800.)
+bash scripts/fuzz.sh --seconds "${CAIRN_FUZZ_SECONDS:-10}"
+
 # One closing line for the whole run (cargo prints one per test binary).
 summary=$(awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped", p, f, i }' "$log")
 echo "$summary"

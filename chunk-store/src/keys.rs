@@ -135,6 +135,36 @@ pub fn decode(bytes: &[u8]) -> Result<KeyRecord, FormatError> {
     KeyRecord::decode(body).map_err(|e| FormatError::from(("key file", e)))
 }
 
+/// The most memory a key file may ask Argon2 for (4 GiB): a larger cost is
+/// refused before any is spent, so a hostile key file in the store cannot
+/// make a client allocate without bound.
+pub const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+/// The most passes a key file may ask for.
+pub const MAX_KDF_ITERATIONS: u32 = 64;
+/// The most lanes a key file may ask for.
+pub const MAX_KDF_PARALLELISM: u32 = 64;
+
+/// The Argon2 cost a key file asks for, if it is within bounds.
+pub fn params_of(record: &KeyRecord) -> Result<KdfParams, FormatError> {
+    if record.memory_kib > MAX_KDF_MEMORY_KIB
+        || record.iterations > MAX_KDF_ITERATIONS
+        || record.parallelism > MAX_KDF_PARALLELISM
+    {
+        return Err(FormatError::Corrupt {
+            what: "key file",
+            detail: format!(
+                "Argon2 cost of {} KiB, {} passes, {} lanes is beyond what a key file may ask",
+                record.memory_kib, record.iterations, record.parallelism
+            ),
+        });
+    }
+    Ok(KdfParams {
+        memory_kib: record.memory_kib,
+        iterations: record.iterations,
+        parallelism: record.parallelism,
+    })
+}
+
 /// Unlocks a key file: `Ok(None)` if the password is wrong.
 pub fn unwrap(bytes: &[u8], password: &[u8]) -> Result<Option<MasterKey>, FormatError> {
     let record = decode(bytes)?;
@@ -144,11 +174,7 @@ pub fn unwrap(bytes: &[u8], password: &[u8]) -> Result<Option<MasterKey>, Format
             detail: format!("unknown key derivation function {}", record.kdf),
         });
     }
-    let params = KdfParams {
-        memory_kib: record.memory_kib,
-        iterations: record.iterations,
-        parallelism: record.parallelism,
-    };
+    let params = params_of(&record)?;
     let kek = derive_wrapping_key(password, &record.salt, params)?;
     match open_with_key(&kek, WRAP_AAD, &record.wrapped_key).map(Zeroizing::new) {
         Ok(bytes) => {

@@ -34,7 +34,8 @@ use crate::id::{ChunkId, PackId};
 pub const PACK_VERSION: u16 = 1;
 /// Footer length.
 pub const FOOTER_LEN: usize = 16;
-const TRAILER_AAD: &[u8] = b"CAIRNPAK trailer v1";
+/// Associated data of a pack's sealed trailer (frozen).
+pub const TRAILER_AAD: &[u8] = b"CAIRNPAK trailer v1";
 
 /// What a chunk holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,7 +124,9 @@ pub struct SealedBlob {
     pub compression: Compression,
 }
 
-fn blob_aad(id: &ChunkId, kind: BlobKind) -> [u8; 33] {
+/// Associated data of a sealed chunk: its id and kind (frozen), so a
+/// chunk cannot be passed off as another or as another kind.
+pub fn blob_aad(id: &ChunkId, kind: BlobKind) -> [u8; 33] {
     let mut aad = [0u8; 33];
     aad[..32].copy_from_slice(id.as_bytes());
     aad[32] = kind as u8;
@@ -160,6 +163,47 @@ fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
             None => zstd::bulk::decompress(data, capacity),
         }
     })
+}
+
+/// The longest a data chunk can be: FastCDC's largest maximum (16 MiB).
+pub const MAX_DATA_CHUNK: u32 = fastcdc::v2020::MAXIMUM_MAX as u32;
+
+/// The longest a tree chunk may be (1 GiB: millions of entries in one
+/// directory). Longer recorded lengths are refused unread.
+pub const MAX_TREE_CHUNK: u32 = 1 << 30;
+
+/// Decompresses a chunk recorded as `location.raw_len` bytes long without
+/// trusting that length (it comes from a trailer or the index, which a
+/// hostile writer or node chooses) for more than a bound: a data chunk is
+/// decompressed in one call only when its zstd frame declares the same
+/// length (at most [`MAX_DATA_CHUNK`]); anything else is streamed, so the
+/// memory used follows what the frame really holds, cut off one byte past
+/// the recorded length.
+fn decompress_recorded(payload: &[u8], location: &BlobLocation) -> Result<Vec<u8>, FormatError> {
+    let corrupt = |detail: String| FormatError::Corrupt {
+        what: "chunk",
+        detail,
+    };
+    let raw_len = location.raw_len;
+    let declared = zstd::zstd_safe::get_frame_content_size(payload)
+        .ok()
+        .flatten();
+    if let Some(n) = declared
+        && n != u64::from(raw_len)
+    {
+        return Err(corrupt(format!(
+            "its zstd frame holds {n} bytes where {raw_len} were recorded"
+        )));
+    }
+    if declared.is_some() && location.kind == BlobKind::Data {
+        return decompress(payload, raw_len as usize).map_err(|e| corrupt(format!("zstd: {e}")));
+    }
+    use std::io::Read;
+    let mut out = Vec::with_capacity((raw_len as usize).min(1 << 20));
+    zstd::stream::read::Decoder::with_buffer(payload)
+        .and_then(|d| d.take(u64::from(raw_len) + 1).read_to_end(&mut out))
+        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+    Ok(out)
 }
 
 /// Chunks at least this large are probed before being compressed whole.
@@ -239,14 +283,22 @@ pub fn open_blob(
     let payload = keys
         .open(&blob_aad(id, location.kind), sealed)
         .map_err(|_| FormatError::Auth { what })?;
+    let limit = match location.kind {
+        BlobKind::Data => MAX_DATA_CHUNK,
+        BlobKind::Tree => MAX_TREE_CHUNK,
+    };
+    if location.raw_len > limit {
+        return Err(FormatError::Corrupt {
+            what,
+            detail: format!(
+                "recorded length {} is beyond the longest {:?} chunk ({limit} bytes)",
+                location.raw_len, location.kind
+            ),
+        });
+    }
     let plain = match location.compression {
         Compression::None => payload,
-        Compression::Zstd => {
-            decompress(&payload, location.raw_len as usize).map_err(|e| FormatError::Corrupt {
-                what,
-                detail: format!("zstd: {e}"),
-            })?
-        }
+        Compression::Zstd => decompress_recorded(&payload, location)?,
     };
     if plain.len() != location.raw_len as usize {
         return Err(FormatError::Corrupt {

@@ -136,7 +136,7 @@ mod engine;
 mod error;
 mod index;
 mod lock;
-mod record;
+pub mod record;
 
 pub use engine::{DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS};
 pub use error::IndexError;

@@ -25,6 +25,7 @@ mod excludes;
 mod faultproxy;
 mod find;
 mod fixture;
+mod fuzz_seeds;
 mod generate;
 mod index;
 mod keys;

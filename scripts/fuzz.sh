@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of fuzz/ for --seconds each (default 60), starting
+# from the committed seed corpora (fuzz/corpus/<target>/), with cargo-fuzz
+# on the nightly toolchain and AddressSanitizer; without a nightly
+# toolchain, on stable without a sanitizer. A crash leaves its input in
+# fuzz/artifacts/<target>/ and fails the run.
+#
+#   bash scripts/fuzz.sh [--seconds N] [--jobs J] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/common.sh
+
+seconds=60
+jobs=1
+targets=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) seconds=$2; shift 2 ;;
+        --jobs) jobs=$2; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) targets+=("$1"); shift ;;
+    esac
+done
+
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "==> installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --version 0.13.2
+fi
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    toolchain=(+nightly)
+    sanitizer=address
+else
+    toolchain=()
+    sanitizer=none
+fi
+target_dir=${CAIRN_FUZZ_TARGET_DIR:-$(dirname "$CARGO_TARGET_DIR")/cairn-fuzz-target}
+
+cd fuzz
+if [ ${#targets[@]} -eq 0 ]; then
+    mapfile -t targets < <(cargo "${toolchain[@]}" fuzz list)
+fi
+echo "==> building ${#targets[@]} fuzz targets (sanitizer: $sanitizer)"
+cargo "${toolchain[@]}" fuzz build -O --sanitizer "$sanitizer" --target-dir "$target_dir"
+failed=()
+for t in "${targets[@]}"; do
+    mkdir -p "corpus/$t"
+    # New inputs go to a scratch corpus: the committed seeds stay as they are.
+    scratch=$(mktemp -d)
+    echo "==> $t for ${seconds}s"
+    if ! cargo "${toolchain[@]}" fuzz run -O --sanitizer "$sanitizer" --target-dir "$target_dir" \
+        "$t" "$scratch" "corpus/$t" -- \
+        -max_total_time="$seconds" -jobs="$jobs" -workers="$jobs" \
+        -rss_limit_mb=3072 -malloc_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        2>&1 | tail -n 25; then
+        failed+=("$t")
+    fi
+    rm -rf "$scratch"
+done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzzing found crashes in: ${failed[*]} (inputs under fuzz/artifacts/)"
+    exit 1
+fi
+echo "fuzzing: ${#targets[@]} targets, ${seconds}s each, no crash"
