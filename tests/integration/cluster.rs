@@ -194,12 +194,7 @@ impl ClusterFixture {
     pub(crate) fn with_repo(n: usize, replication: u32, repo: impl FnOnce(&Path) -> Cairn) -> Self {
         let (_dir, dir) = tempdir();
         let cairn = repo(&dir);
-        let init = cairn.run(["init", "--json"]);
-        init.expect_success();
-        let repo_id = init.json_last_line()["repo_id"]
-            .as_str()
-            .expect("repo_id")
-            .to_string();
+        let repo_id = cairn.init_repo_id();
         let token = add_token(&dir, &repo_id);
         let nodes: Vec<IndexNode> = (1..=n)
             .map(|i| IndexNode::start(&dir, &format!("n{i}"), replication))

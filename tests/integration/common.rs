@@ -328,6 +328,16 @@ impl Cairn {
             .expect("spawn cairn")
     }
 
+    /// `init --json`; the new repository's id.
+    pub fn init_repo_id(&self) -> String {
+        let init = self.run(["init", "--json"]);
+        init.expect_success();
+        init.json_last_line()["repo_id"]
+            .as_str()
+            .expect("repo_id")
+            .to_string()
+    }
+
     pub fn init(&self) -> Output {
         let out = self.run(["init"]);
         out.expect_success();

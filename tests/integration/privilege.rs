@@ -17,12 +17,7 @@ const DAY: i64 = 86_400;
 /// A repository (local store) and the id the index knows it by.
 fn repo(dir: &Path) -> (Cairn, String) {
     let cairn = Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
-    let init = cairn.run(["init", "--json"]);
-    init.expect_success();
-    let id = init.json_last_line()["repo_id"]
-        .as_str()
-        .expect("repo_id")
-        .to_string();
+    let id = cairn.init_repo_id();
     (cairn, id)
 }
 
@@ -317,12 +312,7 @@ fn no_secret_reaches_a_log_or_an_error_message() {
     let cairn = Cairn::new(dir.join("repo"))
         .with_password(&password)
         .with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
-    let init = cairn.run(["init", "--json"]);
-    init.expect_success();
-    let repo_id = init.json_last_line()["repo_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let repo_id = cairn.init_repo_id();
     let token = add_token_with_role(&dir, &repo_id, "prune");
     let n = IndexNode::start_full(
         &dir,
