@@ -125,10 +125,14 @@ fn with_copied_chunker_parameters_chunks_move_as_they_are() {
     out.expect_success();
     let report = out.json();
     assert_eq!(report["mode"], "chunks", "{report}");
-    // The same chunks: no more bytes than the source holds.
+    // The same chunks: no more bytes than the source holds, within a few
+    // bytes per pack: trees name chunks by each repository's own ids, which
+    // compress a byte more or less, and pack tables hold varint offsets
+    // that depend on the order in which chunks landed.
     let bytes = |repo: &Path| pack_files(repo).iter().map(|p| p.size).sum::<u64>();
+    let slack = 32 * pack_files(&target.repo).len() as u64;
     assert!(
-        bytes(&target.repo) <= bytes(&source.repo),
+        bytes(&target.repo) <= bytes(&source.repo) + slack,
         "the copy stores {} bytes, the source {}",
         bytes(&target.repo),
         bytes(&source.repo)
