@@ -30,8 +30,11 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     toolchain=(+nightly)
     sanitizer=address
 else
+    # Stable takes cargo-fuzz's coverage flags; the few unstable ones it
+    # may pass are allowed for this build only.
     toolchain=()
     sanitizer=none
+    export RUSTC_BOOTSTRAP=1
 fi
 target_dir=${CAIRN_FUZZ_TARGET_DIR:-$(dirname "$CARGO_TARGET_DIR")/cairn-fuzz-target}
 
