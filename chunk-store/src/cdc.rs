@@ -7,6 +7,19 @@
 //! an outsider to recognise a known file. Min/avg/max are recorded in the
 //! repository config so every client of one repository cuts alike.
 //!
+//! A second cut rule, [`CutRule::Prf`], answers "Breaking and Fixing
+//! Content-Defined Chunking" (Truong, Merz, Scarlata, Günther, Paterson,
+//! 2025), which recovers gear tables like FastCDC's from the chunk sizes an
+//! observer sees: there the keyed gear hash only proposes candidates (about
+//! one position in 256), and a candidate becomes a cut only if a keyed PRF
+//! of the 64 bytes that end there (keyed BLAKE3, under a key derived apart
+//! from the gear table's) falls below the threshold of its stage. Chunk
+//! sizes then say which candidates the PRF took, which tells nothing about
+//! the PRF's key or about any other window, so neither key can be solved
+//! for; the gear table only makes the PRF cheap to afford (one call per 256
+//! bytes scanned). The bounds and the two stages of normalization level 1
+//! are FastCDC's, so chunk size distributions and deduplication match.
+//!
 //! This is the part of chunking that is frozen (the golden tests below pin
 //! it) and that the rest builds on: the `chunker` module re-exports
 //! [`Chunker`] and [`ChunkerParams`] (their public path) and runs them over
@@ -14,7 +27,36 @@
 
 use fastcdc::v2020::{Normalization, cut_gear, select_masks};
 
-/// Chunk size bounds in bytes.
+/// How a cut point is chosen (recorded in the repository config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CutRule {
+    /// FastCDC 2020 with a keyed gear table.
+    #[default]
+    FastCdc = 0,
+    /// Keyed gear candidates, each taken or not by a keyed PRF (module docs).
+    Prf = 1,
+}
+
+impl CutRule {
+    /// Decodes the stored discriminant.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::FastCdc),
+            1 => Some(Self::Prf),
+            _ => None,
+        }
+    }
+
+    /// The name `cairn init --chunker` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FastCdc => "fastcdc",
+            Self::Prf => "prf",
+        }
+    }
+}
+
+/// Chunk size bounds in bytes, and the cut rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkerParams {
     /// No cut before this many bytes (except at the end of a file).
@@ -23,6 +65,8 @@ pub struct ChunkerParams {
     pub avg: u32,
     /// A cut is forced at this many bytes.
     pub max: u32,
+    /// How cut points are chosen.
+    pub rule: CutRule,
 }
 
 impl ChunkerParams {
@@ -36,7 +80,13 @@ impl ChunkerParams {
         min: 512 * 1024,
         avg: 1024 * 1024,
         max: 8 * 1024 * 1024,
+        rule: CutRule::FastCdc,
     };
+
+    /// The same bounds with another cut rule.
+    pub fn with_rule(self, rule: CutRule) -> Self {
+        Self { rule, ..self }
+    }
 
     /// Checks the bounds against what FastCDC supports.
     pub fn validate(&self) -> Result<(), String> {
@@ -59,7 +109,7 @@ impl ChunkerParams {
     }
 }
 
-/// A FastCDC chunker bound to one repository's key and bounds.
+/// A chunker bound to one repository's key, bounds and cut rule.
 #[derive(Clone)]
 pub struct Chunker {
     params: ChunkerParams,
@@ -67,7 +117,18 @@ pub struct Chunker {
     gear_ls: Box<[u64; 256]>,
     mask_s: u64,
     mask_l: u64,
+    /// Key of the PRF of [`CutRule::Prf`].
+    prf_key: [u8; 32],
 }
+
+/// Context of the PRF key, derived from the chunker key (frozen).
+const PRF_KEY_CONTEXT: &str = "cairn 2026-12 chunker cut PRF v1";
+/// Bytes the PRF of [`CutRule::Prf`] reads: the window that ends at a
+/// candidate (the gear hash of a position depends on as many).
+const PRF_WINDOW: usize = 64;
+/// A position is a candidate of [`CutRule::Prf`] when the top bits of its
+/// gear hash are zero: one in 2^8.
+const CANDIDATE_BITS: u32 = 8;
 
 impl std::fmt::Debug for Chunker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,6 +159,7 @@ impl Chunker {
             gear_ls,
             mask_s,
             mask_l,
+            prf_key: blake3::derive_key(PRF_KEY_CONTEXT, key),
         }
     }
 
@@ -112,6 +174,9 @@ impl Chunker {
         if data.len() <= self.params.min as usize {
             return data.len();
         }
+        if self.params.rule == CutRule::Prf {
+            return self.prf_cut(data);
+        }
         let (_, cut) = cut_gear(
             data,
             self.params.min as usize,
@@ -125,6 +190,44 @@ impl Chunker {
             &self.gear_ls[..],
         );
         cut.clamp(1, data.len())
+    }
+
+    /// [`CutRule::Prf`]: the first candidate at or past `min` that the PRF
+    /// takes, with FastCDC's stages (a stricter threshold before `avg`, a
+    /// looser one after), else `max`. `data` is longer than `min`.
+    fn prf_cut(&self, data: &[u8]) -> usize {
+        let min = self.params.min as usize;
+        let end = data.len().min(self.params.max as usize);
+        let normal = (self.params.avg as usize).min(end);
+        // FastCDC's per-position odds: 2^-bits_s before `avg`, 2^-bits_l after.
+        let bits_s = self.mask_s.count_ones();
+        let bits_l = self.mask_l.count_ones();
+        let take_s = (1u64 << bits_s.saturating_sub(CANDIDATE_BITS)) - 1;
+        let take_l = (1u64 << bits_l.saturating_sub(CANDIDATE_BITS)) - 1;
+        let candidate = !(u64::MAX >> CANDIDATE_BITS);
+        // The hash at `min` covers the window before it, as every later one does.
+        let mut h = 0u64;
+        for &b in &data[min - PRF_WINDOW..min] {
+            h = (h << 1).wrapping_add(self.gear[b as usize]);
+        }
+        for (i, &b) in data.iter().enumerate().take(end).skip(min) {
+            h = (h << 1).wrapping_add(self.gear[b as usize]);
+            if h & candidate != 0 {
+                continue;
+            }
+            let take = if i < normal { take_s } else { take_l };
+            if self.prf(&data[i + 1 - PRF_WINDOW..=i]) & take == 0 {
+                return i + 1;
+            }
+        }
+        end
+    }
+
+    fn prf(&self, window: &[u8]) -> u64 {
+        let out = blake3::keyed_hash(&self.prf_key, window);
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&out.as_bytes()[..8]);
+        u64::from_le_bytes(word)
     }
 
     /// The length of the chunk that starts at `data[0]` if `data` decides it:
@@ -176,6 +279,7 @@ pub(crate) mod tests {
         min: 2048,
         avg: 8192,
         max: 32768,
+        rule: CutRule::FastCdc,
     };
 
     /// A cut found in a prefix shorter than `max` is the cut of the whole
@@ -317,6 +421,7 @@ pub(crate) mod tests {
             min: 64,
             avg: 256,
             max: 1024,
+            rule: CutRule::FastCdc,
         };
         smallest.validate().unwrap();
         assert_eq!(
@@ -337,6 +442,7 @@ pub(crate) mod tests {
             min: 1 << 20,
             avg: 4 << 20,
             max: 16 << 20,
+            rule: CutRule::FastCdc,
         };
         largest.validate().unwrap();
         assert_eq!(
@@ -346,6 +452,71 @@ pub(crate) mod tests {
                 48097248, 56396839, 61013134, 68153624, 74224817, 82319805, 83870161, 89154777,
                 92275580, 95352983, 100517827, 100663296,
             ]
+        );
+    }
+
+    /// The PRF rule's cuts with small bounds. Frozen like FastCDC's.
+    #[test]
+    fn prf_cuts_are_pinned_with_small_bounds() {
+        assert_eq!(
+            golden_cut_offsets(SMALL.with_rule(CutRule::Prf), 256 << 10),
+            [
+                9867, 20523, 27542, 37360, 46239, 65091, 74290, 91392, 112089, 124773, 127310,
+                144751, 155020, 157759, 168934, 181702, 189990, 192950, 200400, 212731, 221419,
+                226084, 248237, 255717, 262144,
+            ]
+        );
+    }
+
+    #[test]
+    fn prf_prefix_cuts_are_final_and_keyed() {
+        let params = SMALL.with_rule(CutRule::Prf);
+        let chunker = Chunker::new(params, &[3; 32]);
+        for seed in 0..8 {
+            let data = pseudo_random(4 * SMALL.max as usize, 100 + seed);
+            let full = chunker.cut(&data);
+            for len in (0..SMALL.max as usize).step_by(97).chain([full, full + 1]) {
+                let len = len.min(data.len());
+                let n = chunker.cut(&data[..len]);
+                if n < len {
+                    assert_eq!(n, full, "seed {seed}, prefix {len}");
+                } else {
+                    assert_eq!(n, len);
+                    assert!(len <= full, "seed {seed}: prefix {len} missed the cut {full}");
+                }
+            }
+        }
+        let data = pseudo_random(1 << 20, 2);
+        let cuts = |key: u8| -> Vec<usize> {
+            Chunker::new(params, &[key; 32])
+                .chunks(&data)
+                .map(<[u8]>::len)
+                .collect()
+        };
+        assert_ne!(cuts(1), cuts(2));
+        // Same bounds, other rule: other cuts.
+        let fastcdc: Vec<usize> = Chunker::new(SMALL, &[1; 32])
+            .chunks(&data)
+            .map(<[u8]>::len)
+            .collect();
+        assert_ne!(cuts(1), fastcdc);
+    }
+
+    /// The PRF rule keeps FastCDC's size distribution: on 8 MiB of random
+    /// bytes, the mean chunk is within 15 % of FastCDC's.
+    #[test]
+    fn prf_chunks_are_as_large_as_fastcdc_chunks() {
+        let data = pseudo_random(8 << 20, 7);
+        let mean = |rule: CutRule| {
+            let n = Chunker::new(SMALL.with_rule(rule), &[5; 32])
+                .chunks(&data)
+                .count();
+            data.len() / n
+        };
+        let (prf, fastcdc) = (mean(CutRule::Prf), mean(CutRule::FastCdc));
+        assert!(
+            prf * 100 >= fastcdc * 85 && prf * 100 <= fastcdc * 115,
+            "mean chunk: prf {prf}, fastcdc {fastcdc}"
         );
     }
 
@@ -371,14 +542,37 @@ pub(crate) mod tests {
             ChunkerParams {
                 min: 10,
                 avg: 20,
-                max: 30
+                max: 30,
+                rule: CutRule::FastCdc,
             }
             .validate()
             .is_err()
         );
     }
 
+    #[test]
+    fn prf_insertion_changes_few_chunks() {
+        let data = pseudo_random(1 << 20, 4);
+        let chunker = Chunker::new(SMALL.with_rule(CutRule::Prf), &[6; 32]);
+        let before: std::collections::HashSet<Vec<u8>> =
+            chunker.chunks(&data).map(<[u8]>::to_vec).collect();
+        let mut edited = vec![0x42];
+        edited.extend_from_slice(&data);
+        let new = chunker
+            .chunks(&edited)
+            .filter(|c| !before.contains(*c))
+            .count();
+        assert!(new <= 2, "{new} new chunks after a one-byte insertion");
+    }
+
     proptest! {
+        #[test]
+        fn prf_chunks_concatenate_to_input(data in proptest::collection::vec(any::<u8>(), 0..100_000)) {
+            let chunker = Chunker::new(SMALL.with_rule(CutRule::Prf), &[9; 32]);
+            let joined: Vec<u8> = chunker.chunks(&data).flat_map(|c| c.to_vec()).collect();
+            prop_assert_eq!(joined, data);
+        }
+
         #[test]
         fn chunks_concatenate_to_input(data in proptest::collection::vec(any::<u8>(), 0..100_000)) {
             let chunker = Chunker::new(SMALL, &[9; 32]);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 
-pub use crate::cdc::{Chunker, ChunkerParams};
+pub use crate::cdc::{Chunker, ChunkerParams, CutRule};
 use crate::cut_ahead::{AheadParts, CutHelpers};
 
 impl Chunker {

@@ -18,17 +18,24 @@
 //! object is written with an S3 Object Lock retention, and prune never
 //! deletes one before its date. A version-3 client would write unlocked
 //! objects and try to delete locked ones, so it is refused the version.
+//! Version 5 adds what an observer of the store and the index may learn:
+//! the cut rule (`chunker_rule`, [`CutRule`]), the padding of sealed chunks
+//! (`padding`, [`Padding`]) and `sealed_lengths` (the chunk lengths a client
+//! gives the index are sealed under a key the index does not have; see
+//! `cairn_client`'s `sealed_lengths` module). A version-4 client would cut,
+//! pad or read lengths otherwise, so it is refused the version.
 
-use crate::chunker::ChunkerParams;
+use crate::chunker::{ChunkerParams, CutRule};
 use crate::crypto::{Cipher, RepoKeys};
 use crate::envelope::{self, CONFIG_MAGIC};
 use crate::error::FormatError;
 use crate::fingerprint::HashAlgo;
 use crate::id::RepoId;
+use crate::pack::Padding;
 use crate::store::{LockMode, ObjectLock};
 
-/// Newest config format version (read: 1 to 4).
-pub const CONFIG_VERSION: u16 = 4;
+/// Newest config format version (read: 1 to 5).
+pub const CONFIG_VERSION: u16 = 5;
 
 /// Default target size of a pack: 16 MiB, large enough that request costs
 /// are negligible on S3, small enough that a repack moves little.
@@ -78,6 +85,15 @@ pub struct ConfigRecord {
     /// Object lock mode: 1 = governance, 2 = compliance (version 4).
     #[prost(uint32, tag = "12")]
     pub object_lock_mode: u32,
+    /// [`CutRule`] discriminant (version 5; absent = FastCDC).
+    #[prost(uint32, tag = "13")]
+    pub chunker_rule: u32,
+    /// [`Padding`] discriminant of sealed chunks (version 5; absent = none).
+    #[prost(uint32, tag = "14")]
+    pub padding: u32,
+    /// Chunk lengths reach the index sealed (version 5).
+    #[prost(bool, tag = "15")]
+    pub sealed_lengths: bool,
 }
 
 /// The decoded, validated config.
@@ -102,22 +118,40 @@ pub struct RepoConfig {
     pub chunker_seed: Option<[u8; 32]>,
     /// The object lock every object is written with (S3 only).
     pub object_lock: Option<ObjectLock>,
+    /// How sealed chunks are padded.
+    pub padding: Padding,
+    /// The index is given chunk lengths sealed under a client key.
+    pub sealed_lengths: bool,
 }
 
 impl RepoConfig {
-    /// A new config with the defaults.
+    /// A new config with the defaults: the PRF cut rule, Padmé padding and
+    /// sealed lengths (their measured costs are in `docs/SECURITY.md`).
     pub fn new(hash: HashAlgo, cipher: Cipher) -> Self {
         Self {
             repo_id: RepoId::random(),
             hash,
             cipher,
-            chunker: ChunkerParams::DEFAULT,
+            chunker: ChunkerParams::DEFAULT.with_rule(CutRule::Prf),
             pack_size: DEFAULT_PACK_SIZE,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             created_unix: crate::now_unix_nanos() / 1_000_000_000,
             chunker_seed: None,
             object_lock: None,
+            padding: Padding::Padme,
+            sealed_lengths: true,
         }
+    }
+
+    /// A new config that an observer learns as much from as from a
+    /// repository made before config version 5 (FastCDC, no padding,
+    /// lengths in the clear): `cairn init --chunker fastcdc --padding none
+    /// --index-lengths clear`.
+    pub fn without_size_protection(mut self) -> Self {
+        self.chunker.rule = CutRule::FastCdc;
+        self.padding = Padding::None;
+        self.sealed_lengths = false;
+        self
     }
 
     /// The protobuf body.
@@ -139,11 +173,20 @@ impl RepoConfig {
                 Some(LockMode::Governance) => 1,
                 Some(LockMode::Compliance) => 2,
             },
+            chunker_rule: self.chunker.rule as u32,
+            padding: self.padding as u32,
+            sealed_lengths: self.sealed_lengths,
         }
     }
 
     /// The format version this config is written at (module docs).
     pub fn version(&self) -> u16 {
+        if self.chunker.rule != CutRule::FastCdc
+            || self.padding != Padding::None
+            || self.sealed_lengths
+        {
+            return 5;
+        }
         if self.object_lock.is_some() {
             return 4;
         }
@@ -167,10 +210,22 @@ impl RepoConfig {
         let repo_id = RepoId::from_slice(&r.repo_id).map_err(|e| corrupt(e.to_string()))?;
         let hash = HashAlgo::from_u32(r.hash_algo)
             .ok_or_else(|| corrupt(format!("unknown hash algorithm {}", r.hash_algo)))?;
+        let v5 = version >= 5;
+        let rule = match v5 {
+            false => CutRule::FastCdc,
+            true => CutRule::from_u32(r.chunker_rule)
+                .ok_or_else(|| corrupt(format!("unknown chunker rule {}", r.chunker_rule)))?,
+        };
+        let padding = match v5 {
+            false => Padding::None,
+            true => Padding::from_u32(r.padding)
+                .ok_or_else(|| corrupt(format!("unknown padding {}", r.padding)))?,
+        };
         let chunker = ChunkerParams {
             min: r.chunk_min,
             avg: r.chunk_avg,
             max: r.chunk_max,
+            rule,
         };
         chunker.validate().map_err(corrupt)?;
         let cipher = match version {
@@ -212,6 +267,8 @@ impl RepoConfig {
             cipher,
             chunker_seed,
             object_lock,
+            padding,
+            sealed_lengths: v5 && r.sealed_lengths,
         })
     }
 
@@ -259,7 +316,20 @@ mod tests {
             cipher,
             chunker_seed: None,
             object_lock: None,
+            padding: Padding::None,
+            sealed_lengths: false,
         }
+    }
+
+    #[test]
+    fn new_repositories_protect_sizes_at_version_5() {
+        let c = RepoConfig::new(HashAlgo::Blake3, Cipher::DEFAULT);
+        assert_eq!(c.version(), 5);
+        assert_eq!(c.chunker.rule, CutRule::Prf);
+        assert_eq!(c.padding, Padding::Padme);
+        assert!(c.sealed_lengths);
+        let old = c.without_size_protection();
+        assert_eq!(old.version(), 2);
     }
 
     #[test]
@@ -326,6 +396,30 @@ mod tests {
         let mut bad = v4;
         bad.object_lock_mode = 3;
         assert!(RepoConfig::from_versioned_record(4, bad).is_err());
+        // Version 5 adds the PRF cut rule (13), Padmé (14), sealed lengths (15).
+        let mut c5 = config(Cipher::Aes256Gcm);
+        c5.chunker.rule = CutRule::Prf;
+        c5.padding = Padding::Padme;
+        c5.sealed_lengths = true;
+        assert_eq!(c5.version(), 5);
+        let v5 = c5.to_record();
+        assert_eq!(
+            hex::encode(v5.encode_to_vec()),
+            format!("{}4801680170017801", common.replace(' ', ""))
+        );
+        assert_eq!(RepoConfig::from_versioned_record(5, v5.clone()).unwrap(), c5);
+        // The same fields in a version-4 envelope are not read.
+        let as_v4 = RepoConfig::from_versioned_record(4, v5.clone()).unwrap();
+        assert_eq!(as_v4, c5.clone().without_size_protection());
+        for (field, value) in [("rule", 2u32), ("padding", 9)] {
+            let mut bad = v5.clone();
+            match field {
+                "rule" => bad.chunker_rule = value,
+                _ => bad.padding = value,
+            }
+            let err = RepoConfig::from_versioned_record(5, bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("unknown {}", if field == "rule" { "chunker rule 2" } else { "padding 9" })), "{err}");
+        }
     }
 
     #[test]
@@ -356,12 +450,12 @@ mod tests {
         let future = envelope::seal(
             &keys.with_cipher(Cipher::XChaCha20Poly1305),
             CONFIG_MAGIC,
-            5,
+            6,
             &body,
         );
         assert!(matches!(
             RepoConfig::open(&keys, &future),
-            Err(FormatError::UnsupportedVersion { version: 5, .. })
+            Err(FormatError::UnsupportedVersion { version: 6, .. })
         ));
     }
 }

@@ -216,11 +216,27 @@ impl RepoKeys {
     /// Appends the sealed form of `plaintext` to `out`: the plaintext is
     /// copied once, then encrypted where it lies.
     pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        self.seal_padded_into(aad, plaintext, 0, &[], out);
+    }
+
+    /// Like [`RepoKeys::seal_into`], sealing `plaintext || zeros || tail`
+    /// (`zeros` zero bytes): the padding of a chunk is written straight into
+    /// `out`, so the plaintext is still copied only once.
+    pub fn seal_padded_into(
+        &self,
+        aad: &[u8],
+        plaintext: &[u8],
+        zeros: usize,
+        tail: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let nonce = random_bytes::<NONCE_LEN>();
-        out.reserve(plaintext.len() + SEAL_OVERHEAD);
+        out.reserve(plaintext.len() + zeros + tail.len() + SEAL_OVERHEAD);
         out.extend_from_slice(&nonce);
         let start = out.len();
         out.extend_from_slice(plaintext);
+        out.resize(out.len() + zeros, 0);
+        out.extend_from_slice(tail);
         let in_out = &mut out[start..];
         // Sealing an in-memory buffer with a key of the right length cannot
         // fail; the ciphers refuse only messages beyond 64 GiB.

@@ -87,11 +87,7 @@ pub fn decode_chunk(b: &[u8]) -> Result<ChunkRecord, String> {
         ));
     }
     let kind = BlobKind::from_u32(u32::from(b[1])).ok_or("unknown blob kind")?;
-    let compression = match b[2] {
-        0 => Compression::None,
-        1 => Compression::Zstd,
-        _ => return Err("unknown compression".into()),
-    };
+    let compression = Compression::from_u32(u32::from(b[2])).ok_or("unknown compression")?;
     let condemned = match b[3] {
         0 => false,
         1 => true,

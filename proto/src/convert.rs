@@ -74,11 +74,8 @@ pub fn entry_from_wire(pack: PackId, e: &v1::ChunkEntry) -> Result<PackEntry, Wi
     let id = ChunkId::from_slice(&e.id).map_err(|err| WireError(err.to_string()))?;
     let kind =
         BlobKind::from_u32(e.kind).ok_or_else(|| WireError(format!("unknown kind {}", e.kind)))?;
-    let compression = match e.compression {
-        0 => Compression::None,
-        1 => Compression::Zstd,
-        c => return Err(WireError(format!("unknown compression {c}"))),
-    };
+    let compression = Compression::from_u32(e.compression)
+        .ok_or_else(|| WireError(format!("unknown compression {}", e.compression)))?;
     Ok(PackEntry {
         id,
         location: BlobLocation {
