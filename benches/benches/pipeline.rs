@@ -6,12 +6,14 @@
 //!
 //! | group                    | what                                                   |
 //! |--------------------------|--------------------------------------------------------|
-//! | `chunking`               | FastCDC, default bounds, 64 MiB of random data; and    |
+//! | `chunking`               | FastCDC and the PRF rule, default bounds, 64 MiB of    |
+//! |                          | random data; and                                       |
 //! |                          | one stream of it cut alone and in parts on every core  |
 //! | `fingerprint`            | keyed BLAKE3 and HMAC-SHA256 of a 1 MiB chunk          |
 //! | `compress`               | zstd level 3 of 1 MiB of log-like text                 |
 //! | `seal`                   | AES-256-GCM and XChaCha20-Poly1305 of a 1 MiB chunk    |
-//! | `pack`                   | `seal_blob` + `PackWriter` for 16 MiB of 1 MiB chunks  |
+//! | `pack`                   | `seal_blob` + `PackWriter` for 16 MiB of 1 MiB chunks, |
+//! |                          | unpadded and Padmé-padded                              |
 //! | `tree`                   | encoding one directory of 1000 files                   |
 //! | `ceiling`                | chunk + fingerprint of 2 GiB on every core: the best a |
 //! |                          | backup from the page cache could do before compression |
@@ -24,11 +26,11 @@ use std::time::Duration;
 
 use cairn_benches::{pseudo_random, text_like, worker_count};
 use cairn_chunk_store::ChunkId;
-use cairn_chunk_store::chunker::{ChunkStream, Chunker, ChunkerParams, SegmentPool};
+use cairn_chunk_store::chunker::{ChunkStream, Chunker, ChunkerParams, CutRule, SegmentPool};
 use cairn_chunk_store::crypto::{Cipher, MasterKey, RepoKeys};
 use cairn_chunk_store::cut_ahead::{CutAhead, CutHelpers};
 use cairn_chunk_store::fingerprint::{Fingerprinter, HashAlgo};
-use cairn_chunk_store::pack::{BlobKind, PackWriter, seal_blob};
+use cairn_chunk_store::pack::{BlobKind, PackWriter, Padding, seal_blob};
 use cairn_chunk_store::tree::{Node, NodeKind, Tree};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
@@ -48,6 +50,13 @@ fn chunking(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("fastcdc_default_64MiB", |b| {
         b.iter(|| chunker.chunks(black_box(&data)).count())
+    });
+    let prf = Chunker::new(
+        ChunkerParams::DEFAULT.with_rule(CutRule::Prf),
+        keys.chunker_key(),
+    );
+    group.bench_function("prf_default_64MiB", |b| {
+        b.iter(|| prf.chunks(black_box(&data)).count())
     });
     // A stream as a backup reads one large file: segments copied from the
     // source, cut by the stream alone, then in parts with helper threads.
@@ -157,15 +166,24 @@ fn pack(c: &mut Criterion) {
             .chunks(MIB)
             .map(|chunk| (fingerprinter.chunk_id(chunk), chunk))
             .collect();
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let mut writer = PackWriter::new(BlobKind::Data, 17 * MIB);
-                for (id, chunk) in &chunks {
-                    writer.add(seal_blob(&keys, *id, BlobKind::Data, chunk, ZSTD_LEVEL));
-                }
-                writer.finish(&keys).1.len()
-            })
-        });
+        for (suffix, padding) in [("", Padding::None), ("_padme", Padding::Padme)] {
+            group.bench_function(format!("{name}{suffix}"), |b| {
+                b.iter(|| {
+                    let mut writer = PackWriter::new(BlobKind::Data, 17 * MIB);
+                    for (id, chunk) in &chunks {
+                        writer.add(seal_blob(
+                            &keys,
+                            *id,
+                            BlobKind::Data,
+                            chunk,
+                            ZSTD_LEVEL,
+                            padding,
+                        ));
+                    }
+                    writer.finish(&keys).1.len()
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -482,7 +482,10 @@ pub(crate) mod tests {
                     assert_eq!(n, full, "seed {seed}, prefix {len}");
                 } else {
                     assert_eq!(n, len);
-                    assert!(len <= full, "seed {seed}: prefix {len} missed the cut {full}");
+                    assert!(
+                        len <= full,
+                        "seed {seed}: prefix {len} missed the cut {full}"
+                    );
                 }
             }
         }

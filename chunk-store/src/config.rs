@@ -45,6 +45,37 @@ pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
 /// hundred MB/s per core; higher levels cost far more CPU for a few percent.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
+/// What a repository hides of its chunk sizes from the store and the index
+/// (config version 5; `docs/SECURITY.md`, "What the store and the index
+/// learn").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeProtection {
+    /// How chunks are cut.
+    pub rule: CutRule,
+    /// How sealed chunks are padded.
+    pub padding: Padding,
+    /// Chunk lengths reach the index sealed.
+    pub sealed_lengths: bool,
+}
+
+impl SizeProtection {
+    /// The default of new repositories: cuts chosen by a keyed PRF, Padmé
+    /// padding, sealed lengths (costs measured in `docs/SECURITY.md`).
+    pub const DEFAULT: Self = Self {
+        rule: CutRule::Prf,
+        padding: Padding::Padme,
+        sealed_lengths: true,
+    };
+
+    /// What repositories made before config version 5 have: keyed
+    /// FastCDC, no padding, lengths in the clear.
+    pub const NONE: Self = Self {
+        rule: CutRule::FastCdc,
+        padding: Padding::None,
+        sealed_lengths: false,
+    };
+}
+
 /// The config as stored (protobuf).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ConfigRecord {
@@ -125,33 +156,39 @@ pub struct RepoConfig {
 }
 
 impl RepoConfig {
-    /// A new config with the defaults: the PRF cut rule, Padmé padding and
-    /// sealed lengths (their measured costs are in `docs/SECURITY.md`).
+    /// A new config with the defaults, [`SizeProtection::DEFAULT`] included.
     pub fn new(hash: HashAlgo, cipher: Cipher) -> Self {
         Self {
             repo_id: RepoId::random(),
             hash,
             cipher,
-            chunker: ChunkerParams::DEFAULT.with_rule(CutRule::Prf),
+            chunker: ChunkerParams::DEFAULT,
             pack_size: DEFAULT_PACK_SIZE,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             created_unix: crate::now_unix_nanos() / 1_000_000_000,
             chunker_seed: None,
             object_lock: None,
-            padding: Padding::Padme,
-            sealed_lengths: true,
+            padding: Padding::None,
+            sealed_lengths: false,
         }
+        .with_size_protection(SizeProtection::DEFAULT)
     }
 
-    /// A new config that an observer learns as much from as from a
-    /// repository made before config version 5 (FastCDC, no padding,
-    /// lengths in the clear): `cairn init --chunker fastcdc --padding none
-    /// --index-lengths clear`.
-    pub fn without_size_protection(mut self) -> Self {
-        self.chunker.rule = CutRule::FastCdc;
-        self.padding = Padding::None;
-        self.sealed_lengths = false;
+    /// The same config with another [`SizeProtection`].
+    pub fn with_size_protection(mut self, p: SizeProtection) -> Self {
+        self.chunker.rule = p.rule;
+        self.padding = p.padding;
+        self.sealed_lengths = p.sealed_lengths;
         self
+    }
+
+    /// What this repository hides of chunk sizes.
+    pub fn size_protection(&self) -> SizeProtection {
+        SizeProtection {
+            rule: self.chunker.rule,
+            padding: self.padding,
+            sealed_lengths: self.sealed_lengths,
+        }
     }
 
     /// The protobuf body.
@@ -328,7 +365,8 @@ mod tests {
         assert_eq!(c.chunker.rule, CutRule::Prf);
         assert_eq!(c.padding, Padding::Padme);
         assert!(c.sealed_lengths);
-        let old = c.without_size_protection();
+        assert_eq!(c.size_protection(), SizeProtection::DEFAULT);
+        let old = c.with_size_protection(SizeProtection::NONE);
         assert_eq!(old.version(), 2);
     }
 
@@ -407,10 +445,13 @@ mod tests {
             hex::encode(v5.encode_to_vec()),
             format!("{}4801680170017801", common.replace(' ', ""))
         );
-        assert_eq!(RepoConfig::from_versioned_record(5, v5.clone()).unwrap(), c5);
+        assert_eq!(
+            RepoConfig::from_versioned_record(5, v5.clone()).unwrap(),
+            c5
+        );
         // The same fields in a version-4 envelope are not read.
         let as_v4 = RepoConfig::from_versioned_record(4, v5.clone()).unwrap();
-        assert_eq!(as_v4, c5.clone().without_size_protection());
+        assert_eq!(as_v4, c5.clone().with_size_protection(SizeProtection::NONE));
         for (field, value) in [("rule", 2u32), ("padding", 9)] {
             let mut bad = v5.clone();
             match field {
@@ -418,7 +459,17 @@ mod tests {
                 _ => bad.padding = value,
             }
             let err = RepoConfig::from_versioned_record(5, bad).unwrap_err();
-            assert!(err.to_string().contains(&format!("unknown {}", if field == "rule" { "chunker rule 2" } else { "padding 9" })), "{err}");
+            assert!(
+                err.to_string().contains(&format!(
+                    "unknown {}",
+                    if field == "rule" {
+                        "chunker rule 2"
+                    } else {
+                        "padding 9"
+                    }
+                )),
+                "{err}"
+            );
         }
     }
 

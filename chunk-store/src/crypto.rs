@@ -10,6 +10,11 @@
 //! | `cairn 2026-12-02 aes-256-gcm key v1`       | key of the AES-256-GCM message subkeys     |
 //! | `cairn 2026-11-25 fingerprint key v1`       | key of the chunk fingerprint               |
 //! | `cairn 2026-11-25 chunker gear table v1`    | seed of the FastCDC gear table             |
+//! | `cairn 2026-12-04 index length seal v1`     | key of the chunk lengths the index holds   |
+//!
+//! The cut PRF of the chunker's PRF rule is keyed from the gear-table seed
+//! (`cairn 2026-12 chunker cut PRF v1`, in `cdc`), so a copied seed copies
+//! both.
 //!
 //! # Ciphers
 //!
@@ -50,6 +55,7 @@ const ENCRYPTION_CONTEXT: &str = "cairn 2026-11-25 encryption key v1";
 const AES_CONTEXT: &str = "cairn 2026-12-02 aes-256-gcm key v1";
 const FINGERPRINT_CONTEXT: &str = "cairn 2026-11-25 fingerprint key v1";
 const CHUNKER_CONTEXT: &str = "cairn 2026-11-25 chunker gear table v1";
+const LENGTHS_CONTEXT: &str = "cairn 2026-12-04 index length seal v1";
 
 /// Authentication failed: wrong key, or the bytes were altered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +159,7 @@ pub struct RepoKeys {
     aes: [u8; 32],
     fingerprint: [u8; 32],
     chunker: [u8; 32],
+    lengths: [u8; 32],
 }
 
 impl Drop for RepoKeys {
@@ -161,6 +168,7 @@ impl Drop for RepoKeys {
         self.aes.zeroize();
         self.fingerprint.zeroize();
         self.chunker.zeroize();
+        self.lengths.zeroize();
     }
 }
 
@@ -181,6 +189,7 @@ impl RepoKeys {
             aes: blake3::derive_key(AES_CONTEXT, master.as_bytes()),
             fingerprint: blake3::derive_key(FINGERPRINT_CONTEXT, master.as_bytes()),
             chunker: blake3::derive_key(CHUNKER_CONTEXT, master.as_bytes()),
+            lengths: blake3::derive_key(LENGTHS_CONTEXT, master.as_bytes()),
         }
     }
 
@@ -199,6 +208,18 @@ impl RepoKeys {
     /// Key of the chunk fingerprint.
     pub fn fingerprint_key(&self) -> &[u8; 32] {
         &self.fingerprint
+    }
+
+    /// The mask a chunk's plaintext length is XORed with before an index
+    /// holds it (config `sealed_lengths`): a keyed PRF of the chunk id, so
+    /// every chunk has its own pad and the index learns nothing of the
+    /// length (a chunk's length never changes, so its pad is used for one
+    /// value only).
+    pub fn length_mask(&self, id: &crate::ChunkId) -> u32 {
+        let out = blake3::keyed_hash(&self.lengths, id.as_bytes());
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&out.as_bytes()[..4]);
+        u32::from_le_bytes(word)
     }
 
     /// Seed of the chunker's gear table.
@@ -332,6 +353,7 @@ pub fn open_with_key(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8
         aes: [0; 32],
         fingerprint: [0; 32],
         chunker: [0; 32],
+        lengths: [0; 32],
     };
     keys.open(aad, sealed)
 }
@@ -447,6 +469,14 @@ mod tests {
         assert_eq!(
             hex::encode(keys.aes),
             "619f2b6e6ee46ddb728d5d1ea3fce509a9c77e78c9f19a80c28bf09b2495d983"
+        );
+        assert_eq!(
+            hex::encode(keys.lengths),
+            "2cb16689c6c43761afd1d4d4e6ed449a62fd4a88dd9ed111b4fad0f89454be01"
+        );
+        assert_eq!(
+            keys.length_mask(&crate::ChunkId::from_slice(&[7; 32]).unwrap()),
+            1_737_687_619
         );
         // The XChaCha20-Poly1305 key is pinned by `sealed_bytes_are_pinned`.
     }

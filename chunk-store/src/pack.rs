@@ -380,7 +380,13 @@ fn seal_prepared(keys: &RepoKeys, blob: &PreparedBlob, out: &mut Vec<u8>) {
     }
     let bare = (blob.payload.len() + PAD_TAIL + SEAL_OVERHEAD) as u64;
     let zeros = (padme(bare) - bare) as usize;
-    keys.seal_padded_into(&aad, &blob.payload, zeros, &(zeros as u32).to_le_bytes(), out);
+    keys.seal_padded_into(
+        &aad,
+        &blob.payload,
+        zeros,
+        &(zeros as u32).to_le_bytes(),
+        out,
+    );
 }
 
 /// The body of a padded payload (see [`Compression`]).
@@ -794,7 +800,14 @@ mod tests {
         let chunks: Vec<Vec<u8>> = vec![vec![0u8; 10_000], b"incompressible?".to_vec(), Vec::new()];
         let mut w = PackWriter::new(BlobKind::Data, 0);
         for c in &chunks {
-            w.add(seal_blob(&keys, fp.chunk_id(c), BlobKind::Data, c, 3, Padding::None));
+            w.add(seal_blob(
+                &keys,
+                fp.chunk_id(c),
+                BlobKind::Data,
+                c,
+                3,
+                Padding::None,
+            ));
         }
         let (id, bytes, entries) = w.finish(&keys);
         assert_eq!(&bytes[bytes.len() - 16..bytes.len() - 8], b"CAIRNPAK");
@@ -834,7 +847,13 @@ mod tests {
             let chunks = [vec![round; 5000], random, Vec::new()];
             let mut w = PackWriter::new_in(BlobKind::Data, 1 << 20, &pool);
             for c in &chunks {
-                let blob = prepare_blob(fp.chunk_id(c), BlobKind::Data, Bytes::from(c.clone()), 3, Padding::None);
+                let blob = prepare_blob(
+                    fp.chunk_id(c),
+                    BlobKind::Data,
+                    Bytes::from(c.clone()),
+                    3,
+                    Padding::None,
+                );
                 w.seal(&keys, &blob);
             }
             let (id, bytes, entries) = w.finish(&keys);
@@ -881,7 +900,14 @@ mod tests {
             (&text, Compression::Zstd),
             (&mixed, Compression::Zstd),
         ] {
-            let blob = seal_blob(&keys, fp.chunk_id(data), BlobKind::Data, data, 3, Padding::None);
+            let blob = seal_blob(
+                &keys,
+                fp.chunk_id(data),
+                BlobKind::Data,
+                data,
+                3,
+                Padding::None,
+            );
             assert_eq!(blob.compression, expected, "{} bytes", data.len());
         }
     }

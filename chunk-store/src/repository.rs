@@ -37,6 +37,9 @@ pub struct InitOptions {
     pub chunker: Option<(ChunkerParams, [u8; 32])>,
     /// Write every object under this S3 Object Lock (S3 stores only).
     pub object_lock: Option<crate::store::ObjectLock>,
+    /// What the repository hides of chunk sizes; the cut rule of a copied
+    /// `chunker` wins over this one's.
+    pub sizes: crate::config::SizeProtection,
 }
 
 /// A key file as listed by `cairn key list`.
@@ -83,7 +86,8 @@ impl Repository {
         }
         let master = MasterKey::generate();
         let keys = RepoKeys::derive(&master, options.cipher);
-        let mut config = RepoConfig::new(options.hash, options.cipher);
+        let mut config =
+            RepoConfig::new(options.hash, options.cipher).with_size_protection(options.sizes);
         if let Some((params, seed)) = options.chunker {
             config.chunker = params;
             config.chunker_seed = Some(seed);
@@ -183,6 +187,23 @@ impl Repository {
     /// The fingerprinter.
     pub fn fingerprinter(&self) -> &Fingerprinter {
         &self.fingerprinter
+    }
+
+    /// Compresses one chunk (when that helps) and marks it for padding, as
+    /// this repository's config says: the blob a pack writer seals.
+    pub fn prepare_blob(
+        &self,
+        id: crate::ChunkId,
+        kind: crate::pack::BlobKind,
+        plaintext: bytes::Bytes,
+    ) -> crate::pack::PreparedBlob {
+        crate::pack::prepare_blob(
+            id,
+            kind,
+            plaintext,
+            self.config.zstd_level,
+            self.config.padding,
+        )
     }
 
     /// The chunker.

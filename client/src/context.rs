@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sealed_lengths::{seal_dedup_index, seal_index};
 use anyhow::{Context, Result, anyhow, bail};
 use cairn_chunk_store::Repository;
 use cairn_chunk_store::keys::KdfParams;
@@ -248,9 +249,9 @@ impl RepoArgs {
                 if let Err(e) = remote.refresh_filter().await {
                     tracing::warn!("filter not refreshed: {e}");
                 }
-                Ok(remote)
+                Ok(seal_index(repo, remote))
             }
-            Ok(None) => self.open_embedded(),
+            Ok(None) => Ok(seal_index(repo, self.open_embedded()?)),
             // A cluster that is down costs uploads, never the backup.
             Err(e)
                 if e.downcast_ref::<IndexError>()
@@ -284,7 +285,8 @@ impl RepoArgs {
         let repo = self.open().await;
         let index = index.await.map_err(|e| anyhow!("opening the index: {e}"));
         let repo = repo?;
-        Ok((repo, index??))
+        let index = seal_index(&repo, index??);
+        Ok((repo, index))
     }
 
     /// The index cluster when `--index` is given (no filter download).
@@ -314,7 +316,9 @@ impl RepoArgs {
         Ok(Some(Arc::new(remote)))
     }
 
-    /// Opens the embedded index for writing (creating it if needed).
+    /// Opens the embedded index for writing (creating it if needed), as
+    /// it stores records: give it to a repository through
+    /// [`seal_index`] before use.
     pub fn open_embedded(&self) -> Result<Arc<dyn Index>> {
         let path = self.index_path()?;
         let engine = Engine::open(
@@ -333,7 +337,7 @@ impl RepoArgs {
         if self.index.is_some() {
             // Restore must work with every node down: then trailers answer.
             return match self.open_remote(repo).await {
-                Ok(r) => r.map(|r| r as Arc<dyn DedupIndex>),
+                Ok(r) => r.map(|r| seal_dedup_index(repo, r)),
                 Err(e) => {
                     crate::notify::warning(format!(
                         "index cluster unavailable ({e:#}); reading pack trailers instead"
@@ -347,7 +351,7 @@ impl RepoArgs {
             return None;
         }
         match Engine::open(&path, EngineOptions::default(), &|_| {}) {
-            Ok(engine) => Some(Arc::new(engine)),
+            Ok(engine) => Some(seal_dedup_index(repo, Arc::new(engine))),
             Err(IndexError::Locked { .. }) => None,
             Err(e) => {
                 tracing::warn!("index unavailable, reading pack trailers instead: {e}");

@@ -31,7 +31,7 @@ use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use cairn_chunk_store::chunker::{ChunkStream, SegmentPool};
 use cairn_chunk_store::manifest::{Snapshot, SnapshotStats};
-use cairn_chunk_store::pack::{BlobKind, PreparedBlob, prepare_blob};
+use cairn_chunk_store::pack::{BlobKind, PreparedBlob};
 use cairn_chunk_store::tree::{Node, NodeKind, Tree};
 use cairn_chunk_store::{ChunkId, Repository, SnapshotId};
 use cairn_index::Index;
@@ -308,8 +308,9 @@ impl Copier<'_> {
             .map_err(|e| anyhow!(e))?
         {
             shared.counters.add_new_tree(bytes.len() as u64);
-            let level = shared.repo.config().zstd_level;
-            let blob = prepare_blob(copied, BlobKind::Tree, Bytes::from(bytes), level);
+            let blob = shared
+                .repo
+                .prepare_blob(copied, BlobKind::Tree, Bytes::from(bytes));
             blobs.send(blob).map_err(|_| anyhow!("copy aborted"))?;
         }
         done.insert(*id, copied);
@@ -399,8 +400,7 @@ fn store(
     let upload = claimed.is_some() || shared.claim(id, BlobKind::Data).map_err(|e| anyhow!(e))?;
     if upload {
         shared.counters.add_new_data(data.len() as u64);
-        let level = shared.repo.config().zstd_level;
-        let blob = prepare_blob(id, BlobKind::Data, data, level);
+        let blob = shared.repo.prepare_blob(id, BlobKind::Data, data);
         blobs.send(blob).map_err(|_| anyhow!("copy aborted"))?;
     }
     Ok(id)

@@ -30,6 +30,7 @@ pub mod remote;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod sealed_lengths;
 pub mod source;
 pub mod stats;
 pub mod tag;

@@ -206,7 +206,7 @@ mod tests {
     use cairn_chunk_store::crypto::Cipher;
     use cairn_chunk_store::fingerprint::HashAlgo;
     use cairn_chunk_store::keys::KdfParams;
-    use cairn_chunk_store::pack::{PackWriter, prepare_blob};
+    use cairn_chunk_store::pack::{PackWriter, Padding, prepare_blob};
     use cairn_chunk_store::repository::InitOptions;
     use cairn_chunk_store::store::LocalStore;
 
@@ -225,6 +225,7 @@ mod tests {
             user: "u".into(),
             chunker: None,
             object_lock: None,
+            sizes: cairn_chunk_store::config::SizeProtection::DEFAULT,
         };
         let store = Arc::new(LocalStore::new(dir.join("repo")));
         tokio::runtime::Runtime::new()
@@ -241,7 +242,13 @@ mod tests {
             let id = repo.fingerprinter().chunk_id(plain);
             writer.seal(
                 repo.keys(),
-                &prepare_blob(id, BlobKind::Tree, Bytes::copy_from_slice(plain), 3),
+                &prepare_blob(
+                    id,
+                    BlobKind::Tree,
+                    Bytes::copy_from_slice(plain),
+                    3,
+                    Padding::None,
+                ),
             );
             ids.push(id);
         }

@@ -90,7 +90,10 @@ fn backup_inner(
         repo_args.index_token = job.index_token()?;
         handle.block_on(repo_args.open_index(&repo, "backup", "a backup"))?
     } else {
-        open_index(job, &repo_args.index_path()?, cancel, log)?
+        crate::sealed_lengths::seal_index(
+            &repo,
+            open_index(job, &repo_args.index_path()?, cancel, log)?,
+        )
     };
     let excludes = Excludes::new(
         &job.exclude,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use cairn_chunk_store::ChunkId;
 use cairn_chunk_store::chunker::{ChunkStream, SegmentPool};
 use cairn_chunk_store::cut_ahead::{CutAhead, CutHelpers};
-use cairn_chunk_store::pack::{BlobKind, PreparedBlob, prepare_blob};
+use cairn_chunk_store::pack::{BlobKind, PreparedBlob};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Shared;
@@ -215,7 +215,7 @@ fn store_chunk(
     let id = shared.repo.fingerprinter().chunk_id(&data);
     if shared.claim(id, BlobKind::Data)? {
         shared.counters.add_new_data(data.len() as u64);
-        let blob = prepare_blob(id, BlobKind::Data, data, shared.repo.config().zstd_level);
+        let blob = shared.repo.prepare_blob(id, BlobKind::Data, data);
         blobs.send(blob).map_err(|_| "backup aborted".to_string())?;
     }
     Ok(id)

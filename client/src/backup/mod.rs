@@ -942,6 +942,7 @@ mod tests {
             user: "u".into(),
             chunker: None,
             object_lock: None,
+            sizes: cairn_chunk_store::config::SizeProtection::DEFAULT,
         };
         let repo = runtime
             .block_on(Repository::init(store, b"pw", options))

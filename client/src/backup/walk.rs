@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 use cairn_chunk_store::ChunkId;
-use cairn_chunk_store::pack::{BlobKind, PreparedBlob, prepare_blob};
+use cairn_chunk_store::pack::{BlobKind, PreparedBlob};
 use cairn_chunk_store::tree::{Node, NodeKind, Tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
@@ -576,12 +576,9 @@ pub fn build_trees(
         let unchanged = dir.parent == Some(id) && shared.reuse_parent_tree(id);
         if !unchanged && shared.claim(id, BlobKind::Tree).map_err(|e| anyhow!(e))? {
             shared.counters.add_new_tree(bytes.len() as u64);
-            let blob = prepare_blob(
-                id,
-                BlobKind::Tree,
-                Bytes::from(bytes),
-                shared.repo.config().zstd_level,
-            );
+            let blob = shared
+                .repo
+                .prepare_blob(id, BlobKind::Tree, Bytes::from(bytes));
             blobs.send(blob).map_err(|_| anyhow!("backup aborted"))?;
         }
         done.insert(dir.key, id);

@@ -2,8 +2,11 @@
 
 use anyhow::{Result, bail};
 use cairn_chunk_store::Repository;
+use cairn_chunk_store::chunker::CutRule;
+use cairn_chunk_store::config::SizeProtection;
 use cairn_chunk_store::crypto::Cipher;
 use cairn_chunk_store::fingerprint::HashAlgo;
+use cairn_chunk_store::pack::Padding;
 use cairn_chunk_store::repository::InitOptions;
 use cairn_chunk_store::store::{LockMode, ObjectLock};
 use cairn_client::context::{hostname, kdf_params, source_password, username};
@@ -45,6 +48,45 @@ pub struct InitArgs {
         requires = "object_lock_days"
     )]
     object_lock_mode: LockModeArg,
+    /// How chunks are cut: prf (every cut chosen by a keyed PRF, so chunk
+    /// sizes cannot reveal the chunker key) or fastcdc (keyed FastCDC, as
+    /// repositories before config version 5).
+    #[arg(
+        long,
+        value_name = "RULE",
+        default_value = "prf",
+        conflicts_with = "copy_chunker_params_from"
+    )]
+    chunker: ChunkerArg,
+    /// Padding of stored chunks: padme (sizes the store sees are rounded,
+    /// at most 11 % and about 1 % on source trees) or none.
+    #[arg(long, value_name = "PADDING", default_value = "padme")]
+    padding: PaddingArg,
+    /// Chunk lengths the index holds: sealed (XORed with a keyed PRF of the
+    /// chunk id the index cannot compute) or clear.
+    #[arg(long, value_name = "MODE", default_value = "sealed")]
+    index_lengths: IndexLengthsArg,
+}
+
+/// `--chunker`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ChunkerArg {
+    Prf,
+    Fastcdc,
+}
+
+/// `--padding`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PaddingArg {
+    Padme,
+    None,
+}
+
+/// `--index-lengths`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum IndexLengthsArg {
+    Sealed,
+    Clear,
 }
 
 /// `--object-lock-mode`.
@@ -92,6 +134,17 @@ pub fn run(rt: &Runtime, g: &Globals, a: InitArgs) -> Result<u8> {
             user: username(),
             chunker,
             object_lock,
+            sizes: SizeProtection {
+                rule: match a.chunker {
+                    ChunkerArg::Prf => CutRule::Prf,
+                    ChunkerArg::Fastcdc => CutRule::FastCdc,
+                },
+                padding: match a.padding {
+                    PaddingArg::Padme => Padding::Padme,
+                    PaddingArg::None => Padding::None,
+                },
+                sealed_lengths: matches!(a.index_lengths, IndexLengthsArg::Sealed),
+            },
         },
     ))?;
     if g.json {

@@ -73,6 +73,7 @@ pub fn run(rt: &Runtime, g: &Globals, a: &PruneArgs) -> Result<u8> {
         Ok(None) => g.repo.open_embedded()?,
         Err(e) => return Err(e.context("prune needs the index cluster")),
     };
+    let index = cairn_client::sealed_lengths::seal_index(&repo, index);
     let report = rt.block_on(prune::run(&repo, index, &options))?;
     print_report(&report, &options, g.json);
     Ok(0)
