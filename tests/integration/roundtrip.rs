@@ -159,9 +159,27 @@ fn each_cipher_round_trips_and_is_recorded() {
     write_random_file(&src.join("nine-mib.bin"), 9 * MIB + 11, 0xC1);
     std::os::unix::fs::symlink("sub/a.txt", src.join("link")).unwrap();
 
-    for (cipher, version) in [("aes-256-gcm", 2u16), ("xchacha20-poly1305", 1)] {
-        let cairn = Cairn::new(dir.join(format!("repo-{cipher}")));
-        cairn.run(["init", "--cipher", cipher]).expect_success();
+    // Without the size protection of config version 5, each cipher is
+    // written at the lowest version that has it; with it (the default), 5.
+    const OLD_SIZES: [&str; 6] = [
+        "--chunker",
+        "fastcdc",
+        "--padding",
+        "none",
+        "--index-lengths",
+        "clear",
+    ];
+    for (cipher, sizes, version) in [
+        ("aes-256-gcm", &OLD_SIZES[..], 2u16),
+        ("xchacha20-poly1305", &OLD_SIZES[..], 1),
+        ("aes-256-gcm", &[][..], 5),
+        ("xchacha20-poly1305", &[][..], 5),
+    ] {
+        let name = format!("{cipher}-v{version}");
+        let cairn = Cairn::new(dir.join(format!("repo-{name}")));
+        let mut init = vec!["init", "--cipher", cipher];
+        init.extend_from_slice(sizes);
+        cairn.run(init).expect_success();
         let config = fs::read(cairn.repo.join("config")).unwrap();
         assert_eq!(
             u16::from_le_bytes([config[8], config[9]]),
@@ -178,7 +196,7 @@ fn each_cipher_round_trips_and_is_recorded() {
         );
         let first = cairn.backup(&[&src], &[]);
         assert!(first.u("data_chunks_new") >= 3, "{cipher}: {first:?}");
-        let target = dir.join(format!("target-{cipher}"));
+        let target = dir.join(format!("target-{name}"));
         cairn.restore("latest", &target);
         assert_trees_equal(&src, &restored(&target, &src), Compare::ALL);
         cairn.run(["check", "--read-data"]).expect_success();

@@ -23,7 +23,9 @@ pub struct InitArgs {
     hash: HashAlgo,
     /// Cipher of the repository's objects: aes-256-gcm (fastest wherever
     /// the processor has AES instructions) or xchacha20-poly1305 (for
-    /// processors without them, and also readable by clients that know only config version 1).
+    /// processors without them; with `--chunker fastcdc --padding none
+    /// --index-lengths clear`, also readable by clients that know only
+    /// config version 1).
     #[arg(long, default_value = "aes-256-gcm")]
     cipher: Cipher,
     /// Cut data exactly as this repository does (its chunker bounds and
