@@ -55,6 +55,8 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
 # shellcheck source=benches/compare/tools.sh disable=SC1091
 source "$HERE/tools.sh"
+# shellcheck source=benches/lib.sh disable=SC1091
+source "$HERE/../lib.sh"
 
 # ---- options -------------------------------------------------------------
 
@@ -180,27 +182,9 @@ fetch_kernel() {
 # Fill TS_VERSIONS with the TS_COUNT consecutive nightlies ending at TS_LAST,
 # each unpacked under $CACHE/typescript/VERSION (once).
 fetch_typescript() {
-    local list="$CACHE/typescript/versions.txt" v
-    mkdir -p "$CACHE/typescript/tgz"
-    if [[ ! -s "$list" ]]; then
-        log "listing TypeScript versions on npm"
-        npm view typescript versions --json | tr -d ' ",[]' | grep -- '-dev\.' |
-            sort -t. -k1,1n -k2,2n -k3,3n -k5,5n >"$list.tmp"
-        mv "$list.tmp" "$list"
-    fi
-    grep -qx -- "$TS_LAST" "$list" || die "TypeScript $TS_LAST is not a known nightly"
-    mapfile -t TS_VERSIONS < <(sed "/^${TS_LAST//./\\.}\$/q" "$list" | tail -n "$TS_COUNT")
-    [[ ${#TS_VERSIONS[@]} == "$TS_COUNT" ]] || die "only ${#TS_VERSIONS[@]} nightlies up to $TS_LAST"
-    for v in "${TS_VERSIONS[@]}"; do
-        [[ -d "$CACHE/typescript/$v" ]] && continue
-        log "fetching typescript@$v"
-        (cd "$CACHE/typescript/tgz" && npm pack --silent "typescript@$v" >/dev/null)
-        rm -rf "$CACHE/typescript/$v.partial"
-        mkdir -p "$CACHE/typescript/$v.partial"
-        tar -xzf "$CACHE/typescript/tgz/typescript-$v.tgz" -C "$CACHE/typescript/$v.partial" \
-            --strip-components=1 --no-same-owner
-        mv "$CACHE/typescript/$v.partial" "$CACHE/typescript/$v"
-    done
+    local dirs
+    dirs=$(typescript_nightlies "$CACHE" "$TS_LAST" "$TS_COUNT") || die "TypeScript nightlies up to $TS_LAST"
+    mapfile -t TS_VERSIONS < <(for d in $dirs; do basename "$d"; done)
 }
 
 # One 2 GiB file of random (incompressible, non-duplicate) bytes.

@@ -29,6 +29,7 @@ mod fuzz_seeds;
 mod generate;
 mod index;
 mod keys;
+mod leakage;
 mod lock;
 mod mount;
 mod output;
