@@ -5,12 +5,16 @@
 //! ```text
 //! 0      version (1)
 //! 1      kind (BlobKind)
-//! 2      compression
+//! 2      compression (0 none, 1 zstd, 2 none padded, 3 zstd padded)
 //! 3      state (0 = live, 1 = condemned by garbage collection)
 //! 4..36  pack id
 //! 36..44 offset u64
 //! 44..48 stored_len u32
-//! 48..52 raw_len u32
+//! 48..52 raw_len u32, as the client gave it (opaque here: in repositories
+//!        with sealed lengths it is XORed with a keyed PRF of the chunk id
+//!        that only the repository's key holders can compute, see
+//!        `cairn_client::sealed_lengths`; the layout and so the version do
+//!        not change, and records of either kind read alike)
 //! 52..60 first_seen i64 (Unix seconds)
 //! 60..68 last_seen i64 (Unix seconds)
 //! ```
@@ -336,6 +340,16 @@ mod tests {
         let mut bad = bytes;
         bad[3] = 7;
         assert!(decode_chunk(&bad).is_err());
+
+        // A padded zstd chunk is compression 3; 4 is unknown.
+        let mut padded = encode_chunk(&r);
+        padded[2] = 3;
+        assert_eq!(
+            decode_chunk(&padded).unwrap().location.compression,
+            Compression::ZstdPadded
+        );
+        padded[2] = 4;
+        assert!(decode_chunk(&padded).is_err());
     }
 
     #[test]
