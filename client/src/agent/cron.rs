@@ -54,6 +54,23 @@ impl FromStr for Schedule {
             .build()
             .parse(expression)
             .map_err(|e| format!("invalid cron expression {text:?}: {e}"))?;
+        // A field the parser took as an empty list (",") would make the
+        // search for the next firing walk centuries; refuse it here.
+        let p = &cron.pattern;
+        for (name, field) in [
+            ("second", &p.seconds),
+            ("minute", &p.minutes),
+            ("hour", &p.hours),
+            ("day-of-month", &p.days),
+            ("month", &p.months),
+            ("day-of-week", &p.days_of_week),
+        ] {
+            if field.values().is_empty() && !field.has_modifiers() {
+                return Err(format!(
+                    "invalid cron expression {text:?}: its {name} field matches no {name}"
+                ));
+            }
+        }
         Ok(Schedule {
             text: text.to_string(),
             cron,
@@ -331,6 +348,27 @@ mod tests {
         ] {
             let err = bad.parse::<Schedule>().unwrap_err();
             assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+    }
+
+    /// Found by fuzzing: a field that is only a comma parsed as a field
+    /// matching nothing, and the search for the next firing then ran for
+    /// minutes. Such a schedule is refused when it is parsed.
+    #[test]
+    fn a_field_matching_nothing_is_refused_not_searched_forever() {
+        for bad in [", * 9 * */15", "0 , * * *", "0 0 , * *", "* * * , *"] {
+            let started = std::time::Instant::now();
+            let err = bad.parse::<Schedule>().map(|s| s.next_after(
+                Timestamp::UNIX_EPOCH,
+                &TimeZone::UTC,
+            ));
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{bad:?} took {:?}",
+                started.elapsed()
+            );
+            let err = err.unwrap_err();
+            assert!(err.contains("matches no"), "{bad:?}: {err}");
         }
     }
 
