@@ -358,10 +358,9 @@ mod tests {
     fn a_field_matching_nothing_is_refused_not_searched_forever() {
         for bad in [", * 9 * */15", "0 , * * *", "0 0 , * *", "* * * , *"] {
             let started = std::time::Instant::now();
-            let err = bad.parse::<Schedule>().map(|s| s.next_after(
-                Timestamp::UNIX_EPOCH,
-                &TimeZone::UTC,
-            ));
+            let err = bad
+                .parse::<Schedule>()
+                .map(|s| s.next_after(Timestamp::UNIX_EPOCH, &TimeZone::UTC));
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(1),
                 "{bad:?} took {:?}",
