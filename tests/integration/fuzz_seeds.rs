@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use cairn_chunk_store::config::SizeProtection;
 use cairn_chunk_store::pack::{BlobKind, Compression, TRAILER_AAD, blob_aad};
 use cairn_chunk_store::store::LocalStore;
 use cairn_chunk_store::{ChunkId, Repository};
@@ -87,11 +88,21 @@ fn write_fuzz_seed_corpora() {
             seed.push(u8::from(loc.compression == Compression::Zstd));
             seed.push(u8::from(loc.kind == BlobKind::Tree));
             if payload.len() <= 64 * 1024 {
+                // The same payload padded (compression + 2): body, zeros,
+                // their count, as a repository that pads seals it.
+                let mut padded = seed.clone();
+                padded[4] += 2;
+                padded.extend_from_slice(&payload);
+                padded.extend_from_slice(&[0; 13]);
+                padded.extend_from_slice(&13u32.to_le_bytes());
                 write(
                     "chunk",
                     &format!("pack{n}-chunk{k}"),
                     &[seed, payload].concat(),
                 );
+                if k < 2 {
+                    write("chunk", &format!("pack{n}-chunk{k}-padded"), &padded);
+                }
             }
             if loc.kind == BlobKind::Tree {
                 let tree = rt.block_on(repo.read_blob(&e.id, loc)).unwrap();
@@ -120,6 +131,12 @@ fn write_fuzz_seed_corpora() {
             &[config.version() as u8],
             &config.to_record().encode_to_vec(),
         ),
+    );
+    let v5 = config.clone().with_size_protection(SizeProtection::DEFAULT);
+    write(
+        "config",
+        "config-v5",
+        &with_tag(&[v5.version() as u8], &v5.to_record().encode_to_vec()),
     );
 
     // Index records and requests made of the fixture's entries.
