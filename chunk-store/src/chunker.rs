@@ -380,7 +380,13 @@ mod tests {
 
     #[test]
     fn helpers_never_change_the_cuts() {
-        let chunker = Chunker::new(SMALL, &[7; 32]);
+        for rule in [CutRule::FastCdc, CutRule::Prf] {
+            helpers_never_change_the_cuts_of(&Chunker::new(SMALL.with_rule(rule), &[7; 32]));
+        }
+    }
+
+    fn helpers_never_change_the_cuts_of(chunker: &Chunker) {
+        let chunker = chunker.clone();
         let data = pseudo_random(3 << 20, 1);
         let sequential: Vec<usize> = chunker.chunks(&data).map(<[u8]>::len).collect();
         let (alone, computed) = stream(&chunker, &data, None);

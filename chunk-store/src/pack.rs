@@ -125,6 +125,14 @@ pub enum Padding {
 }
 
 impl Padding {
+    /// The name `cairn init --padding` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Padme => "padme",
+        }
+    }
+
     /// Decodes the stored discriminant.
     pub fn from_u32(v: u32) -> Option<Self> {
         match v {

@@ -319,7 +319,7 @@ fn writing_commands_print_exactly() {
     assert_text(
         "init --json",
         &out,
-        r#"{"cipher":"aes-256-gcm","location":"<repo>","repo_id":"<id>"}
+        r#"{"chunker":"prf","cipher":"aes-256-gcm","index_lengths":"sealed","location":"<repo>","padding":"padme","repo_id":"<id>"}
 "#,
     );
 
