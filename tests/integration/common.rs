@@ -21,6 +21,17 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub const MIB: u64 = 1024 * 1024;
 
+/// `init` flags of a repository that hides no chunk sizes, as before config
+/// version 5: keyed FastCDC, no padding, plaintext lengths in the index.
+pub const NO_SIZE_PROTECTION: [&str; 6] = [
+    "--chunker",
+    "fastcdc",
+    "--padding",
+    "none",
+    "--index-lengths",
+    "clear",
+];
+
 /// True when the tests run as root (chmod 000 does not stop root reading).
 pub fn running_as_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();

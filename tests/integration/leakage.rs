@@ -186,22 +186,10 @@ fn the_file_presence_test_works_on_the_old_format_and_fails_on_the_defaults() {
     }
 
     let mut results = Vec::new();
-    for (mode, init) in [
-        (
-            "old",
-            &[
-                "init",
-                "--chunker",
-                "fastcdc",
-                "--padding",
-                "none",
-                "--index-lengths",
-                "clear",
-            ][..],
-        ),
-        ("defaults", &["init"][..]),
-    ] {
+    for (mode, sizes) in [("old", &NO_SIZE_PROTECTION[..]), ("defaults", &[][..])] {
         let cairn = Cairn::new(dir.path().join(format!("repo-{mode}")));
+        let mut init = vec!["init"];
+        init.extend_from_slice(sizes);
         cairn.run(init).expect_success();
         cairn.backup(&[&src], &[]);
         let seen = observe(&cairn.repo);

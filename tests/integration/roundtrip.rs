@@ -161,17 +161,9 @@ fn each_cipher_round_trips_and_is_recorded() {
 
     // Without the size protection of config version 5, each cipher is
     // written at the lowest version that has it; with it (the default), 5.
-    const OLD_SIZES: [&str; 6] = [
-        "--chunker",
-        "fastcdc",
-        "--padding",
-        "none",
-        "--index-lengths",
-        "clear",
-    ];
     for (cipher, sizes, version) in [
-        ("aes-256-gcm", &OLD_SIZES[..], 2u16),
-        ("xchacha20-poly1305", &OLD_SIZES[..], 1),
+        ("aes-256-gcm", &NO_SIZE_PROTECTION[..], 2u16),
+        ("xchacha20-poly1305", &NO_SIZE_PROTECTION[..], 1),
         ("aes-256-gcm", &[][..], 5),
         ("xchacha20-poly1305", &[][..], 5),
     ] {

@@ -150,16 +150,14 @@ pub fn run(rt: &Runtime, g: &Globals, a: InitArgs) -> Result<u8> {
         },
     ))?;
     if g.json {
-        print_json(
-            &json!({
-                "repo_id": repo.config().repo_id,
-                "location": repo.location(),
-                "cipher": repo.config().cipher.name(),
-                "chunker": repo.config().chunker.rule.name(),
-                "padding": repo.config().padding.name(),
-                "index_lengths": if repo.config().sealed_lengths { "sealed" } else { "clear" },
-            }),
-        );
+        print_json(&json!({
+            "repo_id": repo.config().repo_id,
+            "location": repo.location(),
+            "cipher": repo.config().cipher.name(),
+            "chunker": repo.config().chunker.rule.name(),
+            "padding": repo.config().padding.name(),
+            "index_lengths": if repo.config().sealed_lengths { "sealed" } else { "clear" },
+        }));
     } else {
         println!(
             "created repository {} at {}",
