@@ -267,9 +267,10 @@ pub const MAX_TREE_CHUNK: u32 = 1 << 30;
 
 /// Decompresses a chunk recorded as `location.raw_len` bytes long without
 /// trusting that length (it comes from a trailer or the index, which a
-/// hostile writer or node chooses) for more than a bound: a data chunk is
+/// hostile writer or node chooses) for more than a bound: a chunk is
 /// decompressed in one call only when its zstd frame declares the same
-/// length (at most [`MAX_DATA_CHUNK`]); anything else is streamed, so the
+/// length and that is at most [`MAX_DATA_CHUNK`]; anything else is
+/// streamed, so the
 /// memory used follows what the frame really holds, cut off one byte past
 /// the recorded length.
 fn decompress_recorded(payload: &[u8], location: &BlobLocation) -> Result<Vec<u8>, FormatError> {
@@ -288,7 +289,12 @@ fn decompress_recorded(payload: &[u8], location: &BlobLocation) -> Result<Vec<u8
             "its zstd frame holds {n} bytes where {raw_len} were recorded"
         )));
     }
-    if declared.is_some() && location.kind == BlobKind::Data {
+    // One call, with this thread's context, when the frame declares the
+    // recorded length and that length is one a data chunk may have (so a
+    // lying length costs at most 16 MiB): every data chunk and nearly every
+    // tree. Creating a streaming context per tree cost 5 % of an unchanged
+    // re-backup of a kernel tree.
+    if declared.is_some() && raw_len <= MAX_DATA_CHUNK {
         return decompress(payload, raw_len as usize).map_err(|e| corrupt(format!("zstd: {e}")));
     }
     use std::io::Read;

@@ -206,23 +206,26 @@ fn list_dir(
             return None;
         }
     };
-    let mut names: Vec<OsString> = Vec::new();
+    let mut names: Vec<(OsString, std::fs::DirEntry)> = Vec::new();
     for item in listing {
         match item {
-            Ok(item) => names.push(item.file_name()),
+            Ok(item) => names.push((item.file_name(), item)),
             Err(e) => shared.warn(format!("cannot read {}: {e}", path.display())),
         }
     }
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut entries = Vec::with_capacity(names.len());
     // Per entry: the parent's node of an unchanged file.
     let mut reusable: Vec<Option<&Node>> = Vec::with_capacity(names.len());
-    for name in names {
+    for (name, item) in names {
         let child = path.join(&name);
         if excludes.excluded(&child, &name) {
             continue;
         }
-        let meta = match child.symlink_metadata() {
+        // Relative to the open directory (statx on its descriptor, without
+        // following a symlink): the kernel does not walk the whole path
+        // again for every entry.
+        let meta = match item.metadata() {
             Ok(m) => m,
             Err(e) => {
                 shared.warn(format!("cannot read {}: {e}", child.display()));
