@@ -14,6 +14,8 @@
 //! `cargo test -p cairn-client --test integration -- --ignored generate_fixture`
 //! writes `repo-v<newest>` with the defaults of the current cairn.
 
+use cairn_chunk_store::pack::Compression;
+use cairn_index::{DedupIndex, Engine, EngineOptions};
 use std::fs;
 use std::path::PathBuf;
 
@@ -142,4 +144,33 @@ fn fixture_restores(version: u16) {
     let target = dir.join("target");
     cairn.restore("latest", &target);
     assert_trees_equal(&source, &restored(&target, &backed_up), Compare::CONTENT);
+
+    // Backed up again by this client, the old repository keeps its format:
+    // the same cuts (every data chunk deduplicates), no padding, its
+    // config version, and plaintext lengths in its index as before.
+    let again = cairn.backup(&[&source], &[]);
+    assert_eq!(again.u("data_chunks_new"), 0, "{again:?}");
+    let config = fs::read(repo.join("config")).unwrap();
+    assert_eq!(u16::from_le_bytes([config[8], config[9]]), version);
+    let inspector = Inspector::open(&repo, FIXTURE_PASSWORD);
+    let locations = inspector.locations();
+    assert!(
+        locations
+            .values()
+            .all(|l| matches!(l.compression, Compression::None | Compression::Zstd)),
+        "a chunk of an old repository was padded"
+    );
+    let engine = Engine::open(&repo.join("index"), EngineOptions::default(), &|_| {}).unwrap();
+    let ids: Vec<_> = locations.keys().copied().collect();
+    let records = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(engine.lookup(&ids))
+        .unwrap();
+    for (id, r) in ids.iter().zip(records) {
+        assert_eq!(
+            r.unwrap().location.raw_len,
+            locations[id].raw_len,
+            "chunk {id}"
+        );
+    }
 }
