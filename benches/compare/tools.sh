@@ -96,7 +96,7 @@ tool_version() {
 tool_settings() {
     local tool="$1"
     case "$tool" in
-        cairn) echo "defaults (FastCDC, zstd, AES-256-GCM, Argon2id defaults)" ;;
+        cairn) echo "defaults (PRF cut rule, Padmé padding, sealed index lengths, zstd, AES-256-GCM, Argon2id defaults)" ;;
         restic) echo "repository format 2, compression auto (default), scrypt defaults" ;;
         rustic) echo "defaults (repository format 2, zstd level 3)" ;;
         borg) echo "borg init --encryption $BORG_ENCRYPTION, borg create --compression $BORG_COMPRESSION" ;;
