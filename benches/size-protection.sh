@@ -61,6 +61,10 @@ results="$WORK/results.tsv"
 printf 'round\tmode\tworkload\tseconds\tbytes\tchunks\n' >"$results"
 
 repo_bytes() { du -s -B1 "$1" | cut -f1; }
+chunk_count() {
+    "$CAIRN_BIN" --repo "$1" stats --json |
+        python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["chunks"])'
+}
 
 export CAIRN_FROM_PASSWORD=$CAIRN_PASSWORD
 for ((r = 1; r <= rounds; r++)); do
@@ -76,7 +80,7 @@ for ((r = 1; r <= rounds; r++)); do
         rm -rf "$repo"
         "$CAIRN_BIN" --repo "$repo" init "${flags[@]}" >/dev/null
         secs=$(timed "$CAIRN_BIN" --repo "$repo" backup "$kernel" --quiet)
-        chunks=$("$CAIRN_BIN" --repo "$repo" stats --json | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["chunks"])')
+        chunks=$(chunk_count "$repo")
         printf '%s\t%s\tkernel\t%s\t%s\t%s\n' "$r" "$name" "$secs" "$(repo_bytes "$repo/packs")" "$chunks" >>"$results"
         echo "round $r $name kernel: ${secs}s" >&2
 
@@ -87,7 +91,7 @@ for ((r = 1; r <= rounds; r++)); do
             "$CAIRN_BIN" --repo "$repo" backup "$d" --quiet >/dev/null
         done
         secs=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }')
-        chunks=$("$CAIRN_BIN" --repo "$repo" stats --json | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["chunks"])')
+        chunks=$(chunk_count "$repo")
         printf '%s\t%s\tts\t%s\t%s\t%s\n' "$r" "$name" "$secs" "$(repo_bytes "$repo/packs")" "$chunks" >>"$results"
         echo "round $r $name ts: ${secs}s" >&2
     done

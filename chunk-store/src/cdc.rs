@@ -310,43 +310,53 @@ pub(crate) mod tests {
     /// own length. The chunk stream relies on both.
     #[test]
     fn prefix_cuts_are_final() {
-        let chunker = Chunker::new(SMALL, &[3; 32]);
-        for seed in 0..8 {
-            let data = pseudo_random(4 * SMALL.max as usize, 100 + seed);
-            let full = chunker.cut(&data);
-            for len in (0..SMALL.max as usize)
-                .step_by(97)
-                .chain([full, full + 1, full + 2])
-            {
-                let len = len.min(data.len());
-                let n = chunker.cut(&data[..len]);
-                if n < len {
-                    assert_eq!(n, full, "seed {seed}, prefix {len}");
-                } else {
-                    assert_eq!(n, len);
-                    // Candidates are tested in pairs, so a prefix that ends
-                    // just after the cut may not have tested it yet.
-                    assert!(
-                        len <= full + 1,
-                        "seed {seed}: prefix {len} missed the cut {full}"
-                    );
+        // FastCDC tests candidates in pairs, so a prefix that ends just
+        // after the cut may not have tested it yet; the PRF rule tests every
+        // position of a pair.
+        for (rule, slack) in [(CutRule::FastCdc, 1), (CutRule::Prf, 0)] {
+            let chunker = Chunker::new(SMALL.with_rule(rule), &[3; 32]);
+            for seed in 0..8 {
+                let data = pseudo_random(4 * SMALL.max as usize, 100 + seed);
+                let full = chunker.cut(&data);
+                for len in (0..SMALL.max as usize)
+                    .step_by(97)
+                    .chain([full, full + 1, full + 2])
+                {
+                    let len = len.min(data.len());
+                    let n = chunker.cut(&data[..len]);
+                    if n < len {
+                        assert_eq!(n, full, "{rule:?}, seed {seed}, prefix {len}");
+                    } else {
+                        assert_eq!(n, len);
+                        assert!(
+                            len <= full + slack,
+                            "{rule:?}, seed {seed}: prefix {len} missed the cut {full}"
+                        );
+                    }
                 }
             }
         }
     }
 
+    fn cut_lengths(params: ChunkerParams, key: u8, data: &[u8]) -> Vec<usize> {
+        Chunker::new(params, &[key; 32])
+            .chunks(data)
+            .map(<[u8]>::len)
+            .collect()
+    }
+
     #[test]
-    fn key_changes_cut_points() {
+    fn key_and_rule_change_cut_points() {
         let data = pseudo_random(1 << 20, 2);
-        let a: Vec<usize> = Chunker::new(SMALL, &[1; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        let b: Vec<usize> = Chunker::new(SMALL, &[2; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        assert_ne!(a, b);
+        for rule in [CutRule::FastCdc, CutRule::Prf] {
+            let params = SMALL.with_rule(rule);
+            assert_ne!(cut_lengths(params, 1, &data), cut_lengths(params, 2, &data));
+        }
+        // Same bounds and key, other rule: other cuts.
+        assert_ne!(
+            cut_lengths(SMALL, 1, &data),
+            cut_lengths(SMALL.with_rule(CutRule::Prf), 1, &data)
+        );
     }
 
     /// The chunker key of the golden tests.
@@ -489,43 +499,6 @@ pub(crate) mod tests {
                 218036, 221419, 232919, 241880, 253420, 262144,
             ]
         );
-    }
-
-    #[test]
-    fn prf_prefix_cuts_are_final_and_keyed() {
-        let params = SMALL.with_rule(CutRule::Prf);
-        let chunker = Chunker::new(params, &[3; 32]);
-        for seed in 0..8 {
-            let data = pseudo_random(4 * SMALL.max as usize, 100 + seed);
-            let full = chunker.cut(&data);
-            for len in (0..SMALL.max as usize).step_by(97).chain([full, full + 1]) {
-                let len = len.min(data.len());
-                let n = chunker.cut(&data[..len]);
-                if n < len {
-                    assert_eq!(n, full, "seed {seed}, prefix {len}");
-                } else {
-                    assert_eq!(n, len);
-                    assert!(
-                        len <= full,
-                        "seed {seed}: prefix {len} missed the cut {full}"
-                    );
-                }
-            }
-        }
-        let data = pseudo_random(1 << 20, 2);
-        let cuts = |key: u8| -> Vec<usize> {
-            Chunker::new(params, &[key; 32])
-                .chunks(&data)
-                .map(<[u8]>::len)
-                .collect()
-        };
-        assert_ne!(cuts(1), cuts(2));
-        // Same bounds, other rule: other cuts.
-        let fastcdc: Vec<usize> = Chunker::new(SMALL, &[1; 32])
-            .chunks(&data)
-            .map(<[u8]>::len)
-            .collect();
-        assert_ne!(cuts(1), fastcdc);
     }
 
     /// The PRF rule keeps FastCDC's size distribution: on 8 MiB of random

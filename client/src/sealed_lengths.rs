@@ -35,23 +35,17 @@ use cairn_index::{
 
 /// `index` as `repo` must use it: lengths sealed when its config says so.
 pub fn seal_index(repo: &Repository, index: Arc<dyn Index>) -> Arc<dyn Index> {
-    match repo.config().sealed_lengths {
-        true => Arc::new(SealedLengths {
-            inner: index,
-            keys: repo.keys().clone(),
-        }),
-        false => index,
+    match SealedLengths::for_repo(repo, &index) {
+        Some(sealed) => Arc::new(sealed),
+        None => index,
     }
 }
 
 /// [`seal_index`] for a handle that only deduplicates and locates.
 pub fn seal_dedup_index(repo: &Repository, index: Arc<dyn DedupIndex>) -> Arc<dyn DedupIndex> {
-    match repo.config().sealed_lengths {
-        true => Arc::new(SealedLengths {
-            inner: index,
-            keys: repo.keys().clone(),
-        }),
-        false => index,
+    match SealedLengths::for_repo(repo, &index) {
+        Some(sealed) => Arc::new(sealed),
+        None => index,
     }
 }
 
@@ -63,6 +57,14 @@ struct SealedLengths<I: ?Sized> {
 }
 
 impl<I: ?Sized> SealedLengths<I> {
+    /// `inner` wrapped, if `repo`'s config seals lengths.
+    fn for_repo(repo: &Repository, inner: &Arc<I>) -> Option<Self> {
+        repo.config().sealed_lengths.then(|| Self {
+            inner: inner.clone(),
+            keys: repo.keys().clone(),
+        })
+    }
+
     /// Seals or opens (XOR is its own inverse).
     fn entries(&self, entries: &[PackEntry]) -> Vec<PackEntry> {
         entries
