@@ -1,4 +1,5 @@
-//! Generates the index service from `cairn/index/v1/index.proto` with a
+//! Generates the index service (`cairn/index/v1/index.proto`) and the
+//! cluster's records and peer calls (`cluster.proto`) with a
 //! vendored `protoc`, so no system package is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -7,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.bytes(["."]);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["cairn/index/v1/index.proto"],
+        &["cairn/index/v1/index.proto", "cairn/index/v1/cluster.proto"],
         &["."],
     )?;
     Ok(())

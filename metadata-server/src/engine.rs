@@ -18,6 +18,10 @@
 //! Chunk ids are uniformly random, so they are used as keys directly; point
 //! lookups go through `MultiGet` in one call per batch.
 
+mod replica;
+
+pub use replica::{BucketHash, MergeOutcome, RawRecord, RecordTable, bucket_of};
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;

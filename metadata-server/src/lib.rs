@@ -138,7 +138,10 @@ mod index;
 mod lock;
 pub mod record;
 
-pub use engine::{DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS};
+pub use engine::{
+    BucketHash, DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS, MergeOutcome, RawRecord,
+    RecordTable, bucket_of,
+};
 pub use error::IndexError;
 pub use index::{
     ChunkRecord, CommitTime, DedupIndex, GcIndex, Index, IndexStats, PackObservation,

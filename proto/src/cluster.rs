@@ -5,6 +5,11 @@
 //! range). Each partition lives on the R nodes with the highest rendezvous
 //! score `blake3(node id || partition)`: adding or removing one of N nodes
 //! moves only the partitions whose top-R set changes, about R/N of them.
+//! With capacities ([`owners_weighted`]), a node of capacity `w` wins a
+//! partition `w` times as often as one of capacity 1 (weighted rendezvous:
+//! score `w / -ln(u)` for the node's uniform hash `u`); with equal
+//! capacities the order is exactly [`owners`]'s, so clients that predate
+//! capacities place partitions alike.
 
 use cairn_chunk_store::ChunkId;
 
@@ -53,6 +58,31 @@ pub fn owners<S: AsRef<str>>(nodes: &[S], partition: u32, replication: usize) ->
         .collect()
 }
 
+/// Indices into `nodes` (id, capacity) of the owners of `partition`, best
+/// first. A capacity of 0 counts as 1.
+pub fn owners_weighted<S: AsRef<str>>(
+    nodes: &[(S, u32)],
+    partition: u32,
+    replication: usize,
+) -> Vec<usize> {
+    let mut scored: Vec<(f64, u64, usize)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, w))| {
+            let h = score(n.as_ref(), partition);
+            // u in (0, 1): (h + 0.5) / 2^64, never 0 or 1.
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            (f64::from((*w).max(1)) / -u.ln(), h, i)
+        })
+        .collect();
+    scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+    scored
+        .into_iter()
+        .take(replication.max(1))
+        .map(|(_, _, i)| i)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +122,29 @@ mod tests {
         assert_eq!(o.len(), 2);
         assert_ne!(o[0], o[1]);
         assert_eq!(o, owners(&four, 7, 2));
+    }
+
+    #[test]
+    fn equal_capacities_place_like_plain_rendezvous() {
+        let nodes = ["n0", "n1", "n2", "n3", "n4"];
+        let weighted: Vec<(&str, u32)> = nodes.iter().map(|n| (*n, 1)).collect();
+        for p in 0..PARTITIONS {
+            assert_eq!(
+                owners(&nodes, p, 3),
+                owners_weighted(&weighted, p, 3),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_of_double_capacity_owns_twice_as_many() {
+        let nodes = [("small", 1), ("big", 2), ("other", 1)];
+        let mut wins = [0u32; 3];
+        for p in 0..PARTITIONS {
+            wins[owners_weighted(&nodes, p, 1)[0]] += 1;
+        }
+        let share = f64::from(wins[1]) / f64::from(PARTITIONS);
+        assert!((0.46..0.54).contains(&share), "{wins:?}");
     }
 }
