@@ -20,7 +20,7 @@
 
 mod replica;
 
-pub use replica::{BucketHash, MergeOutcome, RawRecord, RecordTable, bucket_of};
+pub use replica::{BucketHash, MergeOutcome, RawRecord, RecordTable, bucket_of, bucket_range};
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -140,7 +140,7 @@ pub mod record;
 
 pub use engine::{
     BucketHash, DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS, MergeOutcome, RawRecord,
-    RecordTable, bucket_of,
+    RecordTable, bucket_of, bucket_range,
 };
 pub use error::IndexError;
 pub use index::{

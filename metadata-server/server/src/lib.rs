@@ -5,11 +5,14 @@
 //! errors; a node's configuration, tenants and membership ([`node`]); its
 //! Prometheus metrics ([`metrics`]); and running it on listeners the caller
 //! bound, with health and graceful shutdown ([`server`]); who may call what
-//! ([`access`]: tokens and roles) and the audit trail ([`audit`]). The
+//! ([`access`]: tokens and roles) and the audit trail ([`audit`]); and the
+//! node's place in a cluster run on etcd ([`cluster`]: layout, moves,
+//! anti-entropy, status). The
 //! `cairn` client links the engine and a gRPC client, never this crate.
 
 pub mod access;
 pub mod audit;
+pub mod cluster;
 pub mod metrics;
 pub mod node;
 pub mod server;

@@ -32,6 +32,20 @@ enum Command {
     },
     /// Show the node's audit trail.
     Audit(AuditArgs),
+    /// Stage, apply and show changes to the cluster's partition layout (in etcd).
+    Layout {
+        #[command(subcommand)]
+        command: LayoutCommand,
+    },
+    /// The cluster's state: layout version, nodes, under-replicated
+    /// partitions, moves. Exit code 0 when healthy, 1 otherwise.
+    Status {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script (e.g. `source <(cairn-index completions bash)`).
     Completions {
         /// The shell: bash, zsh, fish, powershell or elvish.
@@ -58,15 +72,25 @@ struct ServeArgs {
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// This node's id in the membership file.
+    /// This node's id in the cluster layout.
     #[arg(long)]
     node_id: Option<String>,
-    /// Membership file.
+    /// etcd client URLs (comma-separated): run as a member of the cluster
+    /// whose layout etcd holds. Without it, the node owns every partition.
+    #[arg(long, value_delimiter = ',', env = "CAIRN_INDEX_ETCD")]
+    etcd: Option<Vec<String>>,
+    /// The cluster's key prefix in etcd.
     #[arg(long)]
-    members: Option<PathBuf>,
-    /// Replicas per partition.
+    etcd_prefix: Option<String>,
+    /// The URL clients and peers reach this node at (default: http:// and the listen address).
     #[arg(long)]
-    replication: Option<u32>,
+    advertise: Option<String>,
+    /// Relative weight in placement (a node of capacity 2 owns twice the partitions).
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// Seconds between anti-entropy rounds.
+    #[arg(long)]
+    antientropy_secs: Option<u64>,
     /// Token file.
     #[arg(long)]
     tokens: Option<PathBuf>,
@@ -82,6 +106,53 @@ struct ServeArgs {
     /// Audit log file (default: DATA_DIR/audit.log).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct EtcdArgs {
+    /// etcd client URLs (comma-separated).
+    #[arg(long, value_delimiter = ',', env = "CAIRN_INDEX_ETCD", required = true)]
+    etcd: Vec<String>,
+    /// The cluster's key prefix in etcd.
+    #[arg(long, default_value = "/cairn/")]
+    etcd_prefix: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum LayoutCommand {
+    /// Stage adding nodes (each must be running and registered in etcd).
+    Add {
+        /// Node ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Replicas per partition from the next version on.
+        #[arg(long)]
+        replication: Option<u32>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Stage removing nodes: once applied, their partitions move to the
+    /// others, then they drop their copies and can be stopped.
+    Remove {
+        /// Node ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Apply the staged changes as the next layout version.
+    Apply {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Show the applied versions in use and the staged changes.
+    Show {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,6 +225,7 @@ fn main() -> ExitCode {
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Unhealthy>() => ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -179,8 +251,11 @@ fn node_config(a: ServeArgs) -> Result<NodeConfig> {
                 .data_dir
                 .clone()
                 .ok_or_else(|| anyhow!("--data-dir is required without --config"))?,
-            members: None,
-            replication: 1,
+            etcd: Vec::new(),
+            etcd_prefix: "/cairn/".to_string(),
+            advertise: None,
+            capacity: 1,
+            antientropy_secs: 60,
             tokens: a
                 .tokens
                 .clone()
@@ -205,11 +280,20 @@ fn node_config(a: ServeArgs) -> Result<NodeConfig> {
     if let Some(v) = a.node_id {
         config.node_id = v;
     }
-    if let Some(v) = a.members {
-        config.members = Some(v);
+    if let Some(v) = a.etcd {
+        config.etcd = v.into_iter().filter(|u| !u.is_empty()).collect();
     }
-    if let Some(v) = a.replication {
-        config.replication = v;
+    if let Some(v) = a.etcd_prefix {
+        config.etcd_prefix = v;
+    }
+    if let Some(v) = a.advertise {
+        config.advertise = Some(v);
+    }
+    if let Some(v) = a.capacity {
+        config.capacity = v;
+    }
+    if let Some(v) = a.antientropy_secs {
+        config.antientropy_secs = v;
     }
     if let Some(v) = a.tokens {
         config.tokens = v;
@@ -247,6 +331,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Token { command } => token(command),
         Command::Audit(args) => audit(args),
+        Command::Layout { command } => cluster_command(ClusterCommand::Layout(command)),
+        Command::Status { etcd, json } => cluster_command(ClusterCommand::Status { etcd, json }),
         Command::Serve(args) => {
             let config = node_config(args)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -447,4 +533,149 @@ fn audit(a: AuditArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+enum ClusterCommand {
+    Layout(LayoutCommand),
+    Status { etcd: EtcdArgs, json: bool },
+}
+
+/// `layout ...` and `status`: talk to etcd, print, pick the exit code.
+fn cluster_command(command: ClusterCommand) -> Result<()> {
+    use cairn_index_server::cluster::{admin, etcd::Etcd};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let connect = |a: &EtcdArgs| {
+            let (urls, prefix) = (a.etcd.clone(), a.etcd_prefix.clone());
+            async move { Etcd::connect(&urls, &prefix).await }
+        };
+        match command {
+            ClusterCommand::Layout(LayoutCommand::Add { ids, replication, etcd }) => {
+                let staged = admin::stage_add(&connect(&etcd).await?, &ids, replication).await?;
+                print_staged(&staged);
+            }
+            ClusterCommand::Layout(LayoutCommand::Remove { ids, etcd }) => {
+                let staged = admin::stage_remove(&connect(&etcd).await?, &ids).await?;
+                print_staged(&staged);
+            }
+            ClusterCommand::Layout(LayoutCommand::Apply { etcd }) => {
+                let layout = admin::apply(&connect(&etcd).await?).await?;
+                if let Some(v) = layout.history.last() {
+                    println!(
+                        "applied layout version {}: {} node(s), {} replica(s) per partition",
+                        v.version,
+                        v.nodes.len(),
+                        v.replication
+                    );
+                    if layout.history.len() > 1 {
+                        println!("partitions now move; `cairn-index status` shows progress");
+                    }
+                }
+            }
+            ClusterCommand::Layout(LayoutCommand::Show { etcd, json }) => {
+                let (layout, staged) = admin::show(&connect(&etcd).await?).await?;
+                if json {
+                    let version = |v: &cairn_proto::v1::LayoutVersion| {
+                        serde_json::json!({
+                            "version": v.version,
+                            "replication": v.replication,
+                            "nodes": v.nodes.iter().map(|n| serde_json::json!({
+                                "id": n.id, "address": n.address, "capacity": n.capacity,
+                            })).collect::<Vec<_>>(),
+                        })
+                    };
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "versions": layout.history.iter().map(version).collect::<Vec<_>>(),
+                            "staged": {
+                                "add": staged.add.iter().map(|n| &n.id).collect::<Vec<_>>(),
+                                "remove": staged.remove,
+                                "replication": (staged.replication > 0).then_some(staged.replication),
+                            },
+                        })
+                    );
+                } else {
+                    if layout.history.is_empty() {
+                        println!("no layout applied yet");
+                    }
+                    for v in &layout.history {
+                        println!("version {} (R = {}):", v.version, v.replication);
+                        for n in &v.nodes {
+                            println!("  {}  {}  capacity {}", n.id, n.address, n.capacity);
+                        }
+                    }
+                    print_staged(&staged);
+                }
+            }
+            ClusterCommand::Status { etcd, json } => {
+                let status = admin::cluster_status(&connect(&etcd).await?).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&status)?);
+                } else {
+                    println!(
+                        "layout version {} ({} in use), R = {}: {}",
+                        status.layout_version,
+                        status.versions_in_use,
+                        status.replication,
+                        if status.healthy { "healthy" } else { "NOT healthy" }
+                    );
+                    for n in &status.nodes {
+                        println!(
+                            "  {:<12} {:<8} {:<4} {:>5} partitions {:>12} bytes  {}",
+                            n.id,
+                            n.state,
+                            if n.up { "up" } else { "DOWN" },
+                            n.partitions,
+                            n.bytes,
+                            n.address
+                        );
+                    }
+                    println!(
+                        "under-replicated partitions: {}; moves in flight: {}; moves done: {}{}",
+                        status.under_replicated,
+                        status.moves_in_flight,
+                        status.moves_done,
+                        if status.staged { "; changes staged (cairn-index layout apply)" } else { "" }
+                    );
+                }
+                if !status.healthy {
+                    return Err(anyhow!(Unhealthy));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `status` found the cluster unhealthy: exit 1 without another message.
+#[derive(Debug)]
+struct Unhealthy;
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the cluster is not healthy")
+    }
+}
+
+fn print_staged(staged: &cairn_proto::v1::StagedLayout) {
+    if staged.add.is_empty() && staged.remove.is_empty() && staged.replication == 0 {
+        println!("nothing staged");
+        return;
+    }
+    for n in &staged.add {
+        println!(
+            "staged: add {} ({}, capacity {})",
+            n.id, n.address, n.capacity
+        );
+    }
+    for id in &staged.remove {
+        println!("staged: remove {id}");
+    }
+    if staged.replication > 0 {
+        println!("staged: replication {}", staged.replication);
+    }
+    println!("apply with `cairn-index layout apply`");
 }

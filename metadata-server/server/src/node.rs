@@ -1,5 +1,5 @@
-//! One `cairn-index` node: configuration, tenants, membership, and the
-//! per-repository engines it serves.
+//! One `cairn-index` node: configuration, tenants, its place in the
+//! cluster ([`crate::cluster`]), and the per-repository engines it serves.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,12 +15,14 @@ use cairn_index::{DedupIndex, Engine, EngineOptions, IndexError, LockWait};
 
 use crate::access::{Refusal, TokenEntry, TokensFile};
 use crate::audit::AuditLog;
+use crate::cluster::Membership;
+use crate::cluster::progress::Progress;
 
 /// Node configuration (`node.toml`; flags override).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// This node's id as listed in the membership file.
+    /// This node's id in the cluster layout.
     pub node_id: String,
     /// gRPC listen address (`127.0.0.1:0` picks a free port).
     #[serde(default = "default_listen")]
@@ -29,11 +31,25 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Where RocksDB data lives (one database per repository).
     pub data_dir: PathBuf,
-    /// Membership file (TOML, `[[node]] id, address`).
-    pub members: Option<PathBuf>,
-    /// Replicas per partition.
-    #[serde(default = "default_replication")]
-    pub replication: u32,
+    /// etcd client URLs: the cluster's control plane. Empty: a node alone,
+    /// owning every partition.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// The key prefix of this cluster in etcd (one etcd may hold several).
+    #[serde(default = "default_etcd_prefix")]
+    pub etcd_prefix: String,
+    /// The gRPC URL clients and peers reach this node at (default:
+    /// `http://` and the listen address).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Relative weight in placement: a node of capacity 2 owns twice the
+    /// partitions of one of capacity 1.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// Seconds between anti-entropy rounds (each partition compared with
+    /// its other replicas).
+    #[serde(default = "default_antientropy_secs")]
+    pub antientropy_secs: u64,
     /// Token file (TOML, `[[token]]`; see [`crate::access`]).
     pub tokens: PathBuf,
     /// Requests handled at once; more are refused with RESOURCE_EXHAUSTED.
@@ -58,16 +74,19 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// A node `node_id` keeping its databases in `data_dir` and its tokens
-    /// in `tokens`, every other setting at its default (no membership file:
-    /// it owns every partition).
+    /// in `tokens`, every other setting at its default (no etcd: it owns
+    /// every partition).
     pub fn new(node_id: &str, data_dir: PathBuf, tokens: PathBuf) -> Self {
         Self {
             node_id: node_id.to_string(),
             listen: default_listen(),
             metrics_listen: None,
             data_dir,
-            members: None,
-            replication: default_replication(),
+            etcd: Vec::new(),
+            etcd_prefix: default_etcd_prefix(),
+            advertise: None,
+            capacity: default_capacity(),
+            antientropy_secs: default_antientropy_secs(),
             tokens,
             max_in_flight: default_in_flight(),
             request_timeout_secs: default_timeout_secs(),
@@ -89,8 +108,14 @@ impl NodeConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7420))
 }
-fn default_replication() -> u32 {
+fn default_etcd_prefix() -> String {
+    "/cairn/".to_string()
+}
+fn default_capacity() -> u32 {
     1
+}
+fn default_antientropy_secs() -> u64 {
+    60
 }
 fn default_in_flight() -> usize {
     256
@@ -100,23 +125,6 @@ fn default_timeout_secs() -> u64 {
 }
 fn default_audit_max_bytes() -> u64 {
     64 << 20
-}
-
-/// A member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Member {
-    /// Node id.
-    pub id: String,
-    /// gRPC URL (`http://127.0.0.1:7420`).
-    pub address: String,
-}
-
-#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-struct MembersFile {
-    #[serde(default)]
-    node: Vec<Member>,
 }
 
 /// What tells one version of a watched file from the next: its inode
@@ -250,11 +258,15 @@ pub struct Node {
     pub config: NodeConfig,
     /// The audit trail.
     pub audit: AuditLog,
-    members: Watched<Vec<Member>>,
+    /// The layout this node routes by, and its counters.
+    pub cluster: Membership,
+    /// How far this node has caught up on partitions it streams in.
+    pub progress: Progress,
+    /// When the node started (Unix seconds).
+    pub started_unix: i64,
     tokens: Watched<Tokens>,
-    /// The versions the audit log last saw, to record what changed.
+    /// The version the audit log last saw, to record what changed.
     seen_tokens: Mutex<Option<Arc<Tokens>>>,
-    seen_members: Mutex<Option<Arc<Vec<Member>>>>,
     /// Token id → last use not yet written to the last-use file.
     last_use: Mutex<(HashMap<String, i64>, i64)>,
     tenants: Mutex<HashMap<RepoId, Arc<Tenant>>>,
@@ -270,15 +282,12 @@ impl std::fmt::Debug for Node {
 const LAST_USE_EVERY_SECS: i64 = 60;
 
 impl Node {
-    /// Loads membership and tokens; opens nothing until a repository is used.
+    /// Loads tokens and move progress; opens nothing until a repository
+    /// is used. The cluster layout is read by [`crate::cluster::run`].
     pub fn new(config: NodeConfig) -> Result<Self, String> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-        let members = Watched::new(config.members.clone(), |text| {
-            toml::from_str::<MembersFile>(text)
-                .map(|m| m.node)
-                .map_err(|e| e.to_string())
-        })?;
+        let progress = Progress::load(config.data_dir.join("sync.json"))?;
         let tokens = Watched::new(Some(config.tokens.clone()), |text| {
             let file = TokensFile::parse(text)?;
             let by_hash: HashMap<String, TokenEntry> = file
@@ -295,43 +304,15 @@ impl Node {
         let audit = AuditLog::new(config.audit_path(), &config.node_id, config.audit_max_bytes);
         Ok(Self {
             seen_tokens: Mutex::new(Some(tokens.get())),
-            seen_members: Mutex::new(Some(members.get())),
+            cluster: Membership::new(&config.node_id, !config.etcd.is_empty()),
+            progress,
+            started_unix: crate::access::now_secs(),
             audit,
             config,
-            members,
             tokens,
             last_use: Mutex::new((HashMap::new(), 0)),
             tenants: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Current members (this node alone when no membership file is given).
-    pub fn members(&self) -> Vec<Member> {
-        let m = self.members.get();
-        self.note_membership(&m);
-        if m.is_empty() {
-            vec![Member {
-                id: self.config.node_id.clone(),
-                address: String::new(),
-            }]
-        } else {
-            m.as_ref().clone()
-        }
-    }
-
-    fn note_membership(&self, now: &Arc<Vec<Member>>) {
-        let mut seen = self.seen_members.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(before) = seen.as_ref()
-            && !Arc::ptr_eq(before, now)
-            && before.as_ref() != now.as_ref()
-        {
-            let ids = |m: &[Member]| m.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
-            self.audit.record(
-                "membership_changed",
-                serde_json::json!({"before": ids(before), "after": ids(now)}),
-            );
-        }
-        *seen = Some(now.clone());
     }
 
     fn note_tokens(&self, now: &Arc<Tokens>) {
@@ -444,19 +425,40 @@ impl Node {
         Ok(tenant)
     }
 
-    /// Partitions this node owns under the current membership.
+    /// Partitions this node owns in the newest layout version.
     pub fn partitions_owned(&self) -> usize {
-        let members = self.members();
-        let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-        let Some(me) = ids.iter().position(|id| *id == self.config.node_id) else {
-            return 0;
+        self.cluster.partitions_owned()
+    }
+
+    /// The repositories this node holds a database of.
+    pub fn repositories(&self) -> Vec<RepoId> {
+        let Ok(rd) = std::fs::read_dir(self.config.data_dir.join("repos")) else {
+            return Vec::new();
         };
-        (0..PARTITIONS)
-            .filter(|&p| {
-                cairn_proto::cluster::owners(&ids, p, self.config.replication as usize)
-                    .contains(&me)
+        let mut repos: Vec<RepoId> = rd
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name();
+                let bytes = hex::decode(name.to_str()?).ok()?;
+                RepoId::from_slice(&bytes).ok()
             })
-            .count()
+            .collect();
+        repos.sort_by_key(|r| r.to_hex());
+        repos
+    }
+
+    /// Deletes this node's copy of partition `p` in every repository.
+    pub fn drop_partition(&self, p: u32) -> Result<(), String> {
+        let (start, end) = cairn_proto::cluster::partition_range(p);
+        for repo in self.repositories() {
+            let tenant = self.tenant(&repo).map_err(|e| e.to_string())?;
+            tenant
+                .engine
+                .drop_range(&start, end.as_ref().map(|e| &e[..]))
+                .map_err(|e| e.to_string())?;
+            tenant.epochs.bump(p);
+        }
+        Ok(())
     }
 
     /// Total size of the data directory.

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::v1::index_server::IndexServer;
+use cairn_proto::v1::peer_server::PeerServer;
 use tokio::net::TcpListener;
 
+use crate::cluster::peer::PeerService;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::service::IndexService;
@@ -68,6 +70,34 @@ pub async fn serve(
         })
     });
 
+    let cluster_tasks = if node.cluster.clustered() {
+        let advertise = match &node.config.advertise {
+            Some(a) => a.clone(),
+            None => {
+                let scheme = if node.config.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", listener.local_addr()?)
+            }
+        };
+        vec![
+            tokio::spawn(crate::cluster::run(
+                node.clone(),
+                advertise,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(crate::cluster::mover::run(node.clone(), stop_rx.clone())),
+            tokio::spawn(crate::cluster::antientropy::run(
+                node.clone(),
+                stop_rx.clone(),
+            )),
+        ]
+    } else {
+        Vec::new()
+    };
+
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<IndexServer<IndexService>>().await;
     let service = IndexServer::new(IndexService::new(node.clone(), metrics))
@@ -94,9 +124,17 @@ pub async fn serve(
         .timeout(Duration::from_secs(node.config.request_timeout_secs))
         .add_service(health)
         .add_service(service)
+        .add_service(
+            PeerServer::new(PeerService::new(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
         .await?;
     if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    for t in cluster_tasks {
         let _ = t.await;
     }
     let n = node.clone();

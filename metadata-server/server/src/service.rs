@@ -148,6 +148,12 @@ impl IndexService {
             self.metrics.in_flight.inc();
             let r = async {
                 let caller = self.authorize(method, &request, Some(repo_of(request.get_ref())))?;
+                let epoch = request
+                    .metadata()
+                    .get(crate::cluster::EPOCH_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                let _gate = self.node.cluster.admit(epoch).await?;
                 let tenant = {
                     let node = self.node.clone();
                     let repo = caller.repo;
@@ -808,31 +814,29 @@ impl IndexRpc for IndexService {
                 return Err(status);
             }
         };
-        let members = self.node.members();
-        let epoch = {
-            let mut h = blake3::Hasher::new();
-            for m in &members {
-                h.update(m.id.as_bytes());
-                h.update(b"\0");
-                h.update(m.address.as_bytes());
-                h.update(b"\0");
-            }
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&h.finalize().as_bytes()[..8]);
-            u64::from_le_bytes(b)
-        };
+        let table = self.node.cluster.table();
         self.record("ClusterMap", start, None);
         Ok(Response::new(v1::ClusterMapResponse {
-            nodes: members
-                .into_iter()
-                .map(|m| v1::Node {
-                    id: m.id,
-                    address: m.address,
+            nodes: table
+                .nodes
+                .iter()
+                .map(|n| v1::Node {
+                    id: n.id.clone(),
+                    address: n.address.clone(),
                 })
                 .collect(),
             partitions: PARTITIONS,
-            replication: self.node.config.replication,
-            epoch,
+            replication: table.replication,
+            epoch: table.epoch,
+            layout_version: table.version,
+            replicas: table
+                .replicas
+                .iter()
+                .map(|r| v1::PartitionReplicas {
+                    read: r.read.iter().map(|&i| u32::from(i)).collect(),
+                    write: r.write.iter().map(|&i| u32::from(i)).collect(),
+                })
+                .collect(),
             token_role: caller.role.name().to_string(),
         }))
     }

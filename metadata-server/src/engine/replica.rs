@@ -100,12 +100,38 @@ pub struct BucketHash {
     pub count: u64,
 }
 
-/// The bucket (of `buckets`) a key falls in within its partition: the 12
-/// bits after the partition's 12.
-pub fn bucket_of(key: &[u8], buckets: u32) -> usize {
-    let sub = (u32::from(key.get(1).copied().unwrap_or(0) & 0x0f) << 8)
-        | u32::from(key.get(2).copied().unwrap_or(0));
-    (u64::from(sub) * u64::from(buckets.max(1)) / 4096) as usize
+fn top24(key: &[u8]) -> u64 {
+    let b = |i: usize| u64::from(key.get(i).copied().unwrap_or(0));
+    (b(0) << 16) | (b(1) << 8) | b(2)
+}
+
+/// The bucket (of `buckets` equal sub-ranges of `[start, end)`, by the
+/// keys' first 24 bits) that `key` falls in. Over the whole key space with
+/// 4096 buckets, a bucket is a partition; over one partition with 16, a
+/// sixteenth of it.
+pub fn bucket_of(key: &[u8], start: &[u8], end: Option<&[u8]>, buckets: u32) -> usize {
+    let lo = top24(start);
+    let hi = end.map_or(1 << 24, top24);
+    let span = hi.saturating_sub(lo).max(1);
+    (top24(key).saturating_sub(lo).min(span - 1) * u64::from(buckets.max(1)) / span) as usize
+}
+
+/// The first key of bucket `b` of `buckets` over `[start, end)` (see
+/// [`bucket_of`]), and the first key after it (`None`: the end of the key
+/// space).
+pub fn bucket_range(
+    start: &[u8],
+    end: Option<&[u8]>,
+    buckets: u32,
+    b: u32,
+) -> ([u8; 3], Option<[u8; 3]>) {
+    let lo = top24(start);
+    let hi = end.map_or(1 << 24, top24);
+    let span = hi.saturating_sub(lo).max(1);
+    let at = |i: u64| -> u64 { lo + (i * span).div_ceil(u64::from(buckets.max(1))) };
+    let key = |t: u64| [(t >> 16) as u8, (t >> 8) as u8, t as u8];
+    let next = at(u64::from(b) + 1);
+    (key(at(u64::from(b))), (next < 1 << 24).then(|| key(next)))
 }
 
 impl Engine {
@@ -246,8 +272,8 @@ impl Engine {
         })
     }
 
-    /// Hashes of the records of `table` in one partition's range, in
-    /// `buckets` equal sub-ranges (see [`bucket_of`]).
+    /// Hashes of the records of `table` in `[start, end)`, in `buckets`
+    /// equal sub-ranges (see [`bucket_of`]).
     pub fn range_hashes(
         &self,
         table: RecordTable,
@@ -266,7 +292,7 @@ impl Engine {
                 break;
             }
             let h = self.record_hash(table, &key, &value)?;
-            let b = &mut out[bucket_of(&key, buckets)];
+            let b = &mut out[bucket_of(&key, start, end, buckets)];
             for (x, y) in b.hash.iter_mut().zip(h.as_bytes()) {
                 *x ^= y;
             }
@@ -462,6 +488,25 @@ mod tests {
             |e: &Engine| -> ChunkRecord { block(e.lookup(&[in_high.id])).unwrap()[0].unwrap() };
         assert_eq!(rec(&a).location, in_low.location);
         assert_eq!(rec(&a), rec(&b));
+    }
+
+    #[test]
+    fn buckets_split_the_key_space_into_partitions_and_partitions_into_sixteenths() {
+        assert_eq!(bucket_of(&[0x12, 0x34, 0x56], &[0], None, 4096), 0x123);
+        assert_eq!(bucket_of(&[0xff, 0xff, 0xff], &[0], None, 4096), 4095);
+        let (p_start, p_end) = ([0x12u8, 0x30], [0x12u8, 0x40]);
+        assert_eq!(
+            bucket_of(&[0x12, 0x34, 0x56], &p_start, Some(&p_end), 16),
+            4
+        );
+        assert_eq!(
+            bucket_range(&p_start, Some(&p_end), 16, 4),
+            ([0x12, 0x34, 0x00], Some([0x12, 0x35, 0x00]))
+        );
+        assert_eq!(
+            bucket_range(&[0], None, 4096, 4095),
+            ([0xff, 0xf0, 0], None)
+        );
     }
 
     #[test]

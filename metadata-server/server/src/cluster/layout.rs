@@ -158,9 +158,9 @@ impl<'a> View<'a> {
     /// Whether node `id` has caught up on `p` (see the module docs).
     pub fn caught_up(&self, id: &str, p: u32, sync: &HashMap<String, v1::SyncProgress>) -> bool {
         owners(self.oldest(), p).contains(&id)
-            || sync.get(id).is_some_and(|s| {
-                s.layout_version == self.newest().version && bit(&s.caught_up, p)
-            })
+            || sync
+                .get(id)
+                .is_some_and(|s| s.layout_version == self.newest().version && bit(&s.caught_up, p))
     }
 
     /// Whether every newest owner of every partition has caught up: the
@@ -239,7 +239,9 @@ pub enum LayoutError {
     #[error("node {0} is not in the layout")]
     UnknownNode(String),
     /// The result would have no node, or fewer than R.
-    #[error("the layout would have {nodes} node(s), fewer than the replication factor {replication}")]
+    #[error(
+        "the layout would have {nodes} node(s), fewer than the replication factor {replication}"
+    )]
     TooFewNodes {
         /// Nodes left.
         nodes: usize,
@@ -252,7 +254,11 @@ pub enum LayoutError {
 }
 
 /// Stages adding (or re-weighting) nodes.
-pub fn stage_add(staged: &mut v1::StagedLayout, nodes: Vec<v1::LayoutNode>, replication: Option<u32>) {
+pub fn stage_add(
+    staged: &mut v1::StagedLayout,
+    nodes: Vec<v1::LayoutNode>,
+    replication: Option<u32>,
+) {
     staged.format = FORMAT;
     for n in nodes {
         staged.remove.retain(|id| *id != n.id);
@@ -353,7 +359,11 @@ mod tests {
         apply(&v1::Layout::default(), &staged).unwrap()
     }
 
-    fn synced(node: &str, version: u64, parts: impl Iterator<Item = u32>) -> (String, v1::SyncProgress) {
+    fn synced(
+        node: &str,
+        version: u64,
+        parts: impl Iterator<Item = u32>,
+    ) -> (String, v1::SyncProgress) {
         let mut bits = Vec::new();
         for p in parts {
             set_bit(&mut bits, p);
@@ -363,7 +373,7 @@ mod tests {
             v1::SyncProgress {
                 format: FORMAT,
                 layout_version: version,
-                caught_up: bits,
+                caught_up: bits.into(),
                 ..Default::default()
             },
         )
@@ -396,7 +406,9 @@ mod tests {
         let table = view.table(8, &none);
         let n3 = table.index_of("n3").unwrap();
         let n0 = table.index_of("n0").unwrap();
-        let moving: Vec<u32> = (0..PARTITIONS).filter(|&p| view.must_stream("n3", p)).collect();
+        let moving: Vec<u32> = (0..PARTITIONS)
+            .filter(|&p| view.must_stream("n3", p))
+            .collect();
         assert!(!moving.is_empty());
         for &p in &moving {
             let r = &table.replicas[p as usize];
@@ -408,11 +420,21 @@ mod tests {
             .count();
         assert_eq!(
             held_by_n0,
-            table.replicas.iter().filter(|r| r.read.contains(&n0)).count()
+            table
+                .replicas
+                .iter()
+                .filter(|r| r.read.contains(&n0))
+                .count()
         );
 
-        // n3 catches up on everything: settled; reads move to the newest owners.
+        // n3 catching up is not enough: n1 and n2 take over some of n0's
+        // partitions too.
         let sync: HashMap<_, _> = [synced("n3", 2, moving.iter().copied())].into();
+        assert!(!view.settled(&sync));
+        // Everyone catches up: settled; reads move to the newest owners.
+        let sync: HashMap<_, _> = ["n1", "n2", "n3"]
+            .map(|n| synced(n, 2, (0..PARTITIONS).filter(|&p| view.must_stream(n, p))))
+            .into();
         assert!(view.settled(&sync));
         let table = view.table(9, &sync);
         for &p in &moving {
@@ -437,9 +459,14 @@ mod tests {
         stage_add(&mut staged, vec![node("n3")], None);
         let layout = apply(&layout, &staged).unwrap();
         let view = View::new(&layout).unwrap();
-        let moved = (0..PARTITIONS).filter(|&p| view.must_stream("n3", p)).count();
+        let moved = (0..PARTITIONS)
+            .filter(|&p| view.must_stream("n3", p))
+            .count();
         let ideal = f64::from(PARTITIONS) * 2.0 / 4.0;
-        assert!((moved as f64 - ideal).abs() < ideal * 0.1, "{moved} vs {ideal}");
+        assert!(
+            (moved as f64 - ideal).abs() < ideal * 0.1,
+            "{moved} vs {ideal}"
+        );
     }
 
     #[test]
