@@ -239,6 +239,33 @@ impl Engine {
         Ok(asked.min(now).min(oldest_live))
     }
 
+    /// Records that `snapshot` was committed now, by this index's clock,
+    /// by a session that began at `started` (sessions kept elsewhere, as in
+    /// a cluster on etcd); a retried commit keeps the time of the first.
+    pub fn record_commit(
+        &self,
+        snapshot: SnapshotId,
+        started: i64,
+    ) -> Result<CommitTime, IndexError> {
+        let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let commits = self.cf(CF_COMMITS)?;
+        if let Some(v) = self
+            .db
+            .get_cf(commits, snapshot.as_bytes())
+            .map_err(|e| self.db_err(e))?
+        {
+            return decode_commit(&v).map_err(|d| self.corrupt(d));
+        }
+        let t = CommitTime {
+            committed: now_secs(),
+            started,
+        };
+        self.db
+            .put_cf(commits, snapshot.as_bytes(), encode_commit(&t))
+            .map_err(|e| self.db_err(e))?;
+        Ok(t)
+    }
+
     /// Records a replica of a session another node began (same id and
     /// start), with a fresh lease on this node's clock.
     pub fn adopt_session(

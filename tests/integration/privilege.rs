@@ -27,7 +27,6 @@ fn node(dir: &Path, offset: i64) -> IndexNode {
     IndexNode::start_full(
         dir,
         "n1",
-        1,
         dir.join("n1"),
         &[],
         &[("CAIRN_TEST_CLOCK_OFFSET_SECS", &offset.to_string())],
@@ -314,14 +313,7 @@ fn no_secret_reaches_a_log_or_an_error_message() {
         .with_env("XDG_CACHE_HOME", s(&dir.join("cache")));
     let repo_id = cairn.init_repo_id();
     let token = add_token_with_role(&dir, &repo_id, "prune");
-    let n = IndexNode::start_full(
-        &dir,
-        "n1",
-        1,
-        dir.join("n1"),
-        &[],
-        &[("CAIRN_LOG", "debug")],
-    );
+    let n = IndexNode::start_full(&dir, "n1", dir.join("n1"), &[], &[("CAIRN_LOG", "debug")]);
     let client = through(&cairn, &n, &token).with_env("CAIRN_LOG", "debug");
     let data = dir.join("data");
     write_files(&data, &[("a.txt", "first"), ("b.txt", "second")]);

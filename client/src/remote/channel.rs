@@ -2,7 +2,8 @@
 //! https, with `CAIRN_INDEX_CA` for a private authority), the bearer token on
 //! every request, and a circuit breaker per node.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_proto::v1::index_client::IndexClient;
@@ -22,6 +23,9 @@ pub(super) struct NodeConn {
     pub(super) id: String,
     pub(super) client: IndexClient<Channel>,
     pub(super) breaker: Mutex<Breaker>,
+    /// The newest layout epoch any node refused a call with (shared by
+    /// every connection of one client).
+    pub(super) newer_epoch: Arc<AtomicU64>,
 }
 
 impl NodeConn {
@@ -37,6 +41,11 @@ impl NodeConn {
     }
 
     pub(super) fn failed(&self, what: &str, status: &tonic::Status) {
+        if let Some(epoch) = newer_layout(status) {
+            // The node is fine: this client routes by an old layout.
+            self.newer_epoch.fetch_max(epoch, Ordering::Relaxed);
+            return;
+        }
         let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
         b.failures += 1;
         tracing::debug!("index node {} failed {what}: {status}", self.id);
@@ -67,10 +76,35 @@ pub(super) fn endpoint(url: &str, timeout: Duration) -> Result<Endpoint, tonic::
     Ok(e)
 }
 
-pub(super) fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+/// The layout epoch a node refused a call with (ABORTED with
+/// `cairn-layout-epoch`): the cluster's layout changed.
+pub(super) fn newer_layout(status: &tonic::Status) -> Option<u64> {
+    if status.code() != tonic::Code::Aborted {
+        return None;
+    }
+    status
+        .metadata()
+        .get(EPOCH_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Metadata key of the layout epoch a call routes by.
+pub(super) const EPOCH_HEADER: &str = "cairn-layout-epoch";
+
+/// A request with the bearer token and, in a cluster with a layout, the
+/// epoch of the routing table it was routed by (0: none sent).
+pub(super) fn authed<T>(msg: T, token: &str, epoch: u64) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     if let Ok(v) = format!("Bearer {token}").parse() {
         r.metadata_mut().insert("authorization", v);
+    }
+    if epoch > 0
+        && let Ok(v) = epoch.to_string().parse()
+    {
+        r.metadata_mut().insert(EPOCH_HEADER, v);
     }
     r
 }

@@ -44,89 +44,95 @@ impl RemoteIndex {
     /// since the cached copy. Partitions of a replica that does not answer
     /// keep no filter (their chunks are then asked about).
     pub async fn refresh_filter(&self) -> Result<u64, IndexError> {
-        let mut by_node: HashMap<usize, Vec<u32>> = HashMap::new();
-        for p in 0..PARTITIONS {
-            for n in self.cluster.owners(p) {
-                if self.cluster.nodes[n].available() {
-                    by_node.entry(n).or_default().push(p);
+        self.with_layout(move || async move {
+            let cluster = self.cluster();
+            let mut by_node: HashMap<usize, Vec<u32>> = HashMap::new();
+            for p in 0..PARTITIONS {
+                for n in cluster.owners(p) {
+                    if cluster.nodes[n].available() {
+                        by_node.entry(n).or_default().push(p);
+                    }
                 }
             }
-        }
-        let mut fetched = 0u64;
-        for (n, partitions) in by_node {
-            let node = &self.cluster.nodes[n];
-            let known: Vec<v1::PartitionEpoch> = {
-                let f = self.filter.read().unwrap_or_else(|p| p.into_inner());
-                partitions
-                    .iter()
-                    .filter_map(|p| {
-                        f.get(&(*p, node.id.clone())).map(|fp| v1::PartitionEpoch {
-                            partition: *p,
-                            epoch: fp.epoch,
+            let mut fetched = 0u64;
+            for (n, partitions) in by_node {
+                let node = &cluster.nodes[n];
+                let known: Vec<v1::PartitionEpoch> = {
+                    let f = self.filter.read().unwrap_or_else(|p| p.into_inner());
+                    partitions
+                        .iter()
+                        .filter_map(|p| {
+                            f.get(&(*p, node.id.clone())).map(|fp| v1::PartitionEpoch {
+                                partition: *p,
+                                epoch: fp.epoch,
+                            })
                         })
-                    })
-                    .collect()
-            };
-            let request = v1::GetFilterRequest {
-                repo_id: self.repo_bytes(),
-                first_partition: 0,
-                last_partition: 0,
-                known,
-                partitions: partitions.clone(),
-            };
-            let mut stream = match node
-                .client
-                .clone()
-                .get_filter(authed(request, &self.token))
-                .await
-            {
-                Ok(s) => s.into_inner(),
-                Err(s) => {
-                    node.failed("GetFilter", &s);
-                    let mut f = self.filter.write().unwrap_or_else(|p| p.into_inner());
-                    for p in &partitions {
-                        f.remove(&(*p, node.id.clone()));
-                    }
-                    continue;
-                }
-            };
-            loop {
-                match stream.message().await {
-                    Ok(Some(part)) => {
-                        fetched += part.filter.len() as u64;
-                        if let Some(fp) = FilterPartition::from_wire(part) {
-                            self.filter
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert((fp.raw.partition, node.id.clone()), fp);
-                        }
-                    }
-                    Ok(None) => {
-                        node.succeeded();
-                        break;
-                    }
+                        .collect()
+                };
+                let request = v1::GetFilterRequest {
+                    repo_id: self.repo_bytes(),
+                    first_partition: 0,
+                    last_partition: 0,
+                    known,
+                    partitions: partitions.clone(),
+                };
+                let mut stream = match node
+                    .client
+                    .clone()
+                    .get_filter(authed(request, &self.token, cluster.epoch))
+                    .await
+                {
+                    Ok(s) => s.into_inner(),
                     Err(s) => {
                         node.failed("GetFilter", &s);
-                        break;
+                        let mut f = self.filter.write().unwrap_or_else(|p| p.into_inner());
+                        for p in &partitions {
+                            f.remove(&(*p, node.id.clone()));
+                        }
+                        continue;
+                    }
+                };
+                loop {
+                    match stream.message().await {
+                        Ok(Some(part)) => {
+                            fetched += part.filter.len() as u64;
+                            if let Some(fp) = FilterPartition::from_wire(part) {
+                                self.filter
+                                    .write()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert((fp.raw.partition, node.id.clone()), fp);
+                            }
+                        }
+                        Ok(None) => {
+                            node.succeeded();
+                            break;
+                        }
+                        Err(s) => {
+                            node.failed("GetFilter", &s);
+                            break;
+                        }
                     }
                 }
             }
-        }
-        self.save_filter_cache();
-        Ok(fetched)
+            self.save_filter_cache();
+            Ok(fetched)
+        })
+        .await
     }
 
     /// True if every replica's filter proves `id` is new (no RPC needed).
     pub(super) fn certainly_new(&self, id: &ChunkId) -> bool {
+        let cluster = self.cluster();
         let p = partition_of(id);
         let f = self.filter.read().unwrap_or_else(|p| p.into_inner());
-        self.cluster.owners(p).into_iter().all(|n| {
-            match f.get(&(p, self.cluster.nodes[n].id.clone())) {
+        cluster
+            .owners(p)
+            .into_iter()
+            .all(|n| match f.get(&(p, cluster.nodes[n].id.clone())) {
                 Some(FilterPartition { bloom: None, .. }) => true,
                 Some(FilterPartition { bloom: Some(b), .. }) => !b.check(id.as_bytes().as_slice()),
                 None => false,
-            }
-        })
+            })
     }
 
     pub(super) fn load_filter_cache(&self) {

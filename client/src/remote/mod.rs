@@ -24,11 +24,11 @@ mod session;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cairn_chunk_store::RepoId;
-use cairn_index::{IndexError, SessionId};
+use cairn_index::IndexError;
 use cairn_proto::v1;
 
 pub use crate::paths::cache_dir;
@@ -43,7 +43,14 @@ use routing::Cluster;
 pub struct RemoteIndex {
     repo: RepoId,
     token: zeroize::Zeroizing<String>,
-    cluster: Cluster,
+    cluster: RwLock<Arc<Cluster>>,
+    /// Where the map was fetched from, to fetch it again.
+    seeds: Vec<String>,
+    timeout: Duration,
+    /// Connections by address, reused across routing tables.
+    conns: Mutex<HashMap<String, Arc<NodeConn>>>,
+    /// The newest layout epoch a node refused a call with.
+    newer_epoch: Arc<AtomicU64>,
     /// Filters by (partition, node id): one per replica, so a replica that
     /// missed writes while down cannot make a known chunk look new.
     filter: RwLock<HashMap<(u32, String), FilterPartition>>,
@@ -51,16 +58,21 @@ pub struct RemoteIndex {
     warned: AtomicBool,
     /// UnknownChunks calls made (for reports and tests).
     pub calls: AtomicU64,
-    /// The nodes that hold each session this client began.
-    session_nodes: Mutex<HashMap<SessionId, Vec<usize>>>,
     /// The token's role as the cluster reported it (nodes before roles
     /// report none).
     token_role: Option<String>,
 }
 
+tokio::task_local! {
+    /// The routing table one index operation uses from start to end
+    /// ([`RemoteIndex::with_layout`]): every call it makes is routed by,
+    /// and names, the same epoch.
+    static PINNED: Arc<Cluster>;
+}
+
 impl std::fmt::Debug for RemoteIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RemoteIndex({} nodes)", self.cluster.nodes.len())
+        write!(f, "RemoteIndex({} nodes)", self.cluster().nodes.len())
     }
 }
 
@@ -81,6 +93,45 @@ fn call_error(node: &str, what: &str, s: &tonic::Status) -> IndexError {
     }
 }
 
+/// Fetches the cluster map from the first of `seeds` that answers.
+async fn fetch_map(
+    seeds: &[String],
+    token: &str,
+    timeout: Duration,
+) -> Result<(String, v1::ClusterMapResponse), IndexError> {
+    let mut last_err = String::from("no index address given");
+    for seed in seeds {
+        let channel = match endpoint(seed, timeout) {
+            Ok(e) => e.connect_lazy(),
+            Err(e) => {
+                last_err = e.to_string();
+                continue;
+            }
+        };
+        let mut client = IndexClient::new(channel);
+        match client
+            .cluster_map(authed(v1::ClusterMapRequest {}, token, 0))
+            .await
+        {
+            Ok(r) => return Ok((seed.clone(), r.into_inner())),
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                return Err(IndexError::Unauthorized(format!(
+                    "index {seed} refused the token: {}",
+                    s.message()
+                )));
+            }
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                return Err(IndexError::PermissionDenied(format!(
+                    "{seed}: {}",
+                    s.message()
+                )));
+            }
+            Err(s) => last_err = format!("{seed}: {}", s.message()),
+        }
+    }
+    Err(unavailable(format!("no index node answered ({last_err})")))
+}
+
 impl RemoteIndex {
     /// Connects through any of `seeds` (gRPC URLs) and loads the cluster map.
     pub async fn connect(
@@ -90,53 +141,57 @@ impl RemoteIndex {
         timeout: Duration,
         cache_dir: Option<PathBuf>,
     ) -> Result<Self, IndexError> {
-        let mut last_err = String::from("no index address given");
-        let mut map = None;
-        for seed in seeds {
-            let channel = match endpoint(seed, timeout) {
-                Ok(e) => e.connect_lazy(),
-                Err(e) => {
-                    last_err = e.to_string();
-                    continue;
-                }
-            };
-            let mut client = IndexClient::new(channel);
-            match client
-                .cluster_map(authed(v1::ClusterMapRequest {}, token))
-                .await
-            {
-                Ok(r) => {
-                    map = Some((seed.clone(), r.into_inner()));
-                    break;
-                }
-                Err(s) if s.code() == tonic::Code::Unauthenticated => {
-                    return Err(IndexError::Unauthorized(format!(
-                        "index {seed} refused the token: {}",
-                        s.message()
-                    )));
-                }
-                Err(s) if s.code() == tonic::Code::PermissionDenied => {
-                    return Err(IndexError::PermissionDenied(format!(
-                        "{seed}: {}",
-                        s.message()
-                    )));
-                }
-                Err(s) => last_err = format!("{seed}: {}", s.message()),
-            }
-        }
-        let (seed, map) =
-            map.ok_or_else(|| unavailable(format!("no index node answered ({last_err})")))?;
+        let (seed, map) = fetch_map(seeds, token, timeout).await?;
+        let cache_path = cache_dir.map(|d| d.join(format!("{}.filter", repo.to_hex())));
+        let mut index = Self {
+            repo,
+            token: zeroize::Zeroizing::new(token.to_string()),
+            cluster: RwLock::new(Arc::new(Cluster {
+                nodes: Vec::new(),
+                replication: 1,
+                epoch: 0,
+                layout_version: 0,
+                replicas: Vec::new(),
+            })),
+            seeds: seeds.to_vec(),
+            timeout,
+            conns: Mutex::new(HashMap::new()),
+            newer_epoch: Arc::new(AtomicU64::new(0)),
+            filter: RwLock::new(HashMap::new()),
+            cache_path,
+            warned: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            token_role: Some(map.token_role.clone()).filter(|r| !r.is_empty()),
+        };
+        let cluster = index.cluster_from_map(&seed, &map)?;
+        index.cluster = RwLock::new(Arc::new(cluster));
+        index.load_filter_cache();
+        Ok(index)
+    }
+
+    /// The routing table from a map a node served.
+    fn cluster_from_map(
+        &self,
+        seed: &str,
+        map: &v1::ClusterMapResponse,
+    ) -> Result<Cluster, IndexError> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let mut nodes = Vec::new();
         for n in &map.nodes {
             let address = if n.address.is_empty() {
-                seed.clone()
+                seed.to_string()
             } else {
                 n.address.clone()
             };
-            let channel = endpoint(&address, timeout)
+            let key = format!("{}@{address}", n.id);
+            if let Some(c) = conns.get(&key) {
+                nodes.push(c.clone());
+                continue;
+            }
+            let channel = endpoint(&address, self.timeout)
                 .map_err(unavailable)?
                 .connect_lazy();
-            nodes.push(NodeConn {
+            let conn = Arc::new(NodeConn {
                 id: n.id.clone(),
                 client: IndexClient::new(channel)
                     .max_decoding_message_size(64 << 20)
@@ -145,28 +200,105 @@ impl RemoteIndex {
                     failures: 0,
                     open_until: None,
                 }),
+                newer_epoch: self.newer_epoch.clone(),
             });
+            conns.insert(key, conn.clone());
+            nodes.push(conn);
         }
         if nodes.is_empty() {
-            return Err(unavailable("the cluster map lists no nodes"));
+            return Err(unavailable(if map.layout_version == 0 && map.epoch > 0 {
+                "the index cluster has no layout yet (cairn-index layout add ... && cairn-index layout apply)".to_string()
+            } else {
+                "the cluster map lists no nodes".to_string()
+            }));
         }
-        let cache_path = cache_dir.map(|d| d.join(format!("{}.filter", repo.to_hex())));
-        let index = Self {
-            repo,
-            token: zeroize::Zeroizing::new(token.to_string()),
-            cluster: Cluster {
-                nodes,
-                replication: map.replication.max(1) as usize,
-            },
-            filter: RwLock::new(HashMap::new()),
-            cache_path,
-            warned: AtomicBool::new(false),
-            calls: AtomicU64::new(0),
-            session_nodes: Mutex::new(HashMap::new()),
-            token_role: Some(map.token_role.clone()).filter(|r| !r.is_empty()),
+        let in_range = |v: &[u32]| -> Vec<usize> {
+            v.iter()
+                .map(|&i| i as usize)
+                .filter(|&i| i < nodes.len())
+                .collect()
         };
-        index.load_filter_cache();
-        Ok(index)
+        let replicas = if map.replicas.len() == cairn_proto::cluster::PARTITIONS as usize {
+            map.replicas
+                .iter()
+                .map(|r| (in_range(&r.read), in_range(&r.write)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Cluster {
+            nodes,
+            replication: map.replication.max(1) as usize,
+            epoch: map.epoch,
+            layout_version: map.layout_version,
+            replicas,
+        })
+    }
+
+    /// The routing table this operation uses (see [`Self::with_layout`]).
+    fn cluster(&self) -> Arc<Cluster> {
+        PINNED.try_with(Arc::clone).unwrap_or_else(|_| {
+            self.cluster
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+    }
+
+    /// The layout version the client routes by (0: a cluster without
+    /// layouts).
+    pub fn layout_version(&self) -> u64 {
+        self.cluster().layout_version
+    }
+
+    /// Fetches the cluster map again (a node said the layout changed).
+    async fn refresh(&self) -> Result<(), IndexError> {
+        let current = self.cluster();
+        let mut seeds: Vec<String> = Vec::new();
+        for conn in &current.nodes {
+            if let Some((_, address)) = self
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|(_, c)| Arc::ptr_eq(c, conn))
+                .map(|(k, _)| k.split_once('@').unwrap_or(("", k.as_str())))
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+            {
+                seeds.push(address);
+            }
+        }
+        seeds.extend(self.seeds.iter().cloned());
+        let (seed, map) = fetch_map(&seeds, &self.token, self.timeout).await?;
+        let cluster = self.cluster_from_map(&seed, &map)?;
+        tracing::debug!(epoch = cluster.epoch, "index layout refreshed");
+        *self.cluster.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cluster);
+        Ok(())
+    }
+
+    /// Runs one index operation on one routing table; when a node said the
+    /// layout changed meanwhile, fetches the map and runs it again (every
+    /// operation is safe to repeat: registrations are first-writer-wins,
+    /// lookups and confirmations idempotent).
+    async fn with_layout<T, F, Fut>(&self, op: F) -> Result<T, IndexError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, IndexError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let cluster = self.cluster();
+            let result = PINNED.scope(cluster.clone(), op()).await;
+            let newer = self.newer_epoch.load(Ordering::Relaxed);
+            attempt += 1;
+            if newer <= cluster.epoch || attempt > 3 {
+                return result;
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::debug!("index layout not refreshed: {e}");
+                return result;
+            }
+        }
     }
 
     /// Fails with one line unless the token's role is `needed` or

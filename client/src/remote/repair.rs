@@ -21,6 +21,7 @@ impl RemoteIndex {
         stale: HashMap<usize, Vec<ChunkId>>,
         knower: HashMap<ChunkId, usize>,
     ) {
+        let cluster = self.cluster();
         for (n, ids) in stale {
             let records = {
                 let mut by_knower: HashMap<usize, Vec<ChunkId>> = HashMap::new();
@@ -51,7 +52,7 @@ impl RemoteIndex {
                         location: rec.location,
                     }));
             }
-            let conn = &self.cluster.nodes[n];
+            let conn = &cluster.nodes[n];
             for (pack, entries) in by_pack {
                 let request = v1::RegisterPackRequest {
                     repo_id: self.repo_bytes(),
@@ -62,7 +63,7 @@ impl RemoteIndex {
                 if let Err(s) = conn
                     .client
                     .clone()
-                    .register_pack(authed(request, &self.token))
+                    .register_pack(authed(request, &self.token, cluster.epoch))
                     .await
                 {
                     conn.failed("RegisterPack (repair)", &s);

@@ -1,11 +1,15 @@
-//! Backup sessions across the cluster: a session is held by every owner of
-//! partition 0, renewed and committed on each, and answered by the nodes
-//! that hold it (see the `cairn_index` crate docs, "Garbage collection").
+//! Backup sessions through the cluster: a session lives in etcd (or on the
+//! one node of a cluster without it), so any node begins, renews, commits
+//! and ends it; the client asks the nodes in turn until one answers (see
+//! the `cairn_index` crate docs, "Garbage collection", and the server's
+//! `cluster::sessions`).
 
 use cairn_chunk_store::SnapshotId;
-use cairn_index::{IndexError, Session, SessionId};
+use cairn_index::{IndexError, Session};
 use cairn_proto::v1;
 
+use super::channel::NodeConn;
+use super::routing::Cluster;
 use super::{RemoteIndex, unavailable};
 
 pub(super) fn session_from_wire(s: &v1::Session) -> Result<Session, IndexError> {
@@ -30,8 +34,9 @@ pub(super) fn session_from_wire(s: &v1::Session) -> Result<Session, IndexError> 
     })
 }
 
-/// The answers of a session's replicas: any success is a success; fenced
-/// only when every replica that answered says so.
+/// The answers of the nodes asked about a session: the first success
+/// counts; fenced or refused is final; anything else means that node could
+/// not be reached, and the next is asked.
 #[derive(Default)]
 pub(super) struct SessionCall {
     pub(super) session: Option<Session>,
@@ -40,30 +45,53 @@ pub(super) struct SessionCall {
 }
 
 impl SessionCall {
-    pub(super) fn add(&mut self, node: &str, answer: Result<Option<v1::Session>, tonic::Status>) {
+    /// Adds one node's answer; `true` when no other node need be asked.
+    pub(super) fn add(
+        &mut self,
+        conn: &NodeConn,
+        what: &str,
+        answer: Result<Option<v1::Session>, tonic::Status>,
+    ) -> bool {
         match answer {
             Ok(Some(s)) => {
-                if let Ok(s) = session_from_wire(&s) {
-                    self.session.get_or_insert(s);
+                conn.succeeded();
+                match session_from_wire(&s) {
+                    Ok(s) => {
+                        self.session.get_or_insert(s);
+                    }
+                    Err(e) => self.unreachable = Some(e),
                 }
             }
-            Ok(None) => {}
-            Err(status) => match session_error(node, &status) {
-                e @ (IndexError::Fenced(_) | IndexError::PermissionDenied(_)) => {
-                    self.fenced = Some(e)
+            Ok(None) => conn.succeeded(),
+            Err(status) => {
+                conn.failed(what, &status);
+                match session_error(&conn.id, &status) {
+                    e @ (IndexError::Fenced(_) | IndexError::PermissionDenied(_)) => {
+                        self.fenced = Some(e)
+                    }
+                    e => self.unreachable = Some(e),
                 }
-                e => self.unreachable = Some(e),
-            },
+            }
         }
+        self.session.is_some() || self.fenced.is_some()
     }
 
     pub(super) fn finish(self) -> Result<Session, IndexError> {
         match (self.session, self.fenced, self.unreachable) {
             (Some(s), _, _) => Ok(s),
             (None, Some(e), _) | (None, None, Some(e)) => Err(e),
-            (None, None, None) => Err(unavailable("no node holds the session")),
+            (None, None, None) => Err(unavailable("no index node answered")),
         }
     }
+}
+
+/// Nodes to ask about a session, in turn: those whose breaker is closed
+/// first.
+pub(super) fn session_order(cluster: &Cluster) -> Vec<usize> {
+    let (mut open, closed): (Vec<usize>, Vec<usize>) =
+        (0..cluster.nodes.len()).partition(|&n| cluster.nodes[n].available());
+    open.extend(closed);
+    open
 }
 
 /// A failed session call: an expired lease is fencing, anything else means
@@ -79,7 +107,8 @@ pub(super) fn session_error(node: &str, s: &tonic::Status) -> IndexError {
 impl RemoteIndex {
     /// Every node must answer a garbage-collection call.
     pub(super) fn gc_error(&self, n: usize, what: &str, s: &tonic::Status) -> IndexError {
-        let conn = &self.cluster.nodes[n];
+        let cluster = self.cluster();
+        let conn = &cluster.nodes[n];
         conn.failed(what, s);
         if s.code() == tonic::Code::PermissionDenied {
             return IndexError::PermissionDenied(s.message().to_string());
@@ -89,14 +118,5 @@ impl RemoteIndex {
             conn.id,
             s.message()
         ))
-    }
-
-    pub(super) fn session_nodes(&self, id: &SessionId) -> Result<Vec<usize>, IndexError> {
-        self.session_nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| IndexError::Fenced("unknown backup session".into()))
     }
 }

@@ -452,11 +452,18 @@ impl Node {
         let (start, end) = cairn_proto::cluster::partition_range(p);
         for repo in self.repositories() {
             let tenant = self.tenant(&repo).map_err(|e| e.to_string())?;
-            tenant
+            let end = end.as_ref().map(|e| &e[..]);
+            if tenant
                 .engine
-                .drop_range(&start, end.as_ref().map(|e| &e[..]))
-                .map_err(|e| e.to_string())?;
-            tenant.epochs.bump(p);
+                .holds_range(&start, end)
+                .map_err(|e| e.to_string())?
+            {
+                tenant
+                    .engine
+                    .drop_range(&start, end)
+                    .map_err(|e| e.to_string())?;
+                tenant.epochs.bump(p);
+            }
         }
         Ok(())
     }

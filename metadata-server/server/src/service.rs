@@ -18,7 +18,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::access::{Caller, Refusal, Role, TokenEntry, required_role};
 use crate::metrics::{MethodLabels, Metrics, RefusedLabels, RequestLabels};
 use crate::node::{Node, Tenant};
-use cairn_index::{DedupIndex, GcIndex, IndexError, PackObservation, Session};
+use cairn_index::{DedupIndex, GcIndex, IndexError, PackObservation};
 use serde_json::json;
 
 /// The one place where engine errors become statuses: internal by default,
@@ -95,7 +95,17 @@ async fn relocate(
 }
 
 /// EndSession, and CommitManifest with the deprecated `finished`.
-async fn end_session(tenant: Arc<Tenant>, id: cairn_index::SessionId) -> Result<(), Status> {
+async fn end_session(
+    node: &Node,
+    tenant: Arc<Tenant>,
+    id: cairn_index::SessionId,
+) -> Result<(), Status> {
+    if node.cluster.clustered() {
+        let etcd = node.cluster.etcd().map_err(status)?;
+        return crate::cluster::sessions::end(&etcd, &id)
+            .await
+            .map_err(status);
+    }
     blocking(move || on_engine(tenant.engine.end_session(id)).map_err(status)).await
 }
 
@@ -323,26 +333,6 @@ fn session_id(bytes: &Bytes) -> Result<[u8; 16], Status> {
         .as_ref()
         .try_into()
         .map_err(|_| invalid("session id must be 16 bytes"))
-}
-
-fn session_to_wire(s: &Session) -> v1::Session {
-    v1::Session {
-        session_id: s.id.to_vec().into(),
-        started_unix: s.started,
-        expires_unix: s.expires,
-        host: s.host.clone(),
-        parent_snapshot: s
-            .parent
-            .map(|p| p.as_bytes().to_vec())
-            .unwrap_or_default()
-            .into(),
-        committed_snapshot: s
-            .committed
-            .map(|p| p.as_bytes().to_vec())
-            .unwrap_or_default()
-            .into(),
-        lease_seconds: s.lease,
-    }
 }
 
 fn optional_snapshot(bytes: &Bytes) -> Result<Option<SnapshotId>, Status> {
@@ -575,24 +565,37 @@ impl IndexRpc for IndexService {
                     Some(session_id(&req.session_id)?)
                 };
                 let replica = replica_of.is_some();
-                let s = blocking(move || {
-                    match replica_of {
-                        Some(id) => tenant.engine.adopt_session(
-                            id,
-                            &req.host,
-                            parent,
-                            req.started_unix,
-                            req.lease_seconds,
-                        ),
-                        None => on_engine(tenant.engine.begin_session(
-                            &req.host,
-                            parent,
-                            req.lease_seconds,
-                        )),
-                    }
-                    .map_err(status)
-                })
-                .await?;
+                let s = if self.node.cluster.clustered() {
+                    let etcd = self.node.cluster.etcd().map_err(status)?;
+                    crate::cluster::sessions::begin(
+                        &etcd,
+                        &caller.repo,
+                        &req.host,
+                        parent,
+                        req.lease_seconds,
+                    )
+                    .await
+                    .map_err(status)?
+                } else {
+                    blocking(move || {
+                        match replica_of {
+                            Some(id) => tenant.engine.adopt_session(
+                                id,
+                                &req.host,
+                                parent,
+                                req.started_unix,
+                                req.lease_seconds,
+                            ),
+                            None => on_engine(tenant.engine.begin_session(
+                                &req.host,
+                                parent,
+                                req.lease_seconds,
+                            )),
+                        }
+                        .map_err(status)
+                    })
+                    .await?
+                };
                 self.audit(
                     "session_begun",
                     &caller,
@@ -603,7 +606,7 @@ impl IndexRpc for IndexService {
                         "replica": replica,
                     }),
                 );
-                Ok(session_to_wire(&s))
+                Ok(crate::cluster::sessions::to_wire(&s))
             },
         )
         .await
@@ -617,12 +620,18 @@ impl IndexRpc for IndexService {
             "RenewSession",
             request,
             |r| &r.repo_id,
-            |_, tenant, req| async move {
+            |caller, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
-                let s =
+                let s = if self.node.cluster.clustered() {
+                    let etcd = self.node.cluster.etcd().map_err(status)?;
+                    crate::cluster::sessions::renew(&etcd, &caller.repo, &id)
+                        .await
+                        .map_err(status)?
+                } else {
                     blocking(move || on_engine(tenant.engine.renew_session(id)).map_err(status))
-                        .await?;
-                Ok(session_to_wire(&s))
+                        .await?
+                };
+                Ok(crate::cluster::sessions::to_wire(&s))
             },
         )
         .await
@@ -641,7 +650,7 @@ impl IndexRpc for IndexService {
                 #[allow(deprecated)]
                 if req.finished {
                     // A client from before EndSession.
-                    end_session(tenant, id).await?;
+                    end_session(&self.node, tenant, id).await?;
                     self.audit(
                         "session_ended",
                         &caller,
@@ -650,10 +659,26 @@ impl IndexRpc for IndexService {
                     return Ok(v1::CommitManifestResponse { session: None });
                 }
                 let snapshot = SnapshotId::from_slice(&req.snapshot_id).map_err(invalid)?;
-                let s = blocking(move || {
-                    on_engine(tenant.engine.commit_session(id, snapshot)).map_err(status)
-                })
-                .await?;
+                let s = if self.node.cluster.clustered() {
+                    let etcd = self.node.cluster.etcd().map_err(status)?;
+                    let s = crate::cluster::sessions::commit(&etcd, &caller.repo, &id, snapshot)
+                        .await
+                        .map_err(status)?;
+                    let started = s.started;
+                    blocking(move || {
+                        tenant
+                            .engine
+                            .record_commit(snapshot, started)
+                            .map_err(status)
+                    })
+                    .await?;
+                    s
+                } else {
+                    blocking(move || {
+                        on_engine(tenant.engine.commit_session(id, snapshot)).map_err(status)
+                    })
+                    .await?
+                };
                 self.audit(
                     "manifest_committed",
                     &caller,
@@ -664,7 +689,7 @@ impl IndexRpc for IndexService {
                     }),
                 );
                 Ok(v1::CommitManifestResponse {
-                    session: Some(session_to_wire(&s)),
+                    session: Some(crate::cluster::sessions::to_wire(&s)),
                 })
             },
         )
@@ -681,7 +706,7 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |caller, tenant, req| async move {
                 let id = session_id(&req.session_id)?;
-                end_session(tenant, id).await?;
+                end_session(&self.node, tenant, id).await?;
                 self.audit(
                     "session_ended",
                     &caller,
@@ -701,11 +726,21 @@ impl IndexRpc for IndexService {
             "ListSessions",
             request,
             |r| &r.repo_id,
-            |_, tenant, _| async move {
-                let list =
-                    blocking(move || on_engine(tenant.engine.sessions()).map_err(status)).await?;
+            |caller, tenant, _| async move {
+                let list = if self.node.cluster.clustered() {
+                    let etcd = self.node.cluster.etcd().map_err(status)?;
+                    crate::cluster::sessions::list(&etcd, &caller.repo)
+                        .await
+                        .map_err(status)?
+                } else {
+                    blocking(move || on_engine(tenant.engine.sessions()).map_err(status)).await?
+                };
                 Ok(v1::ListSessionsResponse {
-                    sessions: list.sessions.iter().map(session_to_wire).collect(),
+                    sessions: list
+                        .sessions
+                        .iter()
+                        .map(crate::cluster::sessions::to_wire)
+                        .collect(),
                     now_unix: list.now,
                 })
             },
@@ -723,7 +758,14 @@ impl IndexRpc for IndexService {
             |r| &r.repo_id,
             |caller, tenant, req| async move {
                 let ids = unpack_ids(&req.ids, MAX_BATCH).map_err(invalid)?;
-                let cutoff = req.cutoff_unix;
+                let cutoff = if self.node.cluster.clustered() {
+                    let etcd = self.node.cluster.etcd().map_err(status)?;
+                    crate::cluster::sessions::enforced_cutoff(&etcd, &caller.repo, req.cutoff_unix)
+                        .await
+                        .map_err(status)?
+                } else {
+                    req.cutoff_unix
+                };
                 let condemned = blocking(move || {
                     on_engine(tenant.engine.condemn(&ids, cutoff)).map_err(status)
                 })

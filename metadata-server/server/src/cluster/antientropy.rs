@@ -22,7 +22,7 @@ use cairn_chunk_store::RepoId;
 use cairn_index::{RecordTable, bucket_range};
 use cairn_proto::cluster::{PARTITIONS, partition_range};
 
-use super::layout::{View, owners};
+use super::layout::View;
 use super::mover::merge;
 use super::peer::{MAX_RANGE_RECORDS, Peer};
 use crate::node::Node;
@@ -67,7 +67,7 @@ pub async fn round(node: &Arc<Node>) -> Result<u64, String> {
     let me = node.cluster.me();
     let mut shared: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
     for p in 0..PARTITIONS {
-        let o = owners(view.newest(), p);
+        let o = view.newest_owners(p).to_vec();
         if o.contains(&me) {
             for peer in o.into_iter().filter(|n| *n != me) {
                 shared.entry(peer).or_default().push(p);
@@ -79,7 +79,8 @@ pub async fn round(node: &Arc<Node>) -> Result<u64, String> {
         let Some(address) = view.newest().nodes.iter().find(|n| n.id == peer_id) else {
             continue;
         };
-        let peer = Peer::connect(peer_id, &address.address, &secret)?;
+        let address = node.cluster.address_of(peer_id, &address.address);
+        let peer = Peer::connect(peer_id, &address, &secret)?;
         match with_peer(node, &peer, &parts).await {
             Ok(n) => repaired += n,
             Err(e) => tracing::debug!(peer = peer_id, "anti-entropy skipped a peer: {e}"),

@@ -118,6 +118,11 @@ impl Etcd {
         format!("{}{rest}", self.prefix)
     }
 
+    /// A handle on the client, for calls this module does not wrap.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// The key prefix (ends with `/`).
     pub fn prefix(&self) -> &str {
         &self.prefix

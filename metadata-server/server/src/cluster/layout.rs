@@ -128,15 +128,35 @@ pub fn set_bit(bitmap: &mut Vec<u8>, p: u32) {
     bitmap[p as usize / 8] |= 1 << (p % 8);
 }
 
-/// What one layout says about who is where.
+/// What one layout says about who is where (placements computed once).
 pub struct View<'a> {
     layout: &'a v1::Layout,
+    /// Per version of the history, per partition: its owners.
+    placements: Vec<Vec<Vec<&'a str>>>,
 }
 
 impl<'a> View<'a> {
     /// A view of `layout`; `None` when nothing has been applied yet.
     pub fn new(layout: &'a v1::Layout) -> Option<Self> {
-        (!layout.history.is_empty()).then_some(Self { layout })
+        if layout.history.is_empty() {
+            return None;
+        }
+        let placements = layout
+            .history
+            .iter()
+            .map(|v| (0..PARTITIONS).map(|p| owners(v, p)).collect())
+            .collect();
+        Some(Self { layout, placements })
+    }
+
+    /// Owners of `p` in the newest version, best first.
+    pub fn newest_owners(&self, p: u32) -> &[&'a str] {
+        &self.placements[self.placements.len() - 1][p as usize]
+    }
+
+    /// Owners of `p` in the oldest version in use, best first.
+    pub fn oldest_owners(&self, p: u32) -> &[&'a str] {
+        &self.placements[0][p as usize]
     }
 
     /// The oldest version in use (its owners hold partitions in full).
@@ -152,12 +172,12 @@ impl<'a> View<'a> {
     /// Whether node `id` must stream partition `p` to catch up: it owns `p`
     /// in the newest version but did not in the oldest.
     pub fn must_stream(&self, id: &str, p: u32) -> bool {
-        owners(self.newest(), p).contains(&id) && !owners(self.oldest(), p).contains(&id)
+        self.newest_owners(p).contains(&id) && !self.oldest_owners(p).contains(&id)
     }
 
     /// Whether node `id` has caught up on `p` (see the module docs).
     pub fn caught_up(&self, id: &str, p: u32, sync: &HashMap<String, v1::SyncProgress>) -> bool {
-        owners(self.oldest(), p).contains(&id)
+        self.oldest_owners(p).contains(&id)
             || sync
                 .get(id)
                 .is_some_and(|s| s.layout_version == self.newest().version && bit(&s.caught_up, p))
@@ -167,8 +187,8 @@ impl<'a> View<'a> {
     /// history may then shrink to the newest version.
     pub fn settled(&self, sync: &HashMap<String, v1::SyncProgress>) -> bool {
         (0..PARTITIONS).all(|p| {
-            owners(self.newest(), p)
-                .into_iter()
+            self.newest_owners(p)
+                .iter()
                 .all(|n| self.caught_up(n, p, sync))
         })
     }
@@ -191,8 +211,8 @@ impl<'a> View<'a> {
         let at = |id: &str| index[id];
         let replicas = (0..PARTITIONS)
             .map(|p| {
-                let newest = owners(self.newest(), p);
-                let oldest = owners(self.oldest(), p);
+                let newest = self.newest_owners(p);
+                let oldest = self.oldest_owners(p);
                 let ready: Vec<&str> = newest
                     .iter()
                     .copied()
@@ -207,8 +227,8 @@ impl<'a> View<'a> {
                 }
                 dedup(&mut read);
                 let mut write = read.clone();
-                for v in &self.layout.history {
-                    write.extend(owners(v, p).into_iter().map(at));
+                for v in &self.placements {
+                    write.extend(v[p as usize].iter().map(|n| at(n)));
                 }
                 dedup(&mut write);
                 Replicas { read, write }
@@ -416,7 +436,7 @@ mod tests {
         }
         // Partitions n0 owned keep n0 in both sets until the history shrinks.
         let held_by_n0 = (0..PARTITIONS)
-            .filter(|&p| owners(view.oldest(), p).contains(&"n0"))
+            .filter(|&p| view.oldest_owners(p).contains(&"n0"))
             .count();
         assert_eq!(
             held_by_n0,

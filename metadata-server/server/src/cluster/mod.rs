@@ -32,6 +32,7 @@ pub mod layout;
 pub mod mover;
 pub mod peer;
 pub mod progress;
+pub mod sessions;
 pub mod status;
 
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub struct Membership {
     gate: Arc<AsyncRwLock<()>>,
     peer_secret: RwLock<Option<Arc<Vec<u8>>>>,
     registrations: RwLock<Arc<HashMap<String, v1::Registration>>>,
+    /// The etcd connection, once made (sessions go through it).
+    etcd_client: RwLock<Option<etcd::Etcd>>,
     /// Wakes the mover and the publisher when the layout changes or a
     /// partition is caught up.
     pub changed: Notify,
@@ -122,6 +125,7 @@ impl Membership {
             gate: Arc::new(AsyncRwLock::new(())),
             peer_secret: RwLock::new(None),
             registrations: RwLock::new(Arc::new(HashMap::new())),
+            etcd_client: RwLock::new(None),
             changed: Notify::new(),
             peer_returned: Notify::new(),
             counters: Counters::default(),
@@ -155,6 +159,30 @@ impl Membership {
     /// Every node's sync progress as last read.
     pub fn sync(&self) -> Arc<HashMap<String, v1::SyncProgress>> {
         self.sync.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Where node `id` is reached: the address it registered with, else
+    /// `fallback` (the layout's).
+    pub fn address_of(&self, id: &str, fallback: &str) -> String {
+        self.registrations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map_or_else(|| fallback.to_string(), |r| r.address.clone())
+    }
+
+    /// The etcd connection of a clustered node; an error a client can act
+    /// on when there is none yet.
+    pub fn etcd(&self) -> Result<etcd::Etcd, cairn_index::IndexError> {
+        self.etcd_client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                cairn_index::IndexError::Unavailable(
+                    "this index node has not reached etcd yet; retry".into(),
+                )
+            })
     }
 
     /// Whether node `id` is registered (up), as last read.
@@ -212,13 +240,17 @@ impl Membership {
         epoch: u64,
         sync: HashMap<String, v1::SyncProgress>,
     ) {
-        let table = match View::new(&layout) {
+        let mut table = match View::new(&layout) {
             Some(view) => view.table(epoch, &sync),
             None => Table {
                 epoch,
                 ..Table::default()
             },
         };
+        // A node restarted on another port registers its new address.
+        for n in &mut table.nodes {
+            n.address = self.address_of(&n.id, &n.address);
+        }
         let new_epoch = table.epoch != self.table().epoch;
         let _exclusive = if new_epoch {
             Some(self.gate.write().await)
@@ -243,7 +275,7 @@ impl Membership {
         let layout = self.layout();
         match View::new(&layout) {
             Some(view) => (0..cairn_proto::cluster::PARTITIONS)
-                .filter(|&p| layout::owners(view.newest(), p).contains(&self.me.as_str()))
+                .filter(|&p| view.newest_owners(p).contains(&self.me.as_str()))
                 .count(),
             None if !self.etcd => cairn_proto::cluster::PARTITIONS as usize,
             None => 0,
@@ -312,6 +344,10 @@ async fn member(
 ) -> Result<(), etcd::EtcdError> {
     let membership = &node.cluster;
     membership.set_peer_secret(etcd.peer_secret().await?);
+    *membership
+        .etcd_client
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = Some(etcd.clone());
     let registration = |bytes: u64| v1::Registration {
         format: layout::FORMAT,
         id: membership.me.clone(),

@@ -21,13 +21,15 @@ use cairn_chunk_store::RepoId;
 use cairn_index::RecordTable;
 use cairn_proto::cluster::{PARTITIONS, partition_range};
 
-use super::layout::{View, owners};
+use super::layout::View;
 use super::peer::Peer;
 use super::progress::Resume;
 use crate::node::Node;
 
 /// Records per streamed batch.
 const BATCH: u32 = 4096;
+/// Partitions streamed at once.
+const PARALLEL_MOVES: usize = 4;
 
 /// Streams partitions in until `stop`.
 pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -59,23 +61,38 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
             }
             continue;
         };
-        // A move that was interrupted goes first.
+        // Moves that were interrupted go first; a few run at once.
         let mut order = todo;
-        if let Some(p) = order
-            .iter()
-            .position(|&p| node.progress.resume_point(p).is_some())
-        {
-            order.swap(0, p);
-        }
-        for p in order {
-            if *stop.borrow() || node.cluster.table().epoch != table.epoch {
-                break;
+        order.sort_by_key(|&p| node.progress.resume_point(p).is_none());
+        let mut queue = order.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut paused = false;
+        loop {
+            while running.len() < PARALLEL_MOVES && !paused && !*stop.borrow() {
+                let Some(p) = queue.next() else { break };
+                if node.cluster.table().epoch != table.epoch {
+                    break;
+                }
+                let sources: Vec<(String, String)> = view
+                    .oldest_owners(p)
+                    .iter()
+                    .filter(|id| **id != me)
+                    .filter_map(|id| view.oldest().nodes.iter().find(|n| n.id == *id))
+                    .map(|n| (n.id.clone(), node.cluster.address_of(&n.id, &n.address)))
+                    .collect();
+                let (node, stop) = (node.clone(), stop.clone());
+                let epoch = table.epoch;
+                running.spawn(async move { (p, stream(&node, sources, epoch, p, stop).await) });
             }
-            match stream(&node, &view, table.epoch, p, &mut stop).await {
-                Ok(true) => {
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok((p, Ok(true))) => {
                     if let Err(e) = node.progress.finished(p) {
                         tracing::warn!("move progress: {e}");
-                        break;
+                        paused = true;
+                        continue;
                     }
                     node.cluster
                         .counters
@@ -83,15 +100,21 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     node.cluster.changed.notify_waiters();
                 }
-                Ok(false) => break,
-                Err(e) => {
+                Ok((_, Ok(false))) => paused = true,
+                Ok((p, Err(e))) => {
                     tracing::warn!(partition = p, "move paused: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.changed() => {}
-                    }
-                    break;
+                    paused = true;
                 }
+                Err(e) => {
+                    tracing::warn!("move task failed: {e}");
+                    paused = true;
+                }
+            }
+        }
+        if paused {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
             }
         }
     }
@@ -100,21 +123,15 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
 /// Streams partition `p` from a full replica; `Ok(false)` when stopped.
 async fn stream(
     node: &Arc<Node>,
-    view: &View<'_>,
+    sources: Vec<(String, String)>,
     epoch: u64,
     p: u32,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, String> {
     let secret = node
         .cluster
         .peer_secret()
         .ok_or("the peer secret is not known yet")?;
-    let me = node.cluster.me();
-    let sources: Vec<_> = owners(view.oldest(), p)
-        .into_iter()
-        .filter(|id| *id != me)
-        .filter_map(|id| view.oldest().nodes.iter().find(|n| n.id == id))
-        .collect();
     let resume = node.progress.resume_point(p);
     if resume.is_none() {
         let n = node.clone();
@@ -131,16 +148,16 @@ async fn stream(
         );
     }
     let mut last = String::from("no owner to copy from");
-    for source in sources {
-        let peer = Peer::connect(&source.id, &source.address, &secret)?;
-        match copy_from(node, &peer, epoch, p, resume.clone(), stop).await {
+    for (id, address) in sources {
+        let peer = Peer::connect(&id, &address, &secret)?;
+        match copy_from(node, &peer, epoch, p, resume.clone(), &mut stop).await {
             Ok(done) => {
                 if done {
-                    tracing::info!(partition = p, from = %source.id, "partition caught up");
+                    tracing::debug!(partition = p, from = %id, "partition caught up");
                 }
                 return Ok(done);
             }
-            Err(e) => last = format!("{}: {e}", source.id),
+            Err(e) => last = format!("{id}: {e}"),
         }
     }
     Err(last)

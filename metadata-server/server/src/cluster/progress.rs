@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use cairn_proto::cluster::PARTITIONS;
 use cairn_proto::v1;
 
-use super::layout::{FORMAT, View, bit, owners, set_bit};
+use super::layout::{FORMAT, View, bit, set_bit};
 
 /// Where a move stopped: the last key copied, of one table of one
 /// repository of one partition.
@@ -40,7 +40,8 @@ struct State {
     moves_done: u64,
     records_copied: u64,
     repairs: u64,
-    current: Option<Resume>,
+    /// Moves under way (one per partition being streamed).
+    resuming: Vec<Resume>,
 }
 
 /// The progress file.
@@ -97,10 +98,15 @@ impl Progress {
     /// Follows the layout's newest version: keeps only the partitions this
     /// node (`me`) still owns, and drops a resume point it no longer needs.
     pub fn follow(&self, layout: &v1::Layout, me: &str) -> Result<(), String> {
+        let Some(version) = layout.history.last().map(|v| v.version) else {
+            return Ok(());
+        };
+        if self.with(|s| s.layout_version == version) {
+            return Ok(());
+        }
         let Some(view) = View::new(layout) else {
             return Ok(());
         };
-        let version = view.newest().version;
         let state = self.with(|s| {
             if s.layout_version == version {
                 return None;
@@ -108,18 +114,13 @@ impl Progress {
             let old = hex::decode(&s.caught_up).unwrap_or_default();
             let mut kept = Vec::new();
             for p in 0..PARTITIONS {
-                if bit(&old, p) && owners(view.newest(), p).contains(&me) {
+                if bit(&old, p) && view.newest_owners(p).contains(&me) {
                     set_bit(&mut kept, p);
                 }
             }
             s.caught_up = hex::encode(&kept);
             s.layout_version = version;
-            if s.current
-                .as_ref()
-                .is_some_and(|r| !view.must_stream(me, r.partition))
-            {
-                s.current = None;
-            }
+            s.resuming.retain(|r| view.must_stream(me, r.partition));
             Some(s.clone())
         });
         match state {
@@ -135,13 +136,14 @@ impl Progress {
 
     /// Where the move of `p` stopped, if it did.
     pub fn resume_point(&self, p: u32) -> Option<Resume> {
-        self.with(|s| s.current.clone().filter(|r| r.partition == p))
+        self.with(|s| s.resuming.iter().find(|r| r.partition == p).cloned())
     }
 
     /// Records that a move copied up to `at`.
     pub fn copied(&self, at: Resume, records: u64) -> Result<(), String> {
         let s = self.with(|s| {
-            s.current = Some(at);
+            s.resuming.retain(|r| r.partition != at.partition);
+            s.resuming.push(at);
             s.records_copied += records;
             s.clone()
         });
@@ -155,7 +157,7 @@ impl Progress {
             set_bit(&mut bits, p);
             s.caught_up = hex::encode(&bits);
             s.moves_done += 1;
-            s.current = None;
+            s.resuming.retain(|r| r.partition != p);
             s.clone()
         });
         self.save(&s)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use cairn_proto::cluster::PARTITIONS;
 use cairn_proto::v1;
 
-use super::layout::{View, owners};
+use super::layout::View;
 
 /// One node as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -66,8 +66,8 @@ pub fn under_replicated(
     let r = view.newest().replication as usize;
     (0..PARTITIONS)
         .filter(|&p| {
-            owners(view.newest(), p)
-                .into_iter()
+            view.newest_owners(p)
+                .iter()
                 .filter(|n| up(n) && view.caught_up(n, p, sync))
                 .count()
                 < r
@@ -109,7 +109,7 @@ pub fn status(
             listed.push(n.id.clone());
             let newest = view.newest().nodes.iter().any(|m| m.id == n.id);
             let owned: Vec<u32> = (0..PARTITIONS)
-                .filter(|&p| owners(view.newest(), p).contains(&n.id.as_str()))
+                .filter(|&p| view.newest_owners(p).contains(&n.id.as_str()))
                 .collect();
             let behind = owned
                 .iter()
