@@ -24,9 +24,11 @@ TOKEN=$(cairn-index token add --tokens "$WORK/tokens.toml" --repository "$REPO_I
   --role backup --label example-client)
 
 # 3. Three nodes register in etcd; the first layout puts every partition on two of them.
+declare -A PID
 serve() {
   cairn-index serve --node-id "n$1" --listen "127.0.0.1:${PORTS[$1-1]}" \
     --data-dir "$WORK/node$1" --tokens "$WORK/tokens.toml" > "$WORK/node$1.log" 2>&1 &
+  PID[$1]=$!
 }
 for i in 1 2 3; do serve "$i"; done
 wait_until cairn-index layout add n1 n2 n3 --replication 2
@@ -47,7 +49,7 @@ wait_until cairn-index layout add n4
 cairn-index layout remove n1
 cairn-index layout apply
 wait_until cairn-index status
-kill "$(pgrep -f -- "--node-id n1 ")"
+kill "${PID[1]}"
 cairn-index status
 cairn backup "$WORK/data" --host another-client
 echo "cluster example: backup, restore and node replacement OK"

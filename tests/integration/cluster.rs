@@ -257,7 +257,9 @@ pub(crate) struct ClusterFixture {
 }
 
 impl ClusterFixture {
-    fn new(n: usize, replication: u32) -> Option<Self> {
+    /// A repository and a cluster of `n` nodes with `replication` replicas
+    /// (`None`: it needs etcd and none was started).
+    pub(crate) fn new(n: usize, replication: u32) -> Option<Self> {
         Self::with_repo(n, replication, |dir| {
             Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")))
         })
@@ -362,6 +364,11 @@ impl ClusterFixture {
                 },
             );
         }
+    }
+
+    /// The repository's id.
+    pub(crate) fn repo_id(&self) -> &str {
+        &self.repo_id
     }
 
     pub(crate) fn total(&self, metric: &str) -> f64 {
@@ -865,14 +872,6 @@ fn a_saturated_node_sheds_load_with_a_retry_hint_and_recovers() {
 
 /// What the garbage-collection tests (`prune.rs`) need of the fixture.
 impl ClusterFixture {
-    /// A repository and a cluster of `n` nodes with `replication` replicas
-    /// (`None`: it needs etcd and none was started).
-    pub(crate) fn start(n: usize, replication: u32) -> Option<Self> {
-        Self::with_repo(n, replication, |dir| {
-            Cairn::new(dir.join("repo")).with_env("XDG_CACHE_HOME", s(&dir.join("cache")))
-        })
-    }
-
     /// Kills node `i` (SIGKILL).
     pub(crate) fn kill_node(&mut self, i: usize) {
         self.nodes[i].kill();

@@ -27,6 +27,7 @@ mod find;
 mod fixture;
 mod fuzz_seeds;
 mod generate;
+mod heal;
 mod index;
 mod keys;
 mod leakage;

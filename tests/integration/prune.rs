@@ -119,7 +119,7 @@ fn prune_frees_the_data_only_forgotten_snapshots_used() {
 
 #[test]
 fn prune_frees_the_data_only_forgotten_snapshots_used_with_the_cluster_index() {
-    let Some(f) = ClusterFixture::start(3, 2) else {
+    let Some(f) = ClusterFixture::new(3, 2) else {
         return;
     };
     let t = TwoSnapshots::on(f.cairn.clone(), f.dir.clone(), None);
@@ -207,7 +207,7 @@ fn a_condemned_chunk_is_uploaded_again_not_reused() {
 
 #[test]
 fn a_condemned_chunk_is_uploaded_again_not_reused_with_the_cluster_index() {
-    let Some(f) = ClusterFixture::start(3, 2) else {
+    let Some(f) = ClusterFixture::new(3, 2) else {
         return;
     };
     condemned_chunks_are_uploaded_again(&f.cairn, &f.dir);
@@ -339,7 +339,7 @@ fn prune_killed_at_each_step_loses_nothing_and_a_rerun_frees_the_space() {
 /// next prune revives what the manifest needs instead of deleting it.
 #[test]
 fn a_snapshot_written_without_a_session_is_revived_not_deleted() {
-    let f = ClusterFixture::start(1, 1).expect("one node needs no etcd");
+    let f = ClusterFixture::new(1, 1).expect("one node needs no etcd");
     let src = f.dir.join("src");
     fs::create_dir_all(&src).unwrap();
     write_random_file(&src.join("data.bin"), 2 * MIB, 31);
@@ -411,7 +411,7 @@ fn prune_killed_at_random_moments_loses_nothing() {
 /// no snapshot, says why in one line, and nothing points at deleted data.
 #[test]
 fn prune_refuses_to_run_without_the_whole_cluster() {
-    let f = ClusterFixture::start(1, 1).expect("one node needs no etcd");
+    let f = ClusterFixture::new(1, 1).expect("one node needs no etcd");
     let out = f
         .cairn
         .with_env("CAIRN_INDEX", "http://127.0.0.1:9")
@@ -421,7 +421,7 @@ fn prune_refuses_to_run_without_the_whole_cluster() {
 
 #[test]
 fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data() {
-    let f = ClusterFixture::start(1, 1).expect("one node needs no etcd");
+    let f = ClusterFixture::new(1, 1).expect("one node needs no etcd");
     let cairn = f.cairn.with_env("CAIRN_SESSION_LEASE", "2");
     let small = f.dir.join("small");
     fs::create_dir_all(&small).unwrap();
@@ -476,7 +476,7 @@ fn a_fenced_backup_fails_clearly_and_leaves_nothing_that_points_to_deleted_data(
 /// whole.
 #[test]
 fn a_parent_forgotten_while_a_backup_runs_keeps_its_data_until_the_backup_ends() {
-    let f = ClusterFixture::start(1, 1).expect("one node needs no etcd");
+    let f = ClusterFixture::new(1, 1).expect("one node needs no etcd");
     let src = f.dir.join("src");
     fs::create_dir_all(src.join("kept")).unwrap();
     for i in 0..6u64 {
@@ -591,7 +591,7 @@ fn wait_for_backup(backup: &mut Child, log: &Path, timeout: Duration) -> (ExitSt
 /// session costs the backup nothing while the lease it last confirmed runs.
 #[test]
 fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
-    let mut f = ClusterFixture::start(1, 1).expect("one node needs no etcd");
+    let mut f = ClusterFixture::new(1, 1).expect("one node needs no etcd");
     let (status, stderr) = backup_losing_a_node(&mut f, "600", 0);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("its lease still runs"), "{stderr}");
@@ -607,7 +607,7 @@ fn a_backup_whose_session_node_dies_still_writes_its_snapshot() {
 #[test]
 fn a_session_survives_one_of_its_replicas() {
     for victim in 0..2 {
-        let Some(mut f) = ClusterFixture::start(2, 2) else {
+        let Some(mut f) = ClusterFixture::new(2, 2) else {
             return;
         };
         let (status, stderr) = backup_losing_a_node(&mut f, "2", victim);
@@ -784,7 +784,7 @@ fn test_seed() -> u64 {
 
 #[test]
 fn concurrent_backups_and_repeated_prunes_with_the_cluster_index() {
-    let Some(f) = ClusterFixture::start(3, 2) else {
+    let Some(f) = ClusterFixture::new(3, 2) else {
         return;
     };
     let base = test_seed();

@@ -137,7 +137,7 @@ fn prune_says_what_waits_for_the_clock_skew_margin_and_the_grace_period() {
 /// names its host and start.
 #[test]
 fn prune_names_the_running_backup_that_holds_data_back() {
-    let f = crate::cluster::ClusterFixture::start(1, 1).expect("one node needs no etcd");
+    let f = crate::cluster::ClusterFixture::new(1, 1).expect("one node needs no etcd");
     let busy = f.cairn.with_env("CAIRN_SESSION_LEASE", "600");
     let log = f.dir.join("busy");
     let repo = f.dir.join("repo");

@@ -12,7 +12,7 @@ const DIRS: usize = 2_000;
 
 #[test]
 fn an_unchanged_rebackup_makes_few_index_requests() {
-    let Some(f) = ClusterFixture::start(3, 2) else {
+    let Some(f) = ClusterFixture::new(3, 2) else {
         return;
     };
     let src = f.dir.join("src");

@@ -53,6 +53,80 @@ pub struct Metrics {
     pub partitions_owned: Gauge,
     /// Bytes on disk under the data directory.
     pub disk_bytes: Gauge,
+    /// This node's view of the cluster, set on each scrape.
+    pub cluster: ClusterGauges,
+}
+
+/// The cluster as one node sees it (gauges set from its counters on each
+/// scrape).
+#[derive(Default)]
+pub struct ClusterGauges {
+    /// The newest layout version applied.
+    pub layout_version: Gauge,
+    /// Partitions this node still has to stream in.
+    pub moves_in_flight: Gauge,
+    /// Partitions this node has streamed in, ever.
+    pub moves_done: Gauge,
+    /// Records copied by moves.
+    pub records_copied: Gauge,
+    /// Partitions dropped after they moved away.
+    pub partitions_dropped: Gauge,
+    /// Partitions with fewer caught-up replicas on up nodes than R.
+    pub under_replicated: Gauge,
+    /// Anti-entropy rounds completed since start.
+    pub antientropy_rounds: Gauge,
+    /// Records repaired by anti-entropy since start.
+    pub antientropy_repairs: Gauge,
+}
+
+impl ClusterGauges {
+    fn register(&self, registry: &mut Registry) {
+        let gauges: [(&str, &str, &Gauge); 8] = [
+            (
+                "layout_version",
+                "the newest cluster layout version applied",
+                &self.layout_version,
+            ),
+            (
+                "moves_in_flight",
+                "partitions this node still streams in",
+                &self.moves_in_flight,
+            ),
+            (
+                "moves_done",
+                "partitions this node has streamed in",
+                &self.moves_done,
+            ),
+            (
+                "records_copied",
+                "records copied by partition moves",
+                &self.records_copied,
+            ),
+            (
+                "partitions_dropped",
+                "partition copies dropped after moving away",
+                &self.partitions_dropped,
+            ),
+            (
+                "under_replicated_partitions",
+                "partitions with fewer caught-up replicas on up nodes than R",
+                &self.under_replicated,
+            ),
+            (
+                "antientropy_rounds",
+                "anti-entropy rounds since start",
+                &self.antientropy_rounds,
+            ),
+            (
+                "antientropy_repairs",
+                "records repaired by anti-entropy since start",
+                &self.antientropy_repairs,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,8 +193,11 @@ impl Metrics {
             "bytes of RocksDB data on disk",
             disk_bytes.clone(),
         );
+        let cluster = ClusterGauges::default();
+        cluster.register(&mut registry);
         Self {
             registry,
+            cluster,
             requests,
             latency,
             in_flight,

@@ -42,13 +42,14 @@ pub async fn serve(
             axum::routing::get(move || {
                 let (node, metrics) = (node.clone(), metrics.clone());
                 async move {
-                    let (owned, disk) = tokio::task::spawn_blocking(move || {
-                        (node.partitions_owned(), node.disk_bytes())
-                    })
-                    .await
-                    .unwrap_or((0, 0));
+                    let n = node.clone();
+                    let (owned, disk) =
+                        tokio::task::spawn_blocking(move || (n.partitions_owned(), n.disk_bytes()))
+                            .await
+                            .unwrap_or((0, 0));
                     metrics.partitions_owned.set(owned as i64);
                     metrics.disk_bytes.set(disk as i64);
+                    node.cluster.report(&metrics.cluster, &node.progress);
                     (
                         [(
                             "content-type",

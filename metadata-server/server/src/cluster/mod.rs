@@ -77,10 +77,6 @@ pub struct Membership {
 /// What this node has done for the cluster.
 #[derive(Default)]
 pub struct Counters {
-    /// Partitions streamed in, ever (from the progress file).
-    pub moves_done: AtomicU64,
-    /// Records copied by moves.
-    pub records_copied: AtomicU64,
     /// Records repaired by anti-entropy.
     pub repairs: AtomicU64,
     /// Partitions this node must still stream.
@@ -290,9 +286,21 @@ impl Membership {
         View::new(&layout).map_or(0, |view| status::under_replicated(&view, &sync, up))
     }
 
-    /// Counter value.
-    pub fn count(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
+    /// Sets the cluster gauges of `/metrics`.
+    pub fn report(&self, g: &crate::metrics::ClusterGauges, progress: &progress::Progress) {
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        let (moves_done, records_copied, _) = progress.totals();
+        g.layout_version.set(self.table().version as i64);
+        g.moves_in_flight.set(count(&self.counters.moves_pending));
+        g.moves_done.set(moves_done as i64);
+        g.records_copied.set(records_copied as i64);
+        g.partitions_dropped
+            .set(count(&self.counters.partitions_dropped));
+        g.under_replicated
+            .set(self.under_replicated(&|id| self.is_up(id)) as i64);
+        g.antientropy_rounds
+            .set(count(&self.counters.antientropy_rounds));
+        g.antientropy_repairs.set(count(&self.counters.repairs));
     }
 }
 

@@ -221,10 +221,6 @@ async fn copy_from(
                         },
                         n,
                     )?;
-                    node.cluster
-                        .counters
-                        .records_copied
-                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     after = Some(key);
                 }
                 if done {
