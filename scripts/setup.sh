@@ -7,6 +7,7 @@
 #   systemd              systemd-analyze, which verifies the units `cairn schedule` writes
 #   procps               kill(1), which the tests use to send SIGTERM
 #   python3              picks free ports and random keys for the test S3 servers
+#   etcd-server, etcd-client  the index cluster's control plane (etcd, etcdctl) in the tests
 #   cargo                with rustfmt and clippy (checked; rustup installs it)
 set -euo pipefail
 
@@ -26,6 +27,8 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v kill >/dev/null || missing+=(procps)
 command -v python3 >/dev/null || missing+=(python3)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
 
 if ((${#missing[@]})); then
     sudo=()
@@ -49,6 +52,13 @@ if ((${#missing[@]})); then
     # `cairn mount` (fusermount3 lets users other than root mount).
     if ! command -v fusermount3 >/dev/null; then
         packages+=(fuse3)
+    fi
+    # The index cluster's control plane.
+    if ! command -v etcd >/dev/null; then
+        packages+=(etcd-server)
+    fi
+    if ! command -v etcdctl >/dev/null; then
+        packages+=(etcd-client)
     fi
     log "installing ${packages[*]} (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive

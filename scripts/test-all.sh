@@ -16,6 +16,8 @@ bash scripts/setup.sh
 service_pids=()
 # shellcheck source=scripts/s3-servers.sh
 source scripts/s3-servers.sh
+# shellcheck source=scripts/etcd.sh
+source scripts/etcd.sh
 s3_dir="$(mktemp -d)"
 
 stop_services() {
@@ -27,16 +29,19 @@ stop_services() {
         wait "$pid" 2>/dev/null || true
     done
     stop_s3_servers "$s3_dir"
+    stop_etcd "$s3_dir"
     rm -rf "$s3_dir"
 }
 trap stop_services EXIT
 
 start_services() {
     # S3: a three-node Garage cluster and s3s-fs on 127.0.0.1 (built once
-    # and cached). The index cluster's nodes are started by the tests
-    # themselves, on port 0.
+    # and cached); a three-member etcd cluster, the control plane of the
+    # index clusters the tests start (their nodes on port 0, each cluster
+    # under its own key prefix).
     install_s3_servers
     start_s3_servers "$s3_dir"
+    start_etcd "$s3_dir"
 }
 
 start_services
