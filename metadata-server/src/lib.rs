@@ -64,8 +64,12 @@
 //!   prune's `C`) or sees `c` condemned and withdraws `B`;
 //! - the index enforces the cutoff it can check: a node never condemns a
 //!   chunk seen at or after its own clock or the start of a live session it
-//!   holds, whatever cutoff a client sends (in local mode that is every
-//!   session; in a cluster, sessions live on the owners of partition 0);
+//!   holds, whatever cutoff a client sends (in local mode and on a node
+//!   without etcd that is every session; in a cluster on etcd, the node
+//!   reads the repository's sessions from etcd before it condemns, so the
+//!   same holds for every session of the cluster: `cairn-index`'s
+//!   `cluster::sessions` re-argues this invariant for sessions kept as
+//!   etcd leases);
 //! - the check "last-seen < C" and the condemnation happen under the same
 //!   lock as the refresh in `unknown_chunks` and `register_pack` (one mutex
 //!   per engine): either the backup's confirmation comes first (the chunk
@@ -79,13 +83,22 @@
 //!   prune saw (and which bounds `C`): prune lists sessions *before* it
 //!   lists manifests, and a backup commits its session *before* it writes
 //!   the manifest, writing it only while its lease still has at least half
-//!   to run (if the node holding the session cannot be reached, the backup
-//!   writes its manifest only while the lease that node last confirmed has
-//!   at least half to run, by the backup's own monotonic clock: until then
-//!   prune still counts the session as running);
+//!   to run (if no node can be reached to renew it, the backup writes its
+//!   manifest only while the lease last confirmed has at least half to run,
+//!   by the backup's own monotonic clock: until then prune still counts the
+//!   session as running);
 //! - a pack is live while any replica holds a live record pointing to it;
 //!   prune acts only when every replica answered, so a confirmation that
-//!   reached one replica is never outvoted by a stale one;
+//!   reached one replica is never outvoted by a stale one. While partitions
+//!   move, "every replica" is the partition's whole write set (full
+//!   replicas, nodes catching up, nodes draining), and records copied
+//!   between replicas (moves, anti-entropy) follow a merge rule that never
+//!   revives a condemned record nor condemns a live one
+//!   (`engine::replica`): a copy read before prune condemned the source
+//!   and merged after it is a live record, which prune sees when it
+//!   re-reads every replica right before a delete (a copy is read and
+//!   merged within one call's deadline, 30 seconds, far inside the grace
+//!   period that separates condemnation from deletion);
 //! - packs are deleted object first, tombstone second: a backup that lists
 //!   the store and registers packs the index does not know (left by a killed
 //!   backup) either sees the tombstone or fails to read the deleted pack, so

@@ -503,3 +503,31 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example is a valid node configuration of a cluster on
+    /// etcd, and says what it says.
+    #[test]
+    fn the_example_node_config_parses() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/cairn-index.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let config: NodeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(config.node_id, "n1");
+        assert_eq!(config.etcd.len(), 3);
+        assert_eq!(config.etcd_prefix, "/cairn/");
+        assert_eq!(config.capacity, 1);
+        assert_eq!(
+            config.advertise.as_deref(),
+            Some("http://index1.example.net:7420")
+        );
+        let unknown = format!("{text}\nmembers = \"members.toml\"\n");
+        assert!(
+            toml::from_str::<NodeConfig>(&unknown).is_err(),
+            "unknown keys are refused"
+        );
+    }
+}

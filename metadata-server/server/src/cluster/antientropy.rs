@@ -86,11 +86,6 @@ pub async fn round(node: &Arc<Node>) -> Result<u64, String> {
             Err(e) => tracing::debug!(peer = peer_id, "anti-entropy skipped a peer: {e}"),
         }
     }
-    node.progress.repaired(repaired);
-    node.cluster
-        .counters
-        .repairs
-        .fetch_add(repaired, Ordering::Relaxed);
     node.cluster
         .counters
         .antientropy_rounds
@@ -169,7 +164,14 @@ async fn with_peer(node: &Arc<Node>, peer: &Peer, parts: &[u32]) -> Result<u64, 
                             .map_err(msg)?;
                         after = records.last().map(|r| r.key.clone());
                         let out = merge(node, repo, p, table, records).await?;
-                        repaired += out.added + out.updated;
+                        let n = out.added + out.updated;
+                        repaired += n;
+                        // Counted as they land, so the count never lags the data.
+                        node.progress.repaired(n);
+                        node.cluster
+                            .counters
+                            .repairs
+                            .fetch_add(n, Ordering::Relaxed);
                         if done || after.is_none() {
                             break;
                         }
