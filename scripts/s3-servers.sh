@@ -128,6 +128,11 @@ EOF
     export CAIRN_TEST_GARAGE_BIN="$garage"
     export CAIRN_TEST_GARAGE_NODE3_CONFIG="$dir/garage3/garage.toml"
     export CAIRN_TEST_GARAGE_NODE3_PIDFILE="$dir/garage3.pid"
+    # For the test that kills a node whose S3 endpoint a client uses, among
+    # several (node 2; the client lists nodes 2 and 1).
+    export CAIRN_TEST_GARAGE_NODE2_CONFIG="$dir/garage2/garage.toml"
+    export CAIRN_TEST_GARAGE_NODE2_PIDFILE="$dir/garage2.pid"
+    export CAIRN_TEST_GARAGE_ENDPOINT2="http://127.0.0.1:$(cat "$dir/garage2/s3.port")"
 
     # --- s3s-fs -------------------------------------------------------------
     # The same key as Garage's, so that one set of standard AWS variables

@@ -48,6 +48,9 @@ pub enum S3Addressing {
 #[derive(Debug, Clone, clap::Args)]
 pub struct S3Settings {
     /// S3 endpoint URL of a self-hosted server (MinIO, Garage, Ceph…); AWS S3 if unset.
+    /// A comma list names several endpoints of one service (the S3 API of every
+    /// Garage node): requests are spread over them, and one that fails is
+    /// skipped until it answers again.
     #[arg(
         long = "s3-endpoint",
         env = "CAIRN_S3_ENDPOINT",
@@ -121,10 +124,17 @@ impl S3Settings {
 
     fn options(&self, url: &str) -> Result<S3Options> {
         let mut o = S3Options::from_url(url).map_err(|e| anyhow!(e))?;
-        o.endpoint = self.endpoint.clone().filter(|e| !e.is_empty());
+        o.endpoints = self
+            .endpoint
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
         o.region = self.region.clone().filter(|r| !r.is_empty());
         o.path_style = match self.addressing {
-            S3Addressing::Auto => self.endpoint.is_some(),
+            S3Addressing::Auto => !o.endpoints.is_empty(),
             S3Addressing::Path => true,
             S3Addressing::Virtual => false,
         };

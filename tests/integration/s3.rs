@@ -92,7 +92,7 @@ impl Server {
     async fn store(&self, prefix: &str) -> S3Store {
         let mut options =
             S3Options::from_url(&format!("s3://{}/{prefix}", self.bucket)).expect("url");
-        options.endpoint = Some(self.endpoint.clone());
+        options.endpoints = self.endpoint.split(',').map(str::to_string).collect();
         options.region = Some(self.region.clone());
         options.path_style = true;
         S3Store::new(options).await
@@ -270,46 +270,59 @@ fn startup_mistakes_are_named_in_one_line() {
 // Faults
 // ---------------------------------------------------------------------------
 
-fn garage_node3_pid() -> u32 {
-    std::fs::read_to_string(env("CAIRN_TEST_GARAGE_NODE3_PIDFILE"))
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid")
-}
+/// One Garage node the fault tests stop (never node 1, which the other
+/// tests talk to), and start again.
+struct GarageNode(u8);
 
-/// Starts node 3 again (detached: the test script stops it through its pid file).
-#[allow(clippy::zombie_processes)]
-fn restart_garage_node3() {
-    let config = PathBuf::from(env("CAIRN_TEST_GARAGE_NODE3_CONFIG"));
-    let node_dir = config.parent().expect("node dir").to_path_buf();
-    let log = std::fs::File::create(node_dir.join("log.restarted")).expect("log");
-    let child = Command::new(env("CAIRN_TEST_GARAGE_BIN"))
-        .arg("-c")
-        .arg(&config)
-        .arg("server")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start garage node 3");
-    std::fs::write(
-        env("CAIRN_TEST_GARAGE_NODE3_PIDFILE"),
-        child.id().to_string(),
-    )
-    .unwrap();
-    let port = std::fs::read_to_string(node_dir.join("s3.port")).expect("port");
-    let addr = format!("127.0.0.1:{}", port.trim());
-    poll_until(
-        "garage node 3 to listen again",
-        Duration::from_secs(30),
-        || std::net::TcpStream::connect(&addr).is_ok(),
-    );
+/// Held by a test that stops a Garage node: with two of three down the
+/// cluster would lose its write quorum under every other S3 test.
+static GARAGE_FAULT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl GarageNode {
+    fn var(&self, what: &str) -> String {
+        env(&format!("CAIRN_TEST_GARAGE_NODE{}_{what}", self.0))
+    }
+
+    fn kill(&self) {
+        let pid = std::fs::read_to_string(self.var("PIDFILE")).expect("pid file");
+        let killed = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+    }
+
+    /// Starts the node again (detached: the test script stops it through
+    /// its pid file).
+    #[allow(clippy::zombie_processes)]
+    fn restart(&self) {
+        let config = PathBuf::from(self.var("CONFIG"));
+        let node_dir = config.parent().expect("node dir").to_path_buf();
+        let log = std::fs::File::create(node_dir.join("log.restarted")).expect("log");
+        let child = Command::new(env("CAIRN_TEST_GARAGE_BIN"))
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start garage node");
+        std::fs::write(self.var("PIDFILE"), child.id().to_string()).unwrap();
+        let port = std::fs::read_to_string(node_dir.join("s3.port")).expect("port");
+        let addr = format!("127.0.0.1:{}", port.trim());
+        poll_until(
+            "the garage node to listen again",
+            Duration::from_secs(30),
+            || std::net::TcpStream::connect(&addr).is_ok(),
+        );
+    }
 }
 
 #[test]
 fn a_garage_node_stopped_during_backup_costs_nothing() {
     let (_t, dir) = tempdir();
     let Some(server) = garage() else { return };
+    let _fault = GARAGE_FAULT.lock().unwrap_or_else(|p| p.into_inner());
     let repo = server.repo("node-stop", &dir);
     repo.cairn.init();
     let src = source(&dir, 120, 11);
@@ -321,16 +334,46 @@ fn a_garage_node_stopped_during_backup_costs_nothing() {
         Duration::from_secs(120),
         || !repo.list("packs/").is_empty(),
     );
-    let pid = garage_node3_pid();
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    let node3 = GarageNode(3);
+    node3.kill();
     let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ended");
     let stderr = std::fs::read_to_string(dir.join("logs/stderr")).unwrap_or_default();
-    restart_garage_node3();
+    node3.restart();
     assert!(status.success(), "backup failed with node 3 down: {stderr}");
+    assert_eq!(repo.list("manifests/").len(), 1);
+    assert_restores(&repo.cairn, "latest", &src, &dir.join("restore"));
+    repo.cairn.check_clean();
+}
+
+/// A client given the S3 endpoints of two Garage nodes keeps backing up
+/// when one of them is killed mid-backup: its requests go to the other.
+#[test]
+fn a_backup_goes_on_through_the_other_endpoint_when_a_garage_node_dies() {
+    let (_t, dir) = tempdir();
+    let Some(server) = garage() else { return };
+    let _fault = GARAGE_FAULT.lock().unwrap_or_else(|p| p.into_inner());
+    let both = Server {
+        endpoint: format!("{},{}", env("CAIRN_TEST_GARAGE_ENDPOINT2"), server.endpoint),
+        ..server.clone()
+    };
+    let repo = both.repo("two-endpoints", &dir);
+    repo.cairn.init();
+    let src = source(&dir, 120, 23);
+    let mut backup = repo
+        .cairn
+        .with_env("CAIRN_LOG", "cairn_chunk_store=debug")
+        .spawn(["backup", s(&src), "--json"], &dir.join("logs"));
+    poll_until(
+        "the first pack in the store",
+        Duration::from_secs(120),
+        || !repo.list("packs/").is_empty(),
+    );
+    let node2 = GarageNode(2);
+    node2.kill();
+    let status = wait_with_deadline(&mut backup, Duration::from_secs(300)).expect("backup ended");
+    let stderr = std::fs::read_to_string(dir.join("logs/stderr")).unwrap_or_default();
+    node2.restart();
+    assert!(status.success(), "backup failed with node 2 down: {stderr}");
     assert_eq!(repo.list("manifests/").len(), 1);
     assert_restores(&repo.cairn, "latest", &src, &dir.join("restore"));
     repo.cairn.check_clean();

@@ -24,6 +24,15 @@
 //! a store that is gone makes calls fail fast once the budget is spent. Permanent failures (400, 403, a missing bucket)
 //! fail at once with one line naming the bucket and key.
 //!
+//! # Several endpoints
+//!
+//! A store may be given several endpoints of one service (the S3 API of
+//! every Garage node, say). Attempts go round-robin over the endpoints that
+//! answer; an endpoint whose attempt fails transiently is skipped for
+//! [`ENDPOINT_COOLDOWN`] and then tried again, and the retry of that
+//! attempt goes to the next endpoint at once. A node killed during a backup
+//! costs a few retries, not the backup.
+//!
 //! # Bounded concurrency
 //!
 //! At most `connections` requests are in flight per store; callers wait for a
@@ -54,8 +63,9 @@ pub struct S3Options {
     pub bucket: String,
     /// Key prefix inside the bucket (no leading or trailing `/`; may be empty).
     pub prefix: String,
-    /// Endpoint URL for non-AWS servers (`http://127.0.0.1:3900`); `None` is AWS.
-    pub endpoint: Option<String>,
+    /// Endpoint URLs of a non-AWS service (`http://127.0.0.1:3900`), each
+    /// a way to the same buckets; empty is AWS.
+    pub endpoints: Vec<String>,
     /// Region; `None` takes the standard AWS chain, then `us-east-1`.
     pub region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), which most self-hosted
@@ -95,7 +105,7 @@ impl S3Options {
         Ok(Self {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
-            endpoint: None,
+            endpoints: Vec::new(),
             region: None,
             path_style: false,
             connections: Self::DEFAULT_CONNECTIONS,
@@ -113,6 +123,8 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// Retry tokens the budget starts with and holds at most.
 const BUDGET_CAPACITY: u64 = 500;
+/// How long an endpoint that failed is skipped (when another answers).
+pub const ENDPOINT_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// Why one attempt failed.
 #[derive(Debug)]
@@ -254,10 +266,33 @@ impl RetryBudget {
     }
 }
 
+/// One way to the service, and whether it answers.
+#[derive(Debug)]
+struct Endpoint {
+    client: aws_sdk_s3::Client,
+    /// Skipped until then after a transient failure.
+    down_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Endpoint {
+    fn usable(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| now >= t)
+    }
+
+    fn mark(&self, answered: bool) {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            (!answered).then(|| Instant::now() + ENDPOINT_COOLDOWN);
+    }
+}
+
 /// An S3 bucket (and prefix) as an object store.
 #[derive(Debug, Clone)]
 pub struct S3Store {
-    client: aws_sdk_s3::Client,
+    endpoints: Arc<Vec<Endpoint>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
     options: Arc<S3Options>,
     slots: Arc<Semaphore>,
     budget: Arc<RetryBudget>,
@@ -290,28 +325,40 @@ impl S3Store {
             ["AWS_REGION", "AWS_DEFAULT_REGION"]
                 .iter()
                 .find_map(|v| std::env::var(v).ok().filter(|r| !r.is_empty()))
-                .or_else(|| options.endpoint.as_ref().map(|_| "us-east-1".to_string()))
+                .or_else(|| (!options.endpoints.is_empty()).then(|| "us-east-1".to_string()))
         });
         if let Some(region) = region {
             loader = loader.region(Region::new(region));
         }
-        if let Some(endpoint) = &options.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
         let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(options.path_style)
-            .request_checksum_calculation(
-                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-            )
-            .response_checksum_validation(
-                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-            );
-        if shared.region().is_none() {
-            config = config.region(Region::new("us-east-1"));
-        }
+        let client = |endpoint: Option<&String>| {
+            let mut config = aws_sdk_s3::config::Builder::from(&shared)
+                .force_path_style(options.path_style)
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .response_checksum_validation(
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+                );
+            if shared.region().is_none() {
+                config = config.region(Region::new("us-east-1"));
+            }
+            if let Some(url) = endpoint {
+                config = config.endpoint_url(url);
+            }
+            Endpoint {
+                client: aws_sdk_s3::Client::from_conf(config.build()),
+                down_until: std::sync::Mutex::new(None),
+            }
+        };
+        let endpoints = if options.endpoints.is_empty() {
+            vec![client(None)]
+        } else {
+            options.endpoints.iter().map(|e| client(Some(e))).collect()
+        };
         Self {
-            client: aws_sdk_s3::Client::from_conf(config.build()),
+            endpoints: Arc::new(endpoints),
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             slots: Arc::new(Semaphore::new(options.connections.max(1))),
             budget: Arc::new(RetryBudget {
                 tokens: AtomicU64::new(BUDGET_CAPACITY),
@@ -336,9 +383,8 @@ impl S3Store {
             .call(
                 "",
                 Some(options.deadline.min(Duration::from_secs(20))),
-                || {
-                    let request = self
-                        .client
+                |client| {
+                    let request = client
                         .list_objects_v2()
                         .bucket(&options.bucket)
                         .prefix(&prefix)
@@ -358,10 +404,28 @@ impl S3Store {
     }
 
     fn endpoint(&self) -> String {
-        self.options
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| "AWS S3".to_string())
+        if self.options.endpoints.is_empty() {
+            "AWS S3".to_string()
+        } else {
+            self.options.endpoints.join(",")
+        }
+    }
+
+    /// The endpoint for the next attempt: the next in turn that answers,
+    /// else the one that has been skipped the longest.
+    fn pick(&self) -> &Endpoint {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        (0..n)
+            .map(|k| &self.endpoints[(start + k) % n])
+            .find(|e| e.usable(now))
+            .unwrap_or_else(|| {
+                self.endpoints
+                    .iter()
+                    .min_by_key(|e| *e.down_until.lock().unwrap_or_else(|p| p.into_inner()))
+                    .unwrap_or(&self.endpoints[start % n])
+            })
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -381,7 +445,7 @@ impl S3Store {
         attempt: F,
     ) -> Result<T, StoreError>
     where
-        F: Fn() -> Fut,
+        F: Fn(&aws_sdk_s3::Client) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
         let deadline = deadline.unwrap_or(self.options.deadline);
@@ -389,6 +453,7 @@ impl S3Store {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            let endpoint = self.pick();
             let result = {
                 let _slot = self.slots.acquire().await;
                 self.requests.fetch_add(1, Ordering::Relaxed);
@@ -397,7 +462,7 @@ impl S3Store {
                     .attempt_timeout
                     .min(deadline.saturating_sub(started.elapsed()))
                     .max(Duration::from_millis(1));
-                match tokio::time::timeout(budget, attempt()).await {
+                match tokio::time::timeout(budget, attempt(&endpoint.client)).await {
                     Ok(r) => r,
                     Err(_) => Err(Failure::Transient(format!(
                         "no complete answer within {}",
@@ -405,6 +470,7 @@ impl S3Store {
                     ))),
                 }
             };
+            endpoint.mark(!matches!(result, Err(Failure::Transient(_))));
             if attempts == 1 {
                 self.budget.earn();
             }
@@ -426,7 +492,11 @@ impl S3Store {
                 });
             }
             tracing::debug!(key, attempts, ?backoff, "retrying: {reason}");
-            tokio::time::sleep(backoff).await;
+            // Another endpoint that answers is tried at once.
+            if self.endpoints.len() == 1 || !self.endpoints.iter().any(|e| e.usable(Instant::now()))
+            {
+                tokio::time::sleep(backoff).await;
+            }
         }
     }
 
@@ -472,9 +542,8 @@ impl S3Store {
     /// each attempt (a body cut short is retried).
     async fn get_object(&self, key: &str, range: Option<String>) -> Result<GetOutcome, StoreError> {
         let full = self.full_key(key);
-        self.call(key, None, || {
-            let request = self
-                .client
+        self.call(key, None, |client| {
+            let request = client
                 .get_object()
                 .bucket(&self.options.bucket)
                 .key(&full)
@@ -518,10 +587,9 @@ impl S3Store {
         let full = self.full_key(key);
         let tries = AtomicU64::new(0);
         let outcome = self
-            .call(key, None, || {
+            .call(key, None, |client| {
                 let retry = tries.fetch_add(1, Ordering::Relaxed) > 0;
-                let mut request = self
-                    .client
+                let mut request = client
                     .put_object()
                     .bucket(&self.options.bucket)
                     .key(&full)
@@ -670,12 +738,8 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let full = self.full_key(key);
-        self.call(key, None, || {
-            let request = self
-                .client
-                .head_object()
-                .bucket(&self.options.bucket)
-                .key(&full);
+        self.call(key, None, |client| {
+            let request = client.head_object().bucket(&self.options.bucket).key(&full);
             async move {
                 match request.send().await {
                     Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
@@ -696,9 +760,8 @@ impl ObjectStore for S3Store {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .call(prefix, None, || {
-                    let request = self
-                        .client
+                .call(prefix, None, |client| {
+                    let request = client
                         .list_objects_v2()
                         .bucket(&self.options.bucket)
                         .prefix(&full)
@@ -730,9 +793,8 @@ impl ObjectStore for S3Store {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full = self.full_key(key);
         let denied = self
-            .call(key, None, || {
-                let request = self
-                    .client
+            .call(key, None, |client| {
+                let request = client
                     .delete_object()
                     .bucket(&self.options.bucket)
                     .key(&full);
