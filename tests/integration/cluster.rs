@@ -46,14 +46,37 @@ impl IndexNode {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_at(
+            Command::new(index_binary()),
+            "127.0.0.1",
+            dir,
+            id,
+            data,
+            extra,
+            env,
+        )
+    }
+
+    /// A node started by `command` (the binary, or `ip netns exec NS` and
+    /// the binary), listening on `ip` port 0.
+    pub(crate) fn start_at(
+        mut command: Command,
+        ip: &str,
+        dir: &Path,
+        id: &str,
+        data: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let tls = extra.contains(&"--tls-cert");
-        let mut child = Command::new(index_binary())
+        let listen = format!("{ip}:0");
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
                 "--metrics-listen",
-                "127.0.0.1:0",
+                &listen,
                 "--node-id",
                 id,
             ])
@@ -139,7 +162,7 @@ fn http_get(addr: &str, path: &str) -> String {
     body
 }
 
-fn add_token(dir: &Path, repo_id: &str) -> String {
+pub(crate) fn add_token(dir: &Path, repo_id: &str) -> String {
     add_token_with_role(dir, repo_id, "prune")
 }
 

@@ -302,7 +302,11 @@ fn a_node_killed_during_a_move_resumes_where_it_stopped() {
 
 /// The peer secret, from etcd.
 fn peer_secret(f: &ClusterFixture) -> Vec<u8> {
-    let etcd = f.etcd.as_ref().unwrap();
+    peer_secret_of(f.etcd.as_ref().unwrap())
+}
+
+/// The peer secret of the cluster in `etcd`.
+pub(crate) fn peer_secret_of(etcd: &crate::cluster::Etcd) -> Vec<u8> {
     let out = std::process::Command::new("etcdctl")
         .args([
             "--endpoints",
@@ -319,7 +323,7 @@ fn peer_secret(f: &ClusterFixture) -> Vec<u8> {
 }
 
 /// Per-partition hashes of one node's chunk records (4096 buckets).
-fn partition_hashes(addr: &str, secret: &[u8], repo_id: &str) -> Vec<Vec<u8>> {
+pub(crate) fn partition_hashes(addr: &str, secret: &[u8], repo_id: &str) -> Vec<Vec<u8>> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut r = tonic::Request::new(v1::RangeHashesRequest {
         repo_id: hex::decode(repo_id).unwrap().into(),

@@ -34,6 +34,7 @@ mod leakage;
 mod lock;
 mod mount;
 mod output;
+mod partition;
 mod privilege;
 mod prune;
 mod prune_explains;
