@@ -8,6 +8,7 @@
 #   procps               kill(1), which the tests use to send SIGTERM
 #   python3              picks free ports and random keys for the test S3 servers
 #   etcd-server, etcd-client  the index cluster's control plane (etcd, etcdctl) in the tests
+#   iproute2             ip(8): network namespaces for the partition test
 #   cargo                with rustfmt and clippy (checked; rustup installs it)
 set -euo pipefail
 
@@ -27,6 +28,7 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v kill >/dev/null || missing+=(procps)
 command -v python3 >/dev/null || missing+=(python3)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v ip >/dev/null || missing+=(iproute2)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 
@@ -52,6 +54,10 @@ if ((${#missing[@]})); then
     # `cairn mount` (fusermount3 lets users other than root mount).
     if ! command -v fusermount3 >/dev/null; then
         packages+=(fuse3)
+    fi
+    # Network namespaces for the partition test.
+    if ! command -v ip >/dev/null; then
+        packages+=(iproute2)
     fi
     # The index cluster's control plane.
     if ! command -v etcd >/dev/null; then

@@ -82,6 +82,8 @@ PROXIES=(8421 8422 8423)
 METRICS=(9421 9422 9423)
 NODE_PIDS=()
 PROXY_PID=""
+ETCD_PID=""
+ETCD_URL="http://127.0.0.1:2379"
 rm -rf "$WORK" && mkdir -p "$WORK"
 # Scratch space in memory: on a disk mounted with online discard, the TRIMs
 # that follow deleting one step's 1.5 GB slow the next step 2-4x, which
@@ -92,8 +94,8 @@ SRC="$WORK/src"
 S3_PROXY_PID=""
 cleanup() {
     local pid
-    for pid in "${NODE_PIDS[@]}" $PROXY_PID $S3_PROXY_PID; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${NODE_PIDS[@]}" $PROXY_PID $S3_PROXY_PID; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${NODE_PIDS[@]}" $PROXY_PID $S3_PROXY_PID $ETCD_PID; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${NODE_PIDS[@]}" $PROXY_PID $S3_PROXY_PID $ETCD_PID; do wait "$pid" 2>/dev/null || true; done
     [[ -d $WORK/s3 ]] && stop_s3_servers "$WORK/s3"
     ip netns del "$NS" 2>/dev/null || true
     umount "$WORK" 2>/dev/null || true
@@ -113,6 +115,13 @@ set_delay 0
 ip netns exec "$NS" python3 "$(dirname "${BASH_SOURCE[0]}")/delay_proxy.py" "$DELAY_FILE" \
     "${PROXIES[0]}:${PORTS[0]}" "${PROXIES[1]}:${PORTS[1]}" "${PROXIES[2]}:${PORTS[2]}" &
 PROXY_PID=$!
+
+# etcd, the index cluster's control plane, in the namespace (one member).
+ip netns exec "$NS" etcd --data-dir "$WORK/etcd" --listen-client-urls "$ETCD_URL" \
+    --advertise-client-urls "$ETCD_URL" --listen-peer-urls http://127.0.0.1:2380 \
+    --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster default=http://127.0.0.1:2380 > "$WORK/etcd.log" 2>&1 &
+ETCD_PID=$!
 
 # Garage in the namespace, behind its own delay proxy.
 # shellcheck source=scripts/s3-servers.sh
@@ -150,25 +159,27 @@ print(int(sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines() if l.startsw
 }
 
 start_cluster() {
-    local i
-    : > "$WORK/members.toml"
-    for i in 1 2 3; do
-        printf '[[node]]\nid = "n%s"\naddress = "http://127.0.0.1:%s"\n\n' "$i" "${PROXIES[i-1]}" >> "$WORK/members.toml"
-    done
+    local i deadline
+    # A fresh cluster each round: its own key prefix in etcd. Clients and
+    # peers reach each node through its delay proxy.
+    local etcd=(--etcd "$ETCD_URL" --etcd-prefix "/fleet-$round-$mode/")
     NODE_PIDS=()
     for i in 1 2 3; do
         ip netns exec "$NS" "$CAIRN_INDEX_BIN" serve --node-id "n$i" --listen "127.0.0.1:${PORTS[i-1]}" \
             --metrics-listen "127.0.0.1:${METRICS[i-1]}" --data-dir "$WORK/node$i" \
-            --tokens "$WORK/tokens.toml" --members "$WORK/members.toml" --replication 2 \
+            --tokens "$WORK/tokens.toml" --advertise "http://127.0.0.1:${PROXIES[i-1]}" "${etcd[@]}" \
             > "$WORK/node$i.log" 2>&1 &
         NODE_PIDS+=($!)
     done
-    for i in 1 2 3; do
-        local deadline=$((SECONDS + 60))
-        until grep -qs "listening on" "$WORK/node$i.log"; do
-            ((SECONDS < deadline)) || die "node n$i did not start: $(cat "$WORK/node$i.log")"
-            sleep 0.1
-        done
+    deadline=$((SECONDS + 60))
+    until in_ns "$CAIRN_INDEX_BIN" layout add n1 n2 n3 --replication 2 "${etcd[@]}" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "the nodes did not register: $(cat "$WORK"/node?.log)"
+        sleep 0.2
+    done
+    in_ns "$CAIRN_INDEX_BIN" layout apply "${etcd[@]}" >/dev/null
+    until in_ns "$CAIRN_INDEX_BIN" status "${etcd[@]}" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "the cluster did not become healthy"
+        sleep 0.2
     done
 }
 

@@ -262,6 +262,22 @@ impl Membership {
         }
     }
 
+    /// Reads the layout from etcd now instead of at the next change (a
+    /// client asked before this node had read any).
+    pub async fn catch_up(&self) -> Result<(), etcd::EtcdError> {
+        let Ok(etcd) = self.etcd() else {
+            return Ok(());
+        };
+        let layout = etcd.layout().await?;
+        let sync = etcd.sync_progress().await?;
+        self.set_registrations(etcd.registrations().await?);
+        if layout.revision as u64 > self.table().epoch {
+            self.install(layout.value, layout.revision as u64, sync)
+                .await;
+        }
+        Ok(())
+    }
+
     fn set_peer_secret(&self, secret: Vec<u8>) {
         *self.peer_secret.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(secret));
     }
@@ -374,6 +390,8 @@ async fn member(
     tracing::info!(node = %membership.me, "registered in etcd as {advertise}");
     let mut renewed = tokio::time::Instant::now();
     let mut published: Option<v1::SyncProgress> = None;
+    // The epoch whose unowned partitions were last dropped.
+    let mut dropped_at = 0;
     let result = async {
         loop {
             if *stop.borrow() {
@@ -415,11 +433,11 @@ async fn member(
                 }
                 continue;
             }
-            let old_epoch = membership.table().epoch;
             membership
                 .install(layout.value, layout.revision as u64, sync)
                 .await;
-            if membership.table().epoch != old_epoch {
+            if membership.table().epoch != dropped_at {
+                dropped_at = membership.table().epoch;
                 let n = node.clone();
                 let dropped = tokio::task::spawn_blocking(move || mover::drop_unowned(&n))
                     .await
