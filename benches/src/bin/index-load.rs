@@ -5,6 +5,9 @@
 //!   index-load register|lookup --index URL --token T --repo HEX
 //!              --records N [--seed S] [--parallel P]
 //!
+//! `unknown` in the output: for lookups, fingerprints answered unknown; for
+//! registrations, record replicas a node did not take (it was down).
+//!
 //! Records are derived from the seed, so a lookup run asks exactly about
 //! what a register run with the same seed wrote.
 
@@ -107,10 +110,13 @@ async fn map(a: &Args) -> Result<Map, String> {
         } else {
             n.address.clone()
         };
+        // Lazily: a node that is down fails its calls, not the run.
+        let channel = tonic::transport::Endpoint::from_shared(address)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .connect_lazy();
         clients.push(
-            IndexClient::connect(address)
-                .await
-                .map_err(|e| e.to_string())?
+            IndexClient::new(channel)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         );
@@ -133,7 +139,9 @@ async fn map(a: &Args) -> Result<Map, String> {
     })
 }
 
-async fn register(a: &Args, m: &Map, batch: std::ops::Range<usize>) -> Result<(), String> {
+/// Registers one batch on every replica; a replica that does not answer is
+/// skipped (as a client does) and counted.
+async fn register(a: &Args, m: &Map, batch: std::ops::Range<usize>) -> Result<usize, String> {
     let mut by_node: Vec<Vec<v1::ChunkEntry>> = vec![Vec::new(); m.clients.len()];
     for i in batch.clone() {
         let id = id(a.seed, i);
@@ -151,11 +159,13 @@ async fn register(a: &Args, m: &Map, batch: std::ops::Range<usize>) -> Result<()
         }
     }
     let pack = id(a.seed ^ 0x5eed, batch.start);
+    let mut missed = 0;
     for (n, entries) in by_node.into_iter().enumerate() {
         if entries.is_empty() {
             continue;
         }
-        m.clients[n]
+        let count = entries.len();
+        let sent = m.clients[n]
             .clone()
             .register_pack(request(
                 v1::RegisterPackRequest {
@@ -167,10 +177,12 @@ async fn register(a: &Args, m: &Map, batch: std::ops::Range<usize>) -> Result<()
                 &a.token,
                 m.epoch,
             ))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await;
+        if sent.is_err() {
+            missed += count;
+        }
     }
-    Ok(())
+    Ok(missed)
 }
 
 async fn lookup(a: &Args, m: &Map, batch: std::ops::Range<usize>) -> Result<usize, String> {
@@ -234,7 +246,8 @@ async fn main() -> Result<(), String> {
                 return Ok::<(), String>(());
             };
             if a.mode == "register" {
-                register(&a, &m, r.clone()).await?;
+                let missed = register(&a, &m, r.clone()).await?;
+                unknown.fetch_add(missed, std::sync::atomic::Ordering::Relaxed);
             } else {
                 let u = lookup(&a, &m, r.clone()).await?;
                 unknown.fetch_add(u, std::sync::atomic::Ordering::Relaxed);

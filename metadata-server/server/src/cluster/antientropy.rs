@@ -75,13 +75,15 @@ pub async fn round(node: &Arc<Node>) -> Result<u64, String> {
         }
     }
     let mut repaired = 0;
+    // This node's hashes, computed once per round and compared with every peer's.
+    let mut mine = HashMap::new();
     for (peer_id, parts) in shared {
         let Some(address) = view.newest().nodes.iter().find(|n| n.id == peer_id) else {
             continue;
         };
         let address = node.cluster.address_of(peer_id, &address.address);
         let peer = Peer::connect(peer_id, &address, &secret)?;
-        match with_peer(node, &peer, &parts).await {
+        match with_peer(node, &peer, &parts, &mut mine).await {
             Ok(n) => repaired += n,
             Err(e) => tracing::debug!(peer = peer_id, "anti-entropy skipped a peer: {e}"),
         }
@@ -114,69 +116,121 @@ async fn hashes_here(
     .map_err(|e| e.to_string())?
 }
 
-async fn with_peer(node: &Arc<Node>, peer: &Peer, parts: &[u32]) -> Result<u64, String> {
+/// Hashes of one table of one repository, per partition.
+type Hashes = Vec<([u8; 32], u64)>;
+
+async fn with_peer(
+    node: &Arc<Node>,
+    peer: &Peer,
+    parts: &[u32],
+    mine: &mut HashMap<(RepoId, usize), Hashes>,
+) -> Result<u64, String> {
     let msg = |s: tonic::Status| s.message().to_string();
-    let epoch = node.cluster.table().epoch;
     let mut repaired = 0;
     for repo in peer.repositories().await.map_err(msg)? {
-        for table in RecordTable::ALL {
+        for (t, table) in RecordTable::ALL.into_iter().enumerate() {
             let theirs = peer
                 .range_hashes(&repo, table, &[0u8; 32], None, PARTITIONS)
                 .await
                 .map_err(msg)?;
-            let mine = hashes_here(node, repo, table, vec![0u8; 32], None, PARTITIONS).await?;
+            if !mine.contains_key(&(repo, t)) {
+                let h = hashes_here(node, repo, table, vec![0u8; 32], None, PARTITIONS).await?;
+                mine.insert((repo, t), h);
+            }
+            let here = &mine[&(repo, t)];
             let differing: Vec<u32> = parts
                 .iter()
                 .copied()
                 .filter(|&p| {
                     let t = theirs.get(p as usize);
-                    t.is_some_and(|t| t.1 > 0 && Some(t) != mine.get(p as usize))
+                    t.is_some_and(|t| t.1 > 0 && Some(t) != here.get(p as usize))
                 })
                 .collect();
+            // A few partitions at once: each is a handful of round trips.
+            let mut tasks = tokio::task::JoinSet::new();
             for p in differing {
-                let (start, end) = partition_range(p);
-                let end = end.map(|e| e.to_vec());
-                let theirs = peer
-                    .range_hashes(&repo, table, &start, end.as_deref(), SUB_BUCKETS)
-                    .await
-                    .map_err(msg)?;
-                let mine = hashes_here(node, repo, table, start.to_vec(), end.clone(), SUB_BUCKETS)
-                    .await?;
-                for b in 0..SUB_BUCKETS {
-                    let (t, m) = (theirs.get(b as usize), mine.get(b as usize));
-                    if t.is_none_or(|t| t.1 == 0) || t == m {
-                        continue;
-                    }
-                    let (lo, hi) = bucket_range(&start, end.as_deref(), SUB_BUCKETS, b);
-                    let mut after: Option<Vec<u8>> = None;
-                    loop {
-                        let (records, done) = peer
-                            .read_range(
-                                &repo,
-                                table,
-                                &lo,
-                                hi.as_ref().map(|h| &h[..]),
-                                after.as_deref(),
-                                MAX_RANGE_RECORDS,
-                                epoch,
-                            )
-                            .await
-                            .map_err(msg)?;
-                        after = records.last().map(|r| r.key.clone());
-                        let out = merge(node, repo, p, table, records).await?;
-                        let n = out.added + out.updated;
-                        repaired += n;
-                        // Counted as they land, so the count never lags the data.
-                        node.progress.repaired(n);
-                        node.cluster
-                            .counters
-                            .repairs
-                            .fetch_add(n, Ordering::Relaxed);
-                        if done || after.is_none() {
-                            break;
-                        }
+                let (node, peer) = (node.clone(), peer.clone());
+                tasks.spawn(async move { repair_partition(&node, &peer, repo, table, p).await });
+                while tasks.len() >= PARALLEL_PARTITIONS {
+                    if let Some(r) = tasks.join_next().await {
+                        repaired += r.map_err(|e| e.to_string())??;
                     }
                 }
+            }
+            while let Some(r) = tasks.join_next().await {
+                repaired += r.map_err(|e| e.to_string())??;
+            }
+        }
+    }
+    Ok(repaired)
+}
+
+/// Partitions repaired at once.
+const PARALLEL_PARTITIONS: usize = 4;
+
+/// Pulls what differs in one partition: the buckets whose hashes differ,
+/// or the whole partition when most of them do.
+async fn repair_partition(
+    node: &Arc<Node>,
+    peer: &Peer,
+    repo: RepoId,
+    table: RecordTable,
+    p: u32,
+) -> Result<u64, String> {
+    let msg = |s: tonic::Status| s.message().to_string();
+    let epoch = node.cluster.table().epoch;
+    let (start, end) = partition_range(p);
+    let end = end.map(|e| e.to_vec());
+    let theirs = peer
+        .range_hashes(&repo, table, &start, end.as_deref(), SUB_BUCKETS)
+        .await
+        .map_err(msg)?;
+    let mine = hashes_here(node, repo, table, start.to_vec(), end.clone(), SUB_BUCKETS).await?;
+    let differing: Vec<u32> = (0..SUB_BUCKETS)
+        .filter(|&b| {
+            let (t, m) = (theirs.get(b as usize), mine.get(b as usize));
+            t.is_some_and(|t| t.1 > 0) && t != m
+        })
+        .collect();
+    let ranges: Vec<(Vec<u8>, Option<Vec<u8>>)> = if differing.len() * 2 > SUB_BUCKETS as usize {
+        vec![(start.to_vec(), end.clone())]
+    } else {
+        differing
+            .iter()
+            .map(|&b| {
+                let (lo, hi) = bucket_range(&start, end.as_deref(), SUB_BUCKETS, b);
+                (lo.to_vec(), hi.map(|h| h.to_vec()))
+            })
+            .collect()
+    };
+    let mut repaired = 0;
+    for (lo, hi) in ranges {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (records, done) = peer
+                .read_range(
+                    &repo,
+                    table,
+                    &lo,
+                    hi.as_deref(),
+                    after.as_deref(),
+                    MAX_RANGE_RECORDS,
+                    epoch,
+                )
+                .await
+                .map_err(msg)?;
+            after = records.last().map(|r| r.key.clone());
+            let out = merge(node, repo, p, table, records).await?;
+            let n = out.added + out.updated;
+            repaired += n;
+            // Counted as they land, so the count never lags the data.
+            node.progress.repaired(n);
+            node.cluster
+                .counters
+                .repairs
+                .fetch_add(n, Ordering::Relaxed);
+            if done || after.is_none() {
+                break;
             }
         }
     }

@@ -85,11 +85,12 @@ impl Progress {
     fn save(&self, state: &State) -> Result<(), String> {
         let text = serde_json::to_string(state).map_err(|e| e.to_string())?;
         let tmp = self.path.with_extension("json.tmp");
+        // Written whole and renamed, not synced: a node killed at any
+        // point finds the last complete version (the page cache outlives
+        // the process); after a power loss an older one, which only means
+        // copying some records again (merging is idempotent).
         let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
+            std::fs::write(&tmp, text.as_bytes())?;
             std::fs::rename(&tmp, &self.path)
         };
         write().map_err(|e| format!("{}: {e}", self.path.display()))
