@@ -856,10 +856,11 @@ impl IndexRpc for IndexService {
                 return Err(status);
             }
         };
-        if self.node.cluster.clustered() && self.node.cluster.table().version == 0 {
-            if let Err(e) = self.node.cluster.catch_up().await {
-                tracing::warn!("reading the layout: {e}");
-            }
+        if self.node.cluster.clustered()
+            && self.node.cluster.table().version == 0
+            && let Err(e) = self.node.cluster.catch_up().await
+        {
+            tracing::warn!("reading the layout: {e}");
         }
         let table = self.node.cluster.table();
         self.record("ClusterMap", start, None);

@@ -133,11 +133,12 @@ async fn with_peer(
                 .range_hashes(&repo, table, &[0u8; 32], None, PARTITIONS)
                 .await
                 .map_err(msg)?;
-            if !mine.contains_key(&(repo, t)) {
-                let h = hashes_here(node, repo, table, vec![0u8; 32], None, PARTITIONS).await?;
-                mine.insert((repo, t), h);
-            }
-            let here = &mine[&(repo, t)];
+            let here = match mine.entry((repo, t)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(hashes_here(node, repo, table, vec![0u8; 32], None, PARTITIONS).await?)
+                }
+            };
             let differing: Vec<u32> = parts
                 .iter()
                 .copied()
