@@ -50,6 +50,15 @@ const CF_COMMITS: &str = "commits";
 pub const MAX_LEASE_SECS: u32 = 1800;
 /// Lease of a session that does not ask for one.
 pub const DEFAULT_LEASE_SECS: u32 = 300;
+/// The lease a session that asks for `asked` seconds gets: the default for
+/// 0, at most [`MAX_LEASE_SECS`].
+pub fn lease_secs_of(asked: u32) -> i64 {
+    i64::from(match asked {
+        0 => DEFAULT_LEASE_SECS,
+        n => n.min(MAX_LEASE_SECS),
+    })
+}
+
 /// Expired sessions are listed this long after their lease ended (so that
 /// prune sees a session that just expired), then forgotten.
 const SESSION_MEMORY_SECS: i64 = 86_400;
@@ -277,10 +286,7 @@ impl Engine {
         lease_secs: u32,
     ) -> Result<Session, IndexError> {
         let _guard = self.session_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let lease = i64::from(match lease_secs {
-            0 => DEFAULT_LEASE_SECS,
-            n => n.min(MAX_LEASE_SECS),
-        });
+        let lease = lease_secs_of(lease_secs);
         let now = now_secs();
         let session = Session {
             id,
@@ -524,10 +530,7 @@ impl GcIndex for Engine {
         parent: Option<SnapshotId>,
         lease_secs: u32,
     ) -> Result<Session, IndexError> {
-        let lease = i64::from(match lease_secs {
-            0 => DEFAULT_LEASE_SECS,
-            n => n.min(MAX_LEASE_SECS),
-        });
+        let lease = lease_secs_of(lease_secs);
         let now = now_secs();
         let session = Session {
             id: cairn_chunk_store::crypto::random_bytes::<16>(),

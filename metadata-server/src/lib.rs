@@ -153,7 +153,7 @@ pub mod record;
 
 pub use engine::{
     BucketHash, DEFAULT_LEASE_SECS, Engine, EngineOptions, MAX_LEASE_SECS, MergeOutcome, RawRecord,
-    RecordTable, bucket_of, bucket_range,
+    RecordTable, bucket_of, bucket_range, lease_secs_of,
 };
 pub use error::IndexError;
 pub use index::{

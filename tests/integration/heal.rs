@@ -322,8 +322,9 @@ pub(crate) fn peer_secret_of(etcd: &crate::cluster::Etcd) -> Vec<u8> {
     out.stdout[..32].to_vec()
 }
 
-/// Per-partition hashes of one node's chunk records (4096 buckets).
-pub(crate) fn partition_hashes(addr: &str, secret: &[u8], repo_id: &str) -> Vec<Vec<u8>> {
+/// Per-partition hashes of one node's chunk records (4096 buckets);
+/// `None` while the node cannot answer (it has not reached etcd yet).
+pub(crate) fn partition_hashes(addr: &str, secret: &[u8], repo_id: &str) -> Option<Vec<Vec<u8>>> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut r = tonic::Request::new(v1::RangeHashesRequest {
         repo_id: hex::decode(repo_id).unwrap().into(),
@@ -340,13 +341,19 @@ pub(crate) fn partition_hashes(addr: &str, secret: &[u8], repo_id: &str) -> Vec<
     let answer = rt.block_on(async move {
         PeerClient::connect(addr)
             .await
-            .unwrap()
+            .ok()?
             .range_hashes(r)
             .await
-            .unwrap()
+            .ok()
+    })?;
+    Some(
+        answer
             .into_inner()
-    });
-    answer.hashes.chunks(32).map(<[u8]>::to_vec).collect()
+            .hashes
+            .chunks(32)
+            .map(<[u8]>::to_vec)
+            .collect(),
+    )
 }
 
 /// 4. Missed writes: a node that was down while a backup ran is repaired
@@ -376,8 +383,8 @@ fn a_node_that_missed_writes_is_repaired_without_client_reads() {
     };
     f.nodes[0] = f.start_node("n1");
     let requests_before = f.nodes[0].metric("cairn_index_requests_total");
-    let n2 = partition_hashes(&f.nodes[1].addr, &secret, &repo_id);
-    let n3 = partition_hashes(&f.nodes[2].addr, &secret, &repo_id);
+    let n2 = partition_hashes(&f.nodes[1].addr, &secret, &repo_id).expect("n2 answers");
+    let n3 = partition_hashes(&f.nodes[2].addr, &secret, &repo_id).expect("n3 answers");
     let differ = |n1: &[Vec<u8>]| -> usize {
         let with2 = shared("n1", "n2")
             .into_iter()
@@ -392,7 +399,8 @@ fn a_node_that_missed_writes_is_repaired_without_client_reads() {
     // n1 missed records: it repairs some, and then holds what its peers hold.
     poll_until("anti-entropy repaired n1", Duration::from_secs(60), || {
         let repaired = f.nodes[0].metric("cairn_index_antientropy_repairs") > 0.0;
-        let equal = differ(&partition_hashes(&f.nodes[0].addr, &secret, &repo_id)) == 0;
+        let equal = partition_hashes(&f.nodes[0].addr, &secret, &repo_id)
+            .is_some_and(|n1| differ(&n1) == 0);
         if !(repaired && equal) {
             std::thread::sleep(Duration::from_millis(200));
         }

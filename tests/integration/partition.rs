@@ -250,11 +250,14 @@ fn a_node_cut_off_by_a_network_partition_rejoins_and_repairs() {
             .collect::<Vec<_>>()
     };
     poll_until("n3 repaired", Duration::from_secs(60), || {
-        let n3 = partition_hashes(&nodes[2].addr, &secret, &repo_id);
-        let others = [
-            partition_hashes(&nodes[0].addr, &secret, &repo_id),
-            partition_hashes(&nodes[1].addr, &secret, &repo_id),
-        ];
+        let hashes = |n: &IndexNode| partition_hashes(&n.addr, &secret, &repo_id);
+        let (Some(n3), Some(n1), Some(n2)) =
+            (hashes(&nodes[2]), hashes(&nodes[0]), hashes(&nodes[1]))
+        else {
+            std::thread::sleep(Duration::from_millis(200));
+            return false;
+        };
+        let others = [n1, n2];
         let equal = (0..cairn_proto::cluster::PARTITIONS).all(|p| {
             let o = owners(p);
             !o.contains(&"n3")

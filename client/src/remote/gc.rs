@@ -27,7 +27,6 @@ impl GcIndex for RemoteIndex {
         lease_secs: u32,
     ) -> Result<Session, IndexError> {
         self.with_layout(move || async move {
-            let cluster = self.cluster();
             let request = v1::BeginSessionRequest {
                 repo_id: self.repo_bytes(),
                 host: host.to_string(),
@@ -38,43 +37,26 @@ impl GcIndex for RemoteIndex {
                 lease_seconds: lease_secs,
                 ..Default::default()
             };
-            let mut outcome = SessionCall::default();
-            for n in session_order(&cluster) {
-                let conn = &cluster.nodes[n];
-                let r = conn
-                    .client
-                    .clone()
-                    .begin_session(authed(request.clone(), &self.token, cluster.epoch))
-                    .await;
-                if outcome.add(conn, "BeginSession", r.map(|r| Some(r.into_inner()))) {
-                    break;
-                }
-            }
-            outcome.finish()
+            self.ask_in_turn("BeginSession", |mut c, epoch| {
+                let r = authed(request.clone(), &self.token, epoch);
+                async move { c.begin_session(r).await }
+            })
+            .await
         })
         .await
     }
 
     async fn renew_session(&self, id: SessionId) -> Result<Session, IndexError> {
         self.with_layout(move || async move {
-            let cluster = self.cluster();
             let request = v1::RenewSessionRequest {
                 repo_id: self.repo_bytes(),
                 session_id: id.to_vec().into(),
             };
-            let mut outcome = SessionCall::default();
-            for n in session_order(&cluster) {
-                let conn = &cluster.nodes[n];
-                let r = conn
-                    .client
-                    .clone()
-                    .renew_session(authed(request.clone(), &self.token, cluster.epoch))
-                    .await;
-                if outcome.add(conn, "RenewSession", r.map(|r| Some(r.into_inner()))) {
-                    break;
-                }
-            }
-            outcome.finish()
+            self.ask_in_turn("RenewSession", |mut c, epoch| {
+                let r = authed(request.clone(), &self.token, epoch);
+                async move { c.renew_session(r).await }
+            })
+            .await
         })
         .await
     }

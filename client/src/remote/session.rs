@@ -8,6 +8,9 @@ use cairn_chunk_store::SnapshotId;
 use cairn_index::{IndexError, Session};
 use cairn_proto::v1;
 
+use cairn_proto::v1::index_client::IndexClient;
+use tonic::transport::Channel;
+
 use super::channel::NodeConn;
 use super::routing::Cluster;
 use super::{RemoteIndex, unavailable};
@@ -105,6 +108,29 @@ pub(super) fn session_error(node: &str, s: &tonic::Status) -> IndexError {
 }
 
 impl RemoteIndex {
+    /// Asks the nodes in turn ([`session_order`]) until one answers a
+    /// session call, given each node's client and the table's epoch.
+    pub(super) async fn ask_in_turn<F, Fut>(
+        &self,
+        what: &str,
+        call: F,
+    ) -> Result<Session, IndexError>
+    where
+        F: Fn(IndexClient<Channel>, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<v1::Session>, tonic::Status>>,
+    {
+        let cluster = self.cluster();
+        let mut outcome = SessionCall::default();
+        for n in session_order(&cluster) {
+            let conn = &cluster.nodes[n];
+            let r = call(conn.client.clone(), cluster.epoch).await;
+            if outcome.add(conn, what, r.map(|r| Some(r.into_inner()))) {
+                break;
+            }
+        }
+        outcome.finish()
+    }
+
     /// Every node must answer a garbage-collection call.
     pub(super) fn gc_error(&self, n: usize, what: &str, s: &tonic::Status) -> IndexError {
         let cluster = self.cluster();

@@ -447,12 +447,14 @@ impl Node {
         repos
     }
 
-    /// Deletes this node's copy of partition `p` in every repository.
-    pub fn drop_partition(&self, p: u32) -> Result<(), String> {
+    /// Deletes this node's copy of partition `p` in every repository;
+    /// returns in how many repositories it held any record.
+    pub fn drop_partition(&self, p: u32) -> Result<usize, String> {
         let (start, end) = cairn_proto::cluster::partition_range(p);
+        let end = end.as_ref().map(|e| &e[..]);
+        let mut dropped = 0;
         for repo in self.repositories() {
             let tenant = self.tenant(&repo).map_err(|e| e.to_string())?;
-            let end = end.as_ref().map(|e| &e[..]);
             if tenant
                 .engine
                 .holds_range(&start, end)
@@ -463,9 +465,10 @@ impl Node {
                     .drop_range(&start, end)
                     .map_err(|e| e.to_string())?;
                 tenant.epochs.bump(p);
+                dropped += 1;
             }
         }
-        Ok(())
+        Ok(dropped)
     }
 
     /// Total size of the data directory.

@@ -267,24 +267,8 @@ pub fn drop_unowned(node: &Node) -> Result<usize, String> {
     }
     let mine = table.writes_to(node.cluster.me());
     let mut dropped = 0;
-    for repo in node.repositories() {
-        let tenant = node.tenant(&repo).map_err(|e| e.to_string())?;
-        for p in (0..PARTITIONS).filter(|&p| !mine[p as usize]) {
-            let (start, end) = partition_range(p);
-            let end = end.as_ref().map(|e| &e[..]);
-            if tenant
-                .engine
-                .holds_range(&start, end)
-                .map_err(|e| e.to_string())?
-            {
-                tenant
-                    .engine
-                    .drop_range(&start, end)
-                    .map_err(|e| e.to_string())?;
-                tenant.epochs.bump(p);
-                dropped += 1;
-            }
-        }
+    for p in (0..PARTITIONS).filter(|&p| !mine[p as usize]) {
+        dropped += node.drop_partition(p)?;
     }
     node.cluster
         .counters

@@ -37,9 +37,7 @@
 //! in etcd, not on the owners of a partition.
 
 use cairn_chunk_store::{RepoId, SnapshotId};
-use cairn_index::{
-    DEFAULT_LEASE_SECS, IndexError, MAX_LEASE_SECS, Session, SessionId, SessionList,
-};
+use cairn_index::{IndexError, Session, SessionId, SessionList};
 use cairn_proto::v1;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use prost::Message;
@@ -120,10 +118,7 @@ pub async fn begin(
     parent: Option<SnapshotId>,
     lease_secs: u32,
 ) -> Result<Session, IndexError> {
-    let lease = i64::from(match lease_secs {
-        0 => DEFAULT_LEASE_SECS,
-        n => n.min(MAX_LEASE_SECS),
-    });
+    let lease = cairn_index::lease_secs_of(lease_secs);
     let lease_id = etcd.grant(lease).await.map_err(unavailable)?;
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&lease_id.to_le_bytes());
@@ -159,7 +154,12 @@ async fn get(etcd: &Etcd, repo: &RepoId, id: &SessionId) -> Result<(Session, i64
 
 /// Renews a session's lease; fenced when it has expired.
 pub async fn renew(etcd: &Etcd, repo: &RepoId, id: &SessionId) -> Result<Session, IndexError> {
-    let (mut s, _) = get(etcd, repo, id).await?;
+    let (s, _) = get(etcd, repo, id).await?;
+    extend(etcd, id, s).await
+}
+
+/// Renews the lease of session `s` once more; fenced when it has expired.
+async fn extend(etcd: &Etcd, id: &SessionId, mut s: Session) -> Result<Session, IndexError> {
     if !etcd
         .keep_alive_once(lease_of(id))
         .await
@@ -213,15 +213,7 @@ pub async fn commit(
             Err(e) => Err(e),
         };
     }
-    if !etcd
-        .keep_alive_once(lease_of(id))
-        .await
-        .map_err(unavailable)?
-    {
-        return Err(fenced());
-    }
-    s.expires = now() + s.lease;
-    Ok(s)
+    extend(etcd, id, s).await
 }
 
 /// Ends a session: its lease is revoked and its key goes.
