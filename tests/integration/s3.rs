@@ -315,6 +315,53 @@ impl GarageNode {
             Duration::from_secs(30),
             || std::net::TcpStream::connect(&addr).is_ok(),
         );
+        // A restarted node does not reconnect to its peers for a while:
+        // connect it to each, and wait until it sees every node, so that a
+        // later fault test never leaves the cluster without a quorum.
+        let garage = |config: &Path, args: &[&str]| {
+            Command::new(env("CAIRN_TEST_GARAGE_BIN"))
+                .arg("-c")
+                .arg(config)
+                .args(args)
+                .output()
+                .expect("run garage")
+        };
+        let nodes = node_dir.parent().expect("garage dirs");
+        let configs: Vec<PathBuf> = (1..=3)
+            .map(|i| nodes.join(format!("garage{i}/garage.toml")))
+            .collect();
+        poll_until("the garage node to rejoin", Duration::from_secs(60), || {
+            // Every node connects to every other: each side's view counts.
+            let ids: Vec<String> = configs
+                .iter()
+                .map(|c| {
+                    let out = garage(c, &["node", "id", "-q"]);
+                    String::from_utf8_lossy(&out.stdout).trim().to_string()
+                })
+                .collect();
+            for (a, config) in configs.iter().enumerate() {
+                for (b, id) in ids.iter().enumerate() {
+                    if a != b {
+                        garage(config, &["node", "connect", id]);
+                    }
+                }
+            }
+            // Whole: no failed node, and every node's hostname known (a
+            // node listed as healthy with hostname `?` is not connected).
+            let whole = configs.iter().all(|c| {
+                let status = garage(c, &["status"]);
+                let text = String::from_utf8_lossy(&status.stdout);
+                status.status.success()
+                    && !text.contains("FAILED NODES")
+                    && !text
+                        .lines()
+                        .any(|l| l.split_whitespace().nth(1) == Some("?"))
+            });
+            if !whole {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            whole
+        });
     }
 }
 
