@@ -113,7 +113,9 @@ fn invalid(msg: impl std::fmt::Display) -> Status {
     Status::invalid_argument(msg.to_string())
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs `f` on a blocking thread (RocksDB calls never run on the runtime's
+/// workers).
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)

@@ -21,7 +21,7 @@ use cairn_chunk_store::RepoId;
 use cairn_index::RecordTable;
 use cairn_proto::cluster::{PARTITIONS, partition_range};
 
-use super::layout::View;
+use super::layout::{View, bit};
 use super::peer::Peer;
 use super::progress::Resume;
 use crate::node::Node;
@@ -43,9 +43,12 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
         if let Err(e) = node.progress.follow(&layout, &me) {
             tracing::warn!("move progress: {e}");
         }
-        let todo: Vec<u32> = match View::new(&layout) {
+        // One placement and one read of the progress per pass.
+        let view = View::new(&layout);
+        let done = node.progress.published().caught_up;
+        let todo: Vec<u32> = match &view {
             Some(view) => (0..PARTITIONS)
-                .filter(|&p| view.must_stream(&me, p) && !node.progress.caught_up(p))
+                .filter(|&p| view.must_stream(&me, p) && !bit(&done, p))
                 .collect(),
             None => Vec::new(),
         };
@@ -53,7 +56,7 @@ pub async fn run(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) 
             .counters
             .moves_pending
             .store(todo.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let Some(view) = View::new(&layout).filter(|_| !todo.is_empty() && table.epoch > 0) else {
+        let Some(view) = view.filter(|_| !todo.is_empty() && table.epoch > 0) else {
             tokio::select! {
                 _ = node.cluster.changed.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
+use crate::service::blocking;
 
 /// Most records one ReadRange answer carries.
 pub const MAX_RANGE_RECORDS: u32 = 16_384;
@@ -86,14 +87,6 @@ impl PeerService {
     fn tenant(&self, repo: &[u8]) -> Result<RepoId, Status> {
         RepoId::from_slice(repo).map_err(|e| Status::invalid_argument(e.to_string()))
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Status::internal("worker failed"))?
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
