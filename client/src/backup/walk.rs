@@ -46,8 +46,8 @@ pub enum Pending {
 pub struct PendingDir {
     /// Identity for the parent's `Pending::Dir`.
     pub key: u64,
-    /// The directory's tree in the parent snapshot.
-    pub parent: Option<ChunkId>,
+    /// The directory's tree in the parent snapshot, and its id.
+    pub parent: Option<(ChunkId, Arc<Tree>)>,
     /// Entries.
     pub entries: Vec<Pending>,
 }
@@ -301,22 +301,25 @@ impl<'a> Walker<'a> {
         self.next_key
     }
 
-    fn parent_subtree(&self, parent: Option<&Node>) -> Option<Arc<Tree>> {
-        let node = parent?;
-        if node.node_kind() != Some(NodeKind::Dir) {
-            return None;
-        }
-        let id = node.subtree_id().ok()?;
+    /// The parent snapshot's tree of the directory `parent`, with its id.
+    fn parent_subtree(&self, parent: Option<&Node>) -> Option<(ChunkId, Arc<Tree>)> {
+        let id = subtree_of(parent)?;
         // A parent tree that cannot be read only costs re-reading files.
-        self.source.tree_blocking(&self.shared.handle, &id).ok()
+        let tree = self.source.tree_blocking(&self.shared.handle, &id).ok()?;
+        Some((id, tree))
     }
 
     fn emit(&self, dir: PendingDir) -> Result<()> {
         self.dirs.send(dir).map_err(|_| anyhow!("backup aborted"))
     }
 
-    /// Walks the virtual directories leading to the sources; returns the root key.
-    pub fn walk_root(&mut self, trie: &SourceTrie, parent_root: Option<Arc<Tree>>) -> Result<u64> {
+    /// Walks the virtual directories leading to the sources; returns the
+    /// root key. `parent_root` is the parent snapshot's root tree and its id.
+    pub fn walk_root(
+        &mut self,
+        trie: &SourceTrie,
+        parent_root: Option<(ChunkId, Arc<Tree>)>,
+    ) -> Result<u64> {
         self.walk_virtual(Path::new("/"), trie, parent_root)
     }
 
@@ -368,7 +371,7 @@ impl<'a> Walker<'a> {
         &mut self,
         path: &Path,
         trie: &SourceTrie,
-        parent: Option<Arc<Tree>>,
+        parent: Option<(ChunkId, Arc<Tree>)>,
     ) -> Result<u64> {
         let mut entries = Vec::new();
         for (name, child) in &trie.children {
@@ -378,7 +381,7 @@ impl<'a> Walker<'a> {
                 .map_err(|e| anyhow!("cannot back up {}: {e}", child_path.display()))?;
             let node = node_from_metadata(&child_path, name.as_bytes(), &meta)
                 .map_err(|e| anyhow!("cannot back up {}: {e}", child_path.display()))?;
-            let parent_node = parent.as_ref().and_then(|t| t.find(name.as_bytes()));
+            let parent_node = parent.as_ref().and_then(|(_, t)| t.find(name.as_bytes()));
             if child.is_source {
                 if let Some(p) = self.entry(&child_path, node, meta.dev(), parent_node, None)? {
                     entries.push(p);
@@ -398,10 +401,12 @@ impl<'a> Walker<'a> {
                 });
             }
         }
+        // Like any directory, an ancestor equal to the parent's is the
+        // parent's tree (`build_trees`).
         let key = self.key();
         self.emit(PendingDir {
             key,
-            parent: None,
+            parent,
             entries,
         })?;
         Ok(key)
@@ -492,11 +497,18 @@ impl<'a> Walker<'a> {
                     entries.push(p);
                 }
             }
+            let key = self.key();
+            self.emit(PendingDir {
+                key,
+                parent: parent.zip(parent_tree),
+                entries,
+            })?;
+            return Ok(Some(key));
         }
         let key = self.key();
         self.emit(PendingDir {
             key,
-            parent,
+            parent: None,
             entries,
         })?;
         Ok(Some(key))
@@ -574,10 +586,30 @@ pub fn build_trees(
             }
         }
         shared.counters.dir();
-        let bytes = Tree::new(nodes).encode();
-        let id = shared.repo.fingerprinter().chunk_id(&bytes);
-        let unchanged = dir.parent == Some(id) && shared.reuse_parent_tree(id);
+        let tree = Tree::new(nodes);
+        // A directory whose entries all equal the parent snapshot's is the
+        // parent's tree: its id is known without encoding or hashing it (the
+        // encoding is canonical, so equal trees of one version have one id).
+        let same = dir
+            .parent
+            .as_ref()
+            .filter(|(_, old)| old.version == tree.version && old.nodes == tree.nodes)
+            .map(|(id, _)| *id);
+        let mut bytes = None;
+        let id = match same {
+            Some(id) => id,
+            None => {
+                shared.counters.tree_encoded();
+                let encoded = tree.encode();
+                let id = shared.repo.fingerprinter().chunk_id(&encoded);
+                bytes = Some(encoded);
+                id
+            }
+        };
+        let unchanged =
+            dir.parent.as_ref().map(|(old, _)| *old) == Some(id) && shared.reuse_parent_tree(id);
         if !unchanged && shared.claim(id, BlobKind::Tree).map_err(|e| anyhow!(e))? {
+            let bytes = bytes.unwrap_or_else(|| tree.encode());
             shared.counters.add_new_tree(bytes.len() as u64);
             let blob = shared
                 .repo

@@ -77,7 +77,12 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
         name: a.stdin_filename,
         source,
     });
+    let opening = std::time::Instant::now();
     let (repo, index) = rt.block_on(g.repo.open_for_backup())?;
+    tracing::debug!(
+        ms = opening.elapsed().as_millis() as u64,
+        "backup: repository and index open"
+    );
     let options = BackupOptions {
         paths: a.paths,
         excludes: Excludes::new(
