@@ -781,14 +781,15 @@ pub fn run(
     // their segments: one stream per core (a large file keeps every core
     // busy through its helpers; files below the minimum chunk never take a
     // segment); the spare segments carry chunks still on their way to the
-    // packer, and outnumber the handed-on chunks (see `SegmentPool`). Each
-    // segment stays in memory once touched, so their number is most of the
-    // backup's peak memory: 2 × 2 segments of 9 MiB on two cores.
+    // packer, and outnumber the handed-on chunks by one (see `SegmentPool`).
+    // Each segment stays in memory once touched, so their number is most of
+    // the backup's peak memory: 2 + 2 segments of 9 MiB on two cores.
     // Each segment of a large file is cut in as many parts as there are
     // cores.
     let streams = cores;
-    let queue = files::ChunkQueue::new(cores.saturating_sub(1), cores, streams);
-    let segments = SegmentPool::new(repo.chunker(), streams, cores);
+    let handed_on = cores.saturating_sub(1).max(1);
+    let queue = files::ChunkQueue::new(handed_on, cores, streams);
+    let segments = SegmentPool::new(repo.chunker(), streams, handed_on + 1);
     for i in 0..workers {
         let (shared, jobs, blobs) = (shared.clone(), job_rx.clone(), blob_tx.clone());
         let (queue, segments) = (queue.clone(), segments.clone());
