@@ -15,17 +15,9 @@ pub use crate::cdc::{Chunker, ChunkerParams, CutRule};
 use crate::cut_ahead::{AheadParts, CutHelpers};
 
 impl Chunker {
-    /// The size of the segments a [`ChunkStream`] reads into: a maximum
-    /// chunk and an eighth more. A segment holds what was carried over (one
-    /// partial chunk, shorter than the maximum) and at least an eighth of a
-    /// maximum chunk read fresh, so every next cut can be decided; each
-    /// segment is pinned until its last chunk is sealed into a pack, so its
-    /// length multiplies into the backup's peak memory (9 MiB with the
-    /// default 8 MiB maximum; twice the maximum cost 16 MiB per segment for
-    /// a carry-over copy of about a twelfth less).
+    /// The size of the segments a [`ChunkStream`] reads into.
     pub fn stream_buffer_len(&self) -> usize {
-        let max = self.params().max as usize;
-        max + max / 8
+        self.params().max as usize * 2
     }
 }
 

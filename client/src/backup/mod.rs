@@ -783,7 +783,7 @@ pub fn run(
     // segment); the spare segments carry chunks still on their way to the
     // packer, and outnumber the handed-on chunks by one (see `SegmentPool`).
     // Each segment stays in memory once touched, so their number is most of
-    // the backup's peak memory: 2 + 2 segments of 9 MiB on two cores.
+    // the backup's peak memory: 2 + 2 segments on two cores.
     // Each segment of a large file is cut in as many parts as there are
     // cores.
     let streams = cores;
