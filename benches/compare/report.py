@@ -89,10 +89,8 @@ def main():
         r["cpu_s"] = float(r["user_s"]) + float(r["sys_s"])
         r["maxrss_kb"] = int(r["maxrss_kb"])
         r["repo_bytes"] = int(r["repo_bytes"])
-        # Runs from before the warm pass existed dropped the cache.
-        r.setdefault("cache", "cold")
-        if r["cache"] is None:
-            r["cache"] = "cold"
+        # Runs from before the warm pass existed (no such column) dropped the cache.
+        r["cache"] = r.get("cache") or "cold"
     tools = [t for t in TOOLS if any(r["tool"] == t for r in rows)]
     caches = [c for c in ("cold", "warm") if any(r["cache"] == c for r in rows)]
     level = meta.get("cairn_zstd_level", "3")
