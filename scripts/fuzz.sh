@@ -38,6 +38,23 @@ else
 fi
 target_dir=${CAIRN_FUZZ_TARGET_DIR:-$(dirname "$CARGO_TARGET_DIR")/cairn-fuzz-target}
 
+# RocksDB's C++ is not what is fuzzed, and compiling it again, instrumented
+# by the sanitizer, takes most of an hour on two cores: link the archive the
+# test build made, when there is one of the version fuzz/Cargo.lock pins.
+rocksdb_version=$(awk '/^name = "librocksdb-sys"/ { getline; gsub(/version = |"/, ""); print }' fuzz/Cargo.lock)
+for out in "$CARGO_TARGET_DIR"/debug/build/librocksdb-sys-*/out; do
+    if [[ -f "$out/librocksdb.a" ]] &&
+        grep -qs "librocksdb-sys-$rocksdb_version\$" "$(dirname "$out")/output"; then
+        # A copy under the build's own name: a new test build is a new path.
+        lib_dir="$target_dir/rocksdb/$(basename "$(dirname "$out")")"
+        mkdir -p "$lib_dir"
+        cmp -s "$out/librocksdb.a" "$lib_dir/librocksdb.a" || cp "$out/librocksdb.a" "$lib_dir/"
+        export ROCKSDB_LIB_DIR="$lib_dir" ROCKSDB_STATIC=1
+        echo "==> linking RocksDB $rocksdb_version from the test build ($out)"
+        break
+    fi
+done
+
 cd fuzz
 if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo "${toolchain[@]}" fuzz list)

@@ -9,6 +9,7 @@
 #   python3              picks free ports and random keys for the test S3 servers
 #   etcd-server, etcd-client  the index cluster's control plane (etcd, etcdctl) in the tests
 #   iproute2             ip(8): network namespaces for the partition test
+#   pkg-config, libsodium-dev, libzstd-dev  the system libraries Garage (the test S3 cluster) links
 #   cargo                with rustfmt and clippy (checked; rustup installs it)
 set -euo pipefail
 
@@ -20,17 +21,29 @@ have_libclang() {
 }
 
 missing=()
-command -v clang >/dev/null || missing+=(clang)
-have_libclang || missing+=(libclang-dev)
-command -v setfattr >/dev/null || missing+=(attr)
-command -v c++ >/dev/null || missing+=(g++)
-command -v systemd-analyze >/dev/null || missing+=(systemd)
-command -v kill >/dev/null || missing+=(procps)
-command -v python3 >/dev/null || missing+=(python3)
-command -v fusermount3 >/dev/null || missing+=(fuse3)
-command -v ip >/dev/null || missing+=(iproute2)
-command -v etcd >/dev/null || missing+=(etcd-server)
-command -v etcdctl >/dev/null || missing+=(etcd-client)
+# need PACKAGE CHECK...: PACKAGE is installed when CHECK fails.
+need() {
+    "${@:2}" >/dev/null 2>&1 || missing+=("$1")
+}
+need clang command -v clang
+need libclang-dev have_libclang
+need attr command -v setfattr
+need g++ command -v c++
+need systemd command -v systemd-analyze
+need procps command -v kill
+need python3 command -v python3
+# `cairn mount` (fusermount3 lets users other than root mount).
+need fuse3 command -v fusermount3
+# Network namespaces for the partition test.
+need iproute2 command -v ip
+# The index cluster's control plane.
+need etcd-server command -v etcd
+need etcd-client command -v etcdctl
+# Garage, the tests' S3 cluster, links the system's libsodium and zstd
+# (scripts/s3-servers.sh): building their bundled copies takes minutes.
+need pkg-config command -v pkg-config
+need libsodium-dev pkg-config --exists libsodium
+need libzstd-dev pkg-config --exists libzstd
 
 if ((${#missing[@]})); then
     sudo=()
@@ -38,38 +51,9 @@ if ((${#missing[@]})); then
         command -v sudo >/dev/null || { log "need root or sudo to install: ${missing[*]}"; exit 1; }
         sudo=(sudo)
     fi
-    packages=(clang libclang-dev attr)
-    if ! command -v c++ >/dev/null; then
-        packages+=(g++)
-    fi
-    if ! command -v systemd-analyze >/dev/null; then
-        packages+=(systemd)
-    fi
-    if ! command -v kill >/dev/null; then
-        packages+=(procps)
-    fi
-    if ! command -v python3 >/dev/null; then
-        packages+=(python3)
-    fi
-    # `cairn mount` (fusermount3 lets users other than root mount).
-    if ! command -v fusermount3 >/dev/null; then
-        packages+=(fuse3)
-    fi
-    # Network namespaces for the partition test.
-    if ! command -v ip >/dev/null; then
-        packages+=(iproute2)
-    fi
-    # The index cluster's control plane.
-    if ! command -v etcd >/dev/null; then
-        packages+=(etcd-server)
-    fi
-    if ! command -v etcdctl >/dev/null; then
-        packages+=(etcd-client)
-    fi
-    log "installing ${packages[*]} (missing: ${missing[*]})"
-    export DEBIAN_FRONTEND=noninteractive
+    log "installing ${missing[*]}"
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${packages[@]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 # cargo: rustup installs it under ~/.cargo/bin, which a fresh shell may not

@@ -34,32 +34,50 @@ stop_services() {
 }
 trap stop_services EXIT
 
-start_services() {
-    # S3: a three-node Garage cluster and s3s-fs on 127.0.0.1 (built once
-    # and cached); a three-member etcd cluster, the control plane of the
-    # index clusters the tests start (their nodes on port 0, each cluster
-    # under its own key prefix).
-    install_s3_servers
-    start_s3_servers "$s3_dir"
-    start_etcd "$s3_dir"
-}
+# Every phase says when it starts, in seconds since the run began.
+phase() { echo "==> [${SECONDS}s] $*"; }
 
-start_services
+# Building the S3 servers (once; cached) and building the tests both take
+# minutes from cold: they build side by side, each filling the other's
+# single-threaded stretches.
+phase "building the S3 servers and the tests"
+install_log="$s3_dir/install.log"
+install_s3_servers >"$install_log" 2>&1 &
+install_pid=$!
+log="$(mktemp)"
+trap 'rm -f "$log"; stop_services' EXIT
+if ! cargo test --workspace --locked --no-run; then
+    wait "$install_pid" || true
+    exit 1
+fi
+if ! wait "$install_pid"; then
+    cat "$install_log" >&2
+    echo "building the S3 servers failed (above)" >&2
+    exit 1
+fi
+
+# S3: a three-node Garage cluster and s3s-fs on 127.0.0.1; a three-member
+# etcd cluster, the control plane of the index clusters the tests start
+# (their nodes on port 0, each cluster under its own key prefix).
+phase "starting Garage, s3s-fs and etcd"
+start_s3_servers "$s3_dir"
+start_etcd "$s3_dir"
 
 # --- tests --------------------------------------------------------------
 # The integration tests run the real binaries (`cairn`, `cairn-index`);
 # both packages have integration tests, so `cargo test` builds both.
-log="$(mktemp)"
-trap 'rm -f "$log"; stop_services' EXIT
 # Every service is up: a test that finds one missing fails instead of
 # skipping (a plain `cargo test` skips those tests and says so).
+phase "tests"
 export CAIRN_TEST_REQUIRE_SERVICES=1
 cargo test --workspace --locked 2>&1 | tee "$log"
 
 # --- fuzzing ------------------------------------------------------------
 # Every decoder's fuzz target, briefly, from the committed seed corpora; a
 # crash fails the run. (A long run: bash scripts/fuzz.sh --seconds 1800.)
+phase "fuzzing"
 bash scripts/fuzz.sh --seconds "${CAIRN_FUZZ_SECONDS:-10}"
+phase "done"
 
 # One closing line for the whole run (cargo prints one per test binary).
 summary=$(awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped", p, f, i }' "$log")
