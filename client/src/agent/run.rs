@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 use super::config::Job;
 use super::log::Logger;
 use super::state::RunResult;
-use crate::backup::{self, BackupOptions, excludes::Excludes};
+use crate::backup::{self, BackupOptions, early::EarlyListing, excludes::Excludes};
 use crate::context::username;
 use crate::retention::{self, SnapshotMeta};
 
@@ -79,6 +79,17 @@ fn backup_inner(
     cancel: &Arc<AtomicBool>,
     log: &Logger,
 ) -> Result<RunOutcome> {
+    let excludes = Excludes::new(
+        &job.exclude,
+        &job.exclude_file,
+        &job.exclude_if_present,
+        job.one_file_system,
+    )?;
+    // The sources are read while the key is derived (`backup::early`).
+    let early_listing = job
+        .stream
+        .is_none()
+        .then(|| Arc::new(EarlyListing::start(&job.paths, &excludes)));
     let mut repo_args = job.repo_args();
     let store = handle.block_on(repo_args.store())?;
     let password = job.password()?;
@@ -95,12 +106,6 @@ fn backup_inner(
             open_index(job, &repo_args.index_path()?, cancel, log)?,
         )
     };
-    let excludes = Excludes::new(
-        &job.exclude,
-        &job.exclude_file,
-        &job.exclude_if_present,
-        job.one_file_system,
-    )?;
     let report = backup::run(
         handle,
         &repo,
@@ -117,6 +122,7 @@ fn backup_inner(
             lease_secs: cairn_index::DEFAULT_LEASE_SECS,
             stream: job.stream.clone(),
             dry_run: false,
+            early_listing,
         },
     )?;
     let stats = &report.stats;

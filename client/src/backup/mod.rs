@@ -12,6 +12,7 @@
 //! leaves at most unreferenced packs, which the next run reuses through the
 //! index.
 
+pub mod early;
 pub mod excludes;
 pub mod files;
 pub mod packer;
@@ -72,6 +73,9 @@ pub struct BackupOptions {
     /// report what would be stored; upload nothing, write no snapshot,
     /// begin no session.
     pub dry_run: bool,
+    /// The sources as read while the repository opened (started with the
+    /// same `paths` and `excludes`); stopped when the walk begins.
+    pub early_listing: Option<Arc<early::EarlyListing>>,
 }
 
 /// The outcome of a backup.
@@ -93,6 +97,8 @@ pub struct BackupReport {
     /// Directories whose tree was encoded and fingerprinted; the others were
     /// the parent snapshot's trees, entry for entry, and kept its ids.
     pub trees_encoded: u64,
+    /// Directories read while the repository opened (`early_listing`).
+    pub dirs_listed_early: u64,
     /// Wall time.
     pub seconds: f64,
     /// Entries that could not be read.
@@ -245,6 +251,8 @@ pub struct Shared {
     pub dry_run: bool,
     /// Where the tree packs this backup stores are kept for the next one.
     pub tree_cache: Option<TreeCache>,
+    /// Directories read while the repository opened, stopped.
+    early: Option<Arc<early::EarlyListing>>,
 }
 
 impl Shared {
@@ -272,6 +280,7 @@ impl Shared {
             index_warned: AtomicBool::new(false),
             dry_run,
             tree_cache: TreeCache::for_repo(repo),
+            early: None,
         }
     }
 
@@ -750,6 +759,7 @@ pub fn run(
         index_warned: AtomicBool::new(false),
         dry_run: options.dry_run,
         tree_cache,
+        early: options.early_listing.clone().inspect(|early| early.stop()),
     });
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -897,6 +907,7 @@ pub fn run(
         data_chunks_new: Counters::get(&shared.counters.data_new),
         tree_chunks_new: Counters::get(&shared.counters.tree_new),
         trees_encoded: Counters::get(&shared.counters.trees_encoded),
+        dirs_listed_early: shared.early.as_ref().map_or(0, |e| e.taken()),
         stats: stats.clone(),
         seconds: start.elapsed().as_secs_f64(),
         warnings: shared
@@ -1028,6 +1039,16 @@ mod tests {
 
     /// Backs up `src` into the fixture's repository.
     fn back_up(f: &Fixture, index: &Arc<dyn Index>, src: &std::path::Path) -> BackupReport {
+        back_up_listed(f, index, src, None)
+    }
+
+    /// Backs up `src`, with its directories read ahead by `early_listing`.
+    fn back_up_listed(
+        f: &Fixture,
+        index: &Arc<dyn Index>,
+        src: &std::path::Path,
+        early_listing: Option<Arc<early::EarlyListing>>,
+    ) -> BackupReport {
         let options = BackupOptions {
             paths: vec![src.to_path_buf()],
             excludes: Excludes::default(),
@@ -1040,6 +1061,7 @@ mod tests {
             lease_secs: 60,
             stream: None,
             dry_run: false,
+            early_listing,
         };
         run(f.runtime.handle(), &f.repo, index.clone(), options).expect("backup")
     }
@@ -1079,6 +1101,54 @@ mod tests {
         assert_eq!(changed.trees_encoded, path_to_b, "{changed:?}");
         assert_eq!(changed.tree_chunks_new, path_to_b, "{changed:?}");
         assert_eq!(changed.data_chunks_new, 1, "{changed:?}");
+    }
+
+    #[test]
+    fn directories_read_while_the_repository_opens_make_the_same_trees() {
+        let mut f = fixture();
+        let engine = Engine::open(
+            &f._dir.path().join("index-2"),
+            EngineOptions::default(),
+            &|_| {},
+        )
+        .expect("index");
+        let index: Arc<dyn Index> = Arc::new(std::mem::replace(&mut f.index, engine));
+        let src = f._dir.path().join("src");
+        for dir in ["a/b", "a/c", "d"] {
+            std::fs::create_dir_all(src.join(dir)).expect("mkdir");
+        }
+        for (file, body) in [("a/b/x", "one"), ("a/c/y", "two"), ("d/z", "three")] {
+            std::fs::write(src.join(file), body).expect("write");
+        }
+        let read = back_up(&f, &index, &src);
+        assert_eq!(read.dirs_listed_early, 0);
+
+        let early = Arc::new(early::EarlyListing::start(
+            std::slice::from_ref(&src),
+            &Excludes::default(),
+        ));
+        early.wait();
+        let listed = back_up_listed(&f, &index, &src, Some(early));
+        // Every directory below the source came from the early listing, and
+        // every tree equals the one the walker made by reading.
+        assert_eq!(listed.dirs_listed_early, 5, "{listed:?}");
+        assert_eq!(listed.parent, Some(read.snapshot_id));
+        assert_eq!(listed.trees_encoded, 0, "{listed:?}");
+        assert_eq!(listed.stats.files_unmodified, 3, "{listed:?}");
+
+        // A change made after the early listing read the directory is in
+        // the next backup, not lost.
+        let early = Arc::new(early::EarlyListing::start(
+            std::slice::from_ref(&src),
+            &Excludes::default(),
+        ));
+        early.wait();
+        std::fs::write(src.join("d/z"), "three, longer now").expect("write");
+        let before = back_up_listed(&f, &index, &src, Some(early));
+        assert_eq!(before.stats.files_unmodified, 3, "{before:?}");
+        let after = back_up(&f, &index, &src);
+        assert_eq!(after.stats.files_changed, 1, "{after:?}");
+        assert_eq!(after.data_chunks_new, 1, "{after:?}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use cairn_chunk_store::tree::{Node, NodeKind, Tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::Shared;
+use super::early::read_entries;
 use super::excludes::Excludes;
 use super::files::{FileJob, FileResult};
 use crate::fsmeta::{node_from_metadata, node_without_xattrs, read_xattrs, unchanged};
@@ -199,33 +200,26 @@ fn list_dir(
 ) -> Option<Listing> {
     // A parent tree that cannot be read only costs re-reading files.
     let parent = parent.and_then(|id| source.tree_blocking(&shared.handle, &id).ok());
-    let listing = match std::fs::read_dir(path) {
-        Ok(l) => l,
-        Err(e) => {
-            shared.warn(format!("cannot read {}: {e}", path.display()));
-            return None;
+    let listed = shared.early.as_ref().and_then(|early| early.take(path));
+    let entries = match listed {
+        Some(entries) => entries,
+        None => {
+            let skipped = &mut |e| shared.warn(format!("cannot read {}: {e}", path.display()));
+            match read_entries(path, excludes, skipped) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    shared.warn(format!("cannot read {}: {e}", path.display()));
+                    return None;
+                }
+            }
         }
     };
-    let mut names: Vec<(OsString, std::fs::DirEntry)> = Vec::new();
-    for item in listing {
-        match item {
-            Ok(item) => names.push((item.file_name(), item)),
-            Err(e) => shared.warn(format!("cannot read {}: {e}", path.display())),
-        }
-    }
-    names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut entries = Vec::with_capacity(names.len());
+    let mut nodes = Vec::with_capacity(entries.len());
     // Per entry: the parent's node of an unchanged file.
-    let mut reusable: Vec<Option<&Node>> = Vec::with_capacity(names.len());
-    for (name, item) in names {
+    let mut reusable: Vec<Option<&Node>> = Vec::with_capacity(entries.len());
+    for (name, meta) in entries {
         let child = path.join(&name);
-        if excludes.excluded(&child, &name) {
-            continue;
-        }
-        // Relative to the open directory (statx on its descriptor, without
-        // following a symlink): the kernel does not walk the whole path
-        // again for every entry.
-        let meta = match item.metadata() {
+        let meta = match meta {
             Ok(m) => m,
             Err(e) => {
                 shared.warn(format!("cannot read {}: {e}", child.display()));
@@ -249,7 +243,7 @@ fn list_dir(
                     Some(old) => old.xattrs.clone(),
                     None => read_xattrs(&child),
                 };
-                entries.push((child, node));
+                nodes.push((child, node));
                 reusable.push(old);
             }
             Err(e) => shared.warn(format!("cannot read {}: {e}", child.display())),
@@ -264,7 +258,7 @@ fn list_dir(
         .collect();
     Some(Listing {
         parent,
-        entries,
+        entries: nodes,
         confirmed,
     })
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use cairn_client::backup::stream::{StreamFile, StreamSource};
-use cairn_client::backup::{self, BackupOptions, excludes::Excludes};
+use cairn_client::backup::{self, BackupOptions, early::EarlyListing, excludes::Excludes};
 use cairn_client::context::{hostname, username};
 use serde_json::json;
 use tokio::runtime::Runtime;
@@ -77,6 +77,16 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
         name: a.stdin_filename,
         source,
     });
+    let excludes = Excludes::new(
+        &a.exclude,
+        &a.exclude_file,
+        &a.exclude_if_present,
+        a.one_file_system,
+    )?;
+    // The sources are read while the key is derived (`backup::early`).
+    let early_listing = stream
+        .is_none()
+        .then(|| Arc::new(EarlyListing::start(&a.paths, &excludes)));
     let opening = std::time::Instant::now();
     let (repo, index) = rt.block_on(g.repo.open_for_backup())?;
     tracing::debug!(
@@ -85,12 +95,7 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
     );
     let options = BackupOptions {
         paths: a.paths,
-        excludes: Excludes::new(
-            &a.exclude,
-            &a.exclude_file,
-            &a.exclude_if_present,
-            a.one_file_system,
-        )?,
+        excludes,
         tags: a.tag,
         host: a.host.unwrap_or_else(hostname),
         time_ns: a
@@ -102,6 +107,7 @@ pub fn run(rt: &Runtime, g: &Globals, a: BackupArgs) -> Result<u8> {
         lease_secs: a.session_lease,
         stream,
         dry_run: a.dry_run,
+        early_listing,
     };
     let report = backup::run(rt.handle(), &repo, index, options)?;
     let s = &report.stats;
