@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -28,13 +27,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::excludes::Excludes;
+use crate::fsmeta::Stat;
 
-/// Entries read ahead at most (their metadata, about 200 bytes each).
+/// Entries read ahead at most (about 130 bytes each with their names).
 pub const EARLY_ENTRIES: usize = 65_536;
 
 /// A directory's entries in name order, without the excluded ones, each
 /// with its metadata or the error reading it.
-pub type Entries = Vec<(OsString, io::Result<Metadata>)>;
+pub type Entries = Vec<(OsString, io::Result<Stat>)>;
 
 /// Reads the entries of directory `path`. An entry the directory stream
 /// cannot return is passed to `skipped` (the others are still read).
@@ -57,7 +57,7 @@ pub fn read_entries(
         // Relative to the open directory (statx on its descriptor, without
         // following a symlink): the kernel does not walk the whole path
         // again for every entry.
-        .map(|(name, item)| (name, item.metadata()))
+        .map(|(name, item)| (name, item.metadata().map(|m| Stat::from(&m))))
         .collect())
 }
 
@@ -178,7 +178,7 @@ fn list(sources: &[PathBuf], excludes: &Excludes, listed: &Listed, mut budget: u
                 .rev()
                 .filter(|(_, m)| {
                     m.as_ref().is_ok_and(|m| {
-                        m.is_dir() && !(excludes.one_file_system && m.dev() != root_dev)
+                        m.is_dir() && !(excludes.one_file_system && m.device != root_dev)
                     })
                 })
                 .map(|(name, _)| dir.join(name));
