@@ -5,18 +5,20 @@
 # toolchain, on stable without a sanitizer. A crash leaves its input in
 # fuzz/artifacts/<target>/ and fails the run.
 #
-#   bash scripts/fuzz.sh [--seconds N] [--jobs J] [TARGET...]
+#   bash scripts/fuzz.sh [--seconds N] [--jobs J] [--build-only] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
 seconds=60
 jobs=1
+build_only=false
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds=$2; shift 2 ;;
         --jobs) jobs=$2; shift 2 ;;
+        --build-only) build_only=true; shift ;;
         -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -40,9 +42,10 @@ target_dir=${CAIRN_FUZZ_TARGET_DIR:-$(dirname "$CARGO_TARGET_DIR")/cairn-fuzz-ta
 
 # RocksDB's C++ is not what is fuzzed, and compiling it again, instrumented
 # by the sanitizer, takes most of an hour on two cores: link the archive the
-# test build made, when there is one of the version fuzz/Cargo.lock pins.
+# test build made, the newest of the version fuzz/Cargo.lock pins.
 rocksdb_version=$(awk '/^name = "librocksdb-sys"/ { getline; gsub(/version = |"/, ""); print }' fuzz/Cargo.lock)
-for out in "$CARGO_TARGET_DIR"/debug/build/librocksdb-sys-*/out; do
+# shellcheck disable=SC2012 # build directory names are hex
+for out in $(ls -td "$CARGO_TARGET_DIR"/debug/build/librocksdb-sys-*/out 2>/dev/null); do
     if [[ -f "$out/librocksdb.a" ]] &&
         grep -qs "librocksdb-sys-$rocksdb_version\$" "$(dirname "$out")/output"; then
         # A copy under the build's own name: a new test build is a new path.
@@ -61,6 +64,9 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 echo "==> building ${#targets[@]} fuzz targets (sanitizer: $sanitizer)"
 cargo "${toolchain[@]}" fuzz build -O --sanitizer "$sanitizer" --target-dir "$target_dir"
+if $build_only; then
+    exit 0
+fi
 failed=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"

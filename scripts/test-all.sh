@@ -46,7 +46,9 @@ install_s3_servers >"$install_log" 2>&1 &
 install_pid=$!
 log="$(mktemp)"
 trap 'rm -f "$log"; stop_services' EXIT
-if ! cargo test --workspace --locked --no-run; then
+# RocksDB's C++ first: it is the longest single stretch of a cold build,
+# and started late it would be the last thing the tests wait for.
+if ! cargo build --locked -p librocksdb-sys || ! cargo test --workspace --locked --no-run; then
     wait "$install_pid" || true
     exit 1
 fi
@@ -68,9 +70,21 @@ start_etcd "$s3_dir"
 # both packages have integration tests, so `cargo test` builds both.
 # Every service is up: a test that finds one missing fails instead of
 # skipping (a plain `cargo test` skips those tests and says so).
+# The fuzz targets build meanwhile at the lowest priority, on what the
+# tests leave of the CPU (they wait on servers much of the time).
+fuzz_log="$s3_dir/fuzz-build.log"
+nice -n 19 bash scripts/fuzz.sh --build-only >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
 phase "tests"
 export CAIRN_TEST_REQUIRE_SERVICES=1
-cargo test --workspace --locked 2>&1 | tee "$log"
+tests_passed=true
+cargo test --workspace --locked 2>&1 | tee "$log" || tests_passed=false
+if ! wait "$fuzz_pid"; then
+    cat "$fuzz_log" >&2
+    echo "building the fuzz targets failed (above)" >&2
+    exit 1
+fi
+$tests_passed || exit 1
 
 # --- fuzzing ------------------------------------------------------------
 # Every decoder's fuzz target, briefly, from the committed seed corpora; a
