@@ -1066,8 +1066,10 @@ mod tests {
         run(f.runtime.handle(), &f.repo, index.clone(), options).expect("backup")
     }
 
-    #[test]
-    fn directories_equal_to_the_parent_keep_its_trees_without_encoding() {
+    /// The fixture with a fresh index of its own (the snapshot's chunks
+    /// unknown to it), and a source directory `src` of three files in four
+    /// directories.
+    fn fixture_with_source() -> (Fixture, Arc<dyn Index>, std::path::PathBuf) {
         let mut f = fixture();
         let engine = Engine::open(
             &f._dir.path().join("index-2"),
@@ -1083,6 +1085,12 @@ mod tests {
         for (file, body) in [("a/b/x", "one"), ("a/c/y", "two"), ("d/z", "three")] {
             std::fs::write(src.join(file), body).expect("write");
         }
+        (f, index, src)
+    }
+
+    #[test]
+    fn directories_equal_to_the_parent_keep_its_trees_without_encoding() {
+        let (f, index, src) = fixture_with_source();
         // The directories from / down to `src`, and the four below it.
         let to_src = src.components().count() as u64;
         let first = back_up(&f, &index, &src);
@@ -1105,21 +1113,7 @@ mod tests {
 
     #[test]
     fn directories_read_while_the_repository_opens_make_the_same_trees() {
-        let mut f = fixture();
-        let engine = Engine::open(
-            &f._dir.path().join("index-2"),
-            EngineOptions::default(),
-            &|_| {},
-        )
-        .expect("index");
-        let index: Arc<dyn Index> = Arc::new(std::mem::replace(&mut f.index, engine));
-        let src = f._dir.path().join("src");
-        for dir in ["a/b", "a/c", "d"] {
-            std::fs::create_dir_all(src.join(dir)).expect("mkdir");
-        }
-        for (file, body) in [("a/b/x", "one"), ("a/c/y", "two"), ("d/z", "three")] {
-            std::fs::write(src.join(file), body).expect("write");
-        }
+        let (f, index, src) = fixture_with_source();
         let read = back_up(&f, &index, &src);
         assert_eq!(read.dirs_listed_early, 0);
 
