@@ -30,7 +30,10 @@ use super::excludes::Excludes;
 use crate::fsmeta::Stat;
 
 /// Entries read ahead at most (about 130 bytes each with their names).
-pub const EARLY_ENTRIES: usize = 65_536;
+/// Measured on a kernel tree: 65,536 held an unchanged re-backup at
+/// 100 MB resident, this at 98 MB, without a difference in time that the
+/// noise of the machine showed.
+pub const EARLY_ENTRIES: usize = 40_960;
 
 /// A directory's entries in name order, without the excluded ones, each
 /// with its metadata or the error reading it.
