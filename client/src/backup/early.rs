@@ -56,7 +56,7 @@ pub fn read_entries(
     items.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     Ok(items
         .into_iter()
-        .filter(|(name, _)| !excludes.excluded(&path.join(name), name))
+        .filter(|(name, _)| !excludes.excluded(path, name))
         // Relative to the open directory (statx on its descriptor, without
         // following a symlink): the kernel does not walk the whole path
         // again for every entry.

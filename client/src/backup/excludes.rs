@@ -71,10 +71,14 @@ impl Excludes {
         })
     }
 
-    /// True if the entry at `path` named `name` is excluded.
-    pub fn excluded(&self, path: &Path, name: &std::ffi::OsStr) -> bool {
+    /// True if the entry `name` of directory `dir` is excluded. The path is
+    /// joined only when a pattern needs it: this runs for every entry.
+    pub fn excluded(&self, dir: &Path, name: &std::ffi::OsStr) -> bool {
         self.names.as_ref().is_some_and(|g| g.is_match(name))
-            || self.paths.as_ref().is_some_and(|g| g.is_match(path))
+            || self
+                .paths
+                .as_ref()
+                .is_some_and(|g| g.is_match(dir.join(name)))
     }
 
     /// True if directory `dir` holds a marker file named by `--exclude-if-present`.
@@ -93,11 +97,11 @@ mod tests {
     #[test]
     fn name_and_path_patterns() {
         let ex = Excludes::new(&["*.tmp".into(), "/data/cache".into()], &[], &[], false).unwrap();
-        assert!(ex.excluded(Path::new("/x/a.tmp"), OsStr::new("a.tmp")));
-        assert!(!ex.excluded(Path::new("/x/a.txt"), OsStr::new("a.txt")));
-        assert!(ex.excluded(Path::new("/data/cache"), OsStr::new("cache")));
-        assert!(ex.excluded(Path::new("/data/cache/x"), OsStr::new("x")));
-        assert!(!ex.excluded(Path::new("/data/cached"), OsStr::new("cached")));
+        assert!(ex.excluded(Path::new("/x"), OsStr::new("a.tmp")));
+        assert!(!ex.excluded(Path::new("/x"), OsStr::new("a.txt")));
+        assert!(ex.excluded(Path::new("/data"), OsStr::new("cache")));
+        assert!(ex.excluded(Path::new("/data/cache"), OsStr::new("x")));
+        assert!(!ex.excluded(Path::new("/data"), OsStr::new("cached")));
         assert!(Excludes::new(&["[".into()], &[], &[], false).is_err());
     }
 }

@@ -742,6 +742,10 @@ pub fn run(
     };
     phase("parent trees loaded");
 
+    // The walk begins: the early listing stops; what it read stays.
+    if let Some(early) = &options.early_listing {
+        early.stop();
+    }
     let shared = Arc::new(Shared {
         repo: repo.clone(),
         index: index.clone(),
@@ -759,7 +763,7 @@ pub fn run(
         index_warned: AtomicBool::new(false),
         dry_run: options.dry_run,
         tree_cache,
-        early: options.early_listing.clone().inspect(|early| early.stop()),
+        early: options.early_listing.clone(),
     });
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
