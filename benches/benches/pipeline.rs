@@ -180,7 +180,7 @@ fn pack(c: &mut Criterion) {
                             padding,
                         ));
                     }
-                    writer.finish(&keys).1.len()
+                    writer.finish(&keys).map_or(0, |(_, body, _)| body.size())
                 })
             });
         }

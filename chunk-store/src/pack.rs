@@ -31,6 +31,7 @@ use crate::envelope::PACK_MAGIC;
 use crate::error::FormatError;
 use crate::fingerprint::Fingerprinter;
 use crate::id::{ChunkId, PackId};
+use crate::store::{ObjectWriter, StoreError};
 
 /// Current pack format version.
 pub const PACK_VERSION: u16 = 1;
@@ -572,16 +573,49 @@ impl Drop for FinishedPack {
     }
 }
 
+/// Bytes a spooled pack holds before [`PackWriter::spill`] writes them out.
+pub const SPILL_PIECE: usize = 2 << 20;
+
+/// A finished pack's bytes.
+#[derive(Debug)]
+pub enum PackBody {
+    /// Held whole, for [`crate::store::ObjectStore::put`].
+    Memory(Bytes),
+    /// Written out as the pack filled ([`PackWriter::spool_to`]);
+    /// [`ObjectWriter::commit`] makes them the object.
+    Written {
+        /// Where they were written.
+        out: Box<dyn ObjectWriter>,
+        /// The pack's length.
+        len: u64,
+    },
+}
+
+impl PackBody {
+    /// The pack's length in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            PackBody::Memory(bytes) => bytes.len() as u64,
+            PackBody::Written { len, .. } => *len,
+        }
+    }
+}
+
 /// Accumulates sealed blobs into one pack.
 #[derive(Debug)]
 pub struct PackWriter {
     id: PackId,
     kind: BlobKind,
-    /// The pack is `buf[start..]`; `start` puts its first byte at an address
-    /// aligned to [`PACK_BUFFER_ALIGN`] (kept while `buf` does not grow past
-    /// its capacity; a pack that does is merely written through a copy).
+    /// The pack's bytes not yet written out are `buf[start..]`; `start` puts
+    /// the first at an address aligned to [`PACK_BUFFER_ALIGN`] (kept while
+    /// `buf` does not grow past its capacity; a pack that does is merely
+    /// written through a copy).
     buf: Vec<u8>,
     start: usize,
+    /// Where a spooled pack's bytes go ([`PackWriter::spool_to`]), and how
+    /// many went there already (always a multiple of the alignment).
+    out: Option<Box<dyn ObjectWriter>>,
+    spilled: u64,
     entries: Vec<PackEntry>,
     pool: Option<PackBuffers>,
 }
@@ -615,9 +649,40 @@ impl PackWriter {
             kind,
             buf,
             start,
+            out: None,
+            spilled: 0,
             entries: Vec::new(),
             pool,
         }
+    }
+
+    /// Makes this pack write its bytes to `out` (the object store's writer
+    /// for this pack's key) as it fills, so that it holds at most
+    /// [`SPILL_PIECE`] and one blob instead of the whole pack. The owner
+    /// calls [`PackWriter::spill`] after each blob; [`PackWriter::finish`]
+    /// writes the rest. Set it before the first blob.
+    pub fn spool_to(&mut self, out: Box<dyn ObjectWriter>) {
+        debug_assert!(self.is_empty(), "a pack is spooled from its first byte");
+        self.out = Some(out);
+    }
+
+    /// For a spooled pack holding [`SPILL_PIECE`] or more, writes out every
+    /// whole aligned piece it holds (which `O_DIRECT` takes without a copy).
+    /// Does nothing otherwise.
+    pub fn spill(&mut self) -> Result<(), StoreError> {
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        let held = self.buf.len() - self.start;
+        if held < SPILL_PIECE {
+            return Ok(());
+        }
+        let n = held / PACK_BUFFER_ALIGN * PACK_BUFFER_ALIGN;
+        out.write(&self.buf[self.start..self.start + n])?;
+        self.buf.copy_within(self.start + n.., self.start);
+        self.buf.truncate(self.buf.len() - n);
+        self.spilled += n as u64;
+        Ok(())
     }
 
     /// The pack's id.
@@ -632,7 +697,7 @@ impl PackWriter {
 
     /// Bytes so far (without trailer).
     pub fn len(&self) -> usize {
-        self.buf.len() - self.start
+        self.spilled as usize + self.buf.len() - self.start
     }
 
     /// True if no blob was added.
@@ -672,8 +737,12 @@ impl PackWriter {
         self.push_entry(blob.id, offset, (blob.kind, blob.raw_len, blob.compression));
     }
 
-    /// Seals the trailer and footer; returns the pack bytes and its entries.
-    pub fn finish(mut self, keys: &RepoKeys) -> (PackId, Bytes, Vec<PackEntry>) {
+    /// Seals the trailer and footer; returns the pack's bytes (for a
+    /// spooled pack, written out to the end) and its entries.
+    pub fn finish(
+        mut self,
+        keys: &RepoKeys,
+    ) -> Result<(PackId, PackBody, Vec<PackEntry>), StoreError> {
         use prost::Message;
         let record = TrailerRecord {
             entries: self
@@ -693,6 +762,14 @@ impl PackWriter {
         self.buf.extend_from_slice(&trailer);
         self.buf.extend_from_slice(&footer(trailer.len() as u32));
         let buf = std::mem::take(&mut self.buf);
+        if let Some(mut out) = self.out.take() {
+            out.write(&buf[self.start..])?;
+            let len = self.spilled + (buf.len() - self.start) as u64;
+            if let Some(pool) = &self.pool {
+                pool.give(buf);
+            }
+            return Ok((self.id, PackBody::Written { out, len }, self.entries));
+        }
         let bytes = match self.pool.take() {
             Some(pool) => Bytes::from_owner(FinishedPack {
                 buf,
@@ -701,7 +778,7 @@ impl PackWriter {
             }),
             None => Bytes::from(buf).slice(self.start..),
         };
-        (self.id, bytes, self.entries)
+        Ok((self.id, PackBody::Memory(bytes), self.entries))
     }
 }
 
@@ -807,6 +884,85 @@ mod tests {
     use crate::crypto::{Cipher, MasterKey};
     use crate::fingerprint::HashAlgo;
 
+    fn finish_in_memory(w: PackWriter, keys: &RepoKeys) -> (PackId, Bytes, Vec<PackEntry>) {
+        match w.finish(keys).unwrap() {
+            (id, PackBody::Memory(bytes), entries) => (id, bytes, entries),
+            (_, body, _) => panic!("a pack without a spool came back as {body:?}"),
+        }
+    }
+
+    /// An object writer that keeps what it is given, piece by piece.
+    #[derive(Debug, Default, Clone)]
+    struct Pieces(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl ObjectWriter for Pieces {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(bytes.to_vec());
+            Ok(())
+        }
+
+        fn commit(self: Box<Self>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_spooled_pack_holds_a_piece_and_a_blob_and_writes_the_same_pack() {
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]), Cipher::DEFAULT);
+        let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
+        let pool = PackBuffers::new(1);
+        let pieces = Pieces::default();
+        let mut w = PackWriter::new_in(BlobKind::Data, 8 << 20, &pool);
+        w.spool_to(Box::new(pieces.clone()));
+        // Random chunks of 700,000 bytes: incompressible, so each seals to
+        // a little more, and 12 of them pass the spill size four times.
+        let chunks: Vec<Vec<u8>> = (0..12u8)
+            .map(|i| {
+                let mut c = vec![0u8; 700_000];
+                blake3::Hasher::new_keyed(&[i; 32])
+                    .finalize_xof()
+                    .fill(&mut c);
+                c
+            })
+            .collect();
+        for c in &chunks {
+            let blob = prepare_blob(
+                fp.chunk_id(c),
+                BlobKind::Data,
+                Bytes::from(c.clone()),
+                3,
+                Padding::None,
+            );
+            w.seal(&keys, &blob);
+            w.spill().unwrap();
+            let held = w.buf.len() - w.start;
+            assert!(held < SPILL_PIECE, "{held} bytes held after a spill");
+        }
+        let total = w.len();
+        let (id, body, entries) = w.finish(&keys).unwrap();
+        let PackBody::Written { len, .. } = body else {
+            panic!("a spooled pack came back in memory");
+        };
+        let pieces = pieces.0.lock().unwrap().clone();
+        // Every piece but the last is whole aligned pages of at least the
+        // spill size; together they are the pack.
+        let (last, whole) = pieces.split_last().unwrap();
+        assert_eq!(whole.len(), 4);
+        for p in whole {
+            assert!(p.len() >= SPILL_PIECE && p.len().is_multiple_of(PACK_BUFFER_ALIGN));
+        }
+        let bytes: Vec<u8> = pieces.concat();
+        assert_eq!(bytes.len() as u64, len);
+        assert!(last.len() > FOOTER_LEN && bytes.len() > total);
+        let parsed = read_trailer(&keys, id, &bytes).unwrap();
+        assert_eq!(parsed, entries);
+        for (e, c) in parsed.iter().zip(&chunks) {
+            let l = &e.location;
+            let sealed = &bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize];
+            assert_eq!(&open_blob(&keys, &fp, &e.id, l, sealed).unwrap(), c);
+        }
+    }
+
     #[test]
     fn pack_round_trip_and_damage() {
         let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]), Cipher::DEFAULT);
@@ -823,7 +979,7 @@ mod tests {
                 Padding::None,
             ));
         }
-        let (id, bytes, entries) = w.finish(&keys);
+        let (id, bytes, entries) = finish_in_memory(w, &keys);
         assert_eq!(&bytes[bytes.len() - 16..bytes.len() - 8], b"CAIRNPAK");
         let parsed = read_trailer(&keys, id, &bytes).unwrap();
         assert_eq!(parsed, entries);
@@ -870,7 +1026,7 @@ mod tests {
                 );
                 w.seal(&keys, &blob);
             }
-            let (id, bytes, entries) = w.finish(&keys);
+            let (id, bytes, entries) = finish_in_memory(w, &keys);
             assert_eq!(bytes.as_ptr() as usize % PACK_BUFFER_ALIGN, 0);
             // The second and third packs reuse the first one's memory.
             let at = bytes.as_ptr() as usize;
@@ -974,7 +1130,7 @@ mod tests {
             );
             w.seal(&keys, &blob);
         }
-        let (id, bytes, entries) = w.finish(&keys);
+        let (id, bytes, entries) = finish_in_memory(w, &keys);
         let parsed = read_trailer(&keys, id, &bytes).unwrap();
         assert_eq!(parsed, entries);
         let kinds: Vec<Compression> = parsed.iter().map(|e| e.location.compression).collect();

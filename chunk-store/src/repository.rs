@@ -12,8 +12,8 @@ use crate::fingerprint::{Fingerprinter, HashAlgo};
 use crate::id::{ChunkId, KeyId, PackId, SnapshotId};
 use crate::keys::{self, KdfParams};
 use crate::manifest::{Snapshot, manifest_key};
-use crate::pack::{self, BlobLocation, FOOTER_LEN, PackEntry, pack_key};
-use crate::store::{ObjectStore, StoreError};
+use crate::pack::{self, BlobLocation, FOOTER_LEN, PackBody, PackEntry, pack_key};
+use crate::store::{ObjectStore, ObjectWriter, StoreError};
 
 /// Object key of the config.
 pub const CONFIG_KEY: &str = "config";
@@ -406,9 +406,26 @@ impl Repository {
 
     // ---- packs ----
 
-    /// Stores a finished pack (create-only).
-    pub async fn put_pack(&self, id: &PackId, bytes: Bytes) -> Result<(), RepoError> {
-        self.store.put(&pack_key(id), bytes).await?;
+    /// Where a new pack's bytes can be written as it fills
+    /// ([`pack::PackWriter::spool_to`]), if the store takes objects in
+    /// pieces. Blocking.
+    pub fn pack_writer(&self, id: &PackId) -> Result<Option<Box<dyn ObjectWriter>>, RepoError> {
+        Ok(self.store.writer(&pack_key(id))?)
+    }
+
+    /// Stores a finished pack (create-only): puts it, or commits what its
+    /// writer wrote.
+    pub async fn put_pack(&self, id: &PackId, body: PackBody) -> Result<(), RepoError> {
+        match body {
+            PackBody::Memory(bytes) => self.store.put(&pack_key(id), bytes).await?,
+            PackBody::Written { out, .. } => tokio::task::spawn_blocking(move || out.commit())
+                .await
+                .map_err(|e| StoreError::Io {
+                    location: self.location(),
+                    key: pack_key(id),
+                    source: std::io::Error::other(e.to_string()),
+                })??,
+        }
         Ok(())
     }
 

@@ -828,9 +828,9 @@ async fn repack(
         if writer.is_empty() {
             return Ok::<u64, anyhow::Error>(0);
         }
-        let (id, data, entries) = writer.finish(repo.keys());
-        let len = data.len() as u64;
-        repo.put_pack(&id, data).await?;
+        let (id, body, entries) = writer.finish(repo.keys())?;
+        let len = body.size();
+        repo.put_pack(&id, body).await?;
         fault("after-repack-store");
         index.relocate(id, &entries).await?;
         Ok(len)

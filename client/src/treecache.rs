@@ -206,7 +206,7 @@ mod tests {
     use cairn_chunk_store::crypto::Cipher;
     use cairn_chunk_store::fingerprint::HashAlgo;
     use cairn_chunk_store::keys::KdfParams;
-    use cairn_chunk_store::pack::{PackWriter, Padding, prepare_blob};
+    use cairn_chunk_store::pack::{PackBody, PackWriter, Padding, prepare_blob};
     use cairn_chunk_store::repository::InitOptions;
     use cairn_chunk_store::store::LocalStore;
 
@@ -252,8 +252,10 @@ mod tests {
             );
             ids.push(id);
         }
-        let (id, bytes, _) = writer.finish(repo.keys());
-        (id, bytes, ids)
+        match writer.finish(repo.keys()).unwrap() {
+            (id, PackBody::Memory(bytes), _) => (id, bytes, ids),
+            (_, body, _) => panic!("a pack without a spool came back as {body:?}"),
+        }
     }
 
     #[test]

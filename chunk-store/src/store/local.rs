@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectInfo, ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectStore, ObjectWriter, StoreError};
 
 /// Prefix of temporary files; they are never listed and may be deleted.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -127,7 +127,9 @@ impl LocalStore {
         }
     }
 
-    fn put_blocking(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+    /// Where a new object `key` is written first: its directory (made if
+    /// missing) and a fresh temporary name in it. Fails if `key` exists.
+    fn temporary_for(&self, key: &str) -> Result<(PathBuf, PathBuf), StoreError> {
         let dest = self.path(key);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| self.io_err(key, e))?;
@@ -141,28 +143,40 @@ impl LocalStore {
             "{TEMP_PREFIX}{}",
             hex::encode(crate::crypto::random_bytes::<8>())
         ));
-        let result = (|| -> io::Result<()> {
-            let f = write_new_file(&tmp, data)?;
+        Ok((dir, tmp))
+    }
+
+    /// Makes the temporary file `tmp` (written through `file`) the object
+    /// `key`: fsync, link to the final name (create-only), fsync of the
+    /// directory. The temporary name is removed whatever happens.
+    fn link_into_place(
+        &self,
+        key: &str,
+        dir: &Path,
+        tmp: &Path,
+        file: io::Result<File>,
+    ) -> Result<(), StoreError> {
+        let result = file.and_then(|f| {
             f.sync_all()?;
             drop(f);
-            fs::hard_link(&tmp, &dest)?;
-            Ok(())
-        })();
-        // The temporary name is removed whether or not the link succeeded.
-        let _ = fs::remove_file(&tmp);
+            fs::hard_link(tmp, self.path(key))
+        });
+        let _ = fs::remove_file(tmp);
         match result {
-            Ok(()) => {
-                File::open(&dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| self.io_err(key, e))?;
-                Ok(())
-            }
+            Ok(()) => File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.io_err(key, e)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StoreError::AlreadyExists {
                 location: self.location(),
                 key: key.to_string(),
             }),
             Err(e) => Err(self.io_err(key, e)),
         }
+    }
+
+    fn put_blocking(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        let (dir, tmp) = self.temporary_for(key)?;
+        self.link_into_place(key, &dir, &tmp, write_new_file(&tmp, data))
     }
 
     fn get_range_blocking(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
@@ -247,6 +261,97 @@ impl LocalStore {
     }
 }
 
+/// A new object written piece by piece into its temporary file: aligned
+/// pieces through `O_DIRECT` (see [`write_new_file`] for why), the rest
+/// through an ordinary descriptor.
+#[derive(Debug)]
+struct LocalWriter {
+    store: LocalStore,
+    key: String,
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+    /// The same file opened with `O_DIRECT`, where the file system allows it.
+    direct: Option<File>,
+    written: u64,
+}
+
+impl LocalWriter {
+    fn create(store: LocalStore, key: &str) -> Result<Self, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let (dir, tmp) = store.temporary_for(key)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| store.io_err(key, e))?;
+        // EINVAL: no O_DIRECT on this file system (tmpfs); write ordinarily.
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&tmp)
+            .ok();
+        Ok(Self {
+            store,
+            key: key.to_string(),
+            dir,
+            tmp,
+            file: Some(file),
+            direct,
+            written: 0,
+        })
+    }
+}
+
+impl ObjectWriter for LocalWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let aligned = self.written.is_multiple_of(DIRECT_ALIGN as u64)
+            && bytes.as_ptr().align_offset(DIRECT_ALIGN) == 0;
+        let direct_len = match &self.direct {
+            Some(_) if aligned => bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN,
+            _ => 0,
+        };
+        let result = (|| {
+            if let (Some(direct), true) = (&self.direct, direct_len > 0) {
+                direct.write_all_at(&bytes[..direct_len], self.written)?;
+            }
+            match &self.file {
+                Some(f) => f.write_all_at(&bytes[direct_len..], self.written + direct_len as u64),
+                None => Err(io::Error::other("written after a failure")),
+            }
+        })();
+        match result {
+            Ok(()) => {
+                self.written += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // What was written is incomplete: nothing more goes in.
+                self.file = None;
+                Err(self.store.io_err(&self.key, e))
+            }
+        }
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.direct = None;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("committed after a failed write"));
+        self.store
+            .link_into_place(&self.key, &self.dir, &self.tmp, file)
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        // Committed or not, the temporary name goes (commit removed it already).
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
 /// Runs blocking filesystem work off the async executor.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -271,6 +376,10 @@ impl ObjectStore for LocalStore {
         let this = self.clone();
         let key = key.to_string();
         blocking(move || this.put_blocking(&key, &data)).await
+    }
+
+    fn writer(&self, key: &str) -> Result<Option<Box<dyn ObjectWriter>>, StoreError> {
+        Ok(Some(Box::new(LocalWriter::create(self.clone(), key)?)))
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -355,6 +464,71 @@ mod tests {
                     assert!(write_new_file(&path, data).is_err());
                 }
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_object_written_in_pieces_appears_whole_only_when_committed() {
+        let mut dirs = vec![tempfile::tempdir().unwrap()];
+        if Path::new("/dev/shm").is_dir() {
+            dirs.push(tempfile::tempdir_in("/dev/shm").unwrap());
+        }
+        for dir in &dirs {
+            let store = LocalStore::new(dir.path().join("repo"));
+            // Two aligned pieces from an aligned address (O_DIRECT where
+            // the file system has it), then an unaligned tail.
+            let mut buf = vec![0u8; 2 * DIRECT_PIECE + 5000 + DIRECT_ALIGN];
+            let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+            let data = &mut buf[start..start + 2 * DIRECT_PIECE + 5000];
+            for (k, b) in data.iter_mut().enumerate() {
+                *b = (k * 13 + k / 4096) as u8;
+            }
+            let data = &*data;
+            let key = "packs/ab/abcd";
+            let mut w = store
+                .writer(key)
+                .unwrap()
+                .expect("the local store writes in pieces");
+            w.write(&data[..DIRECT_PIECE]).unwrap();
+            w.write(&data[DIRECT_PIECE..2 * DIRECT_PIECE]).unwrap();
+            w.write(&data[2 * DIRECT_PIECE..]).unwrap();
+            assert_eq!(
+                store.head(key).await.unwrap(),
+                None,
+                "visible before commit"
+            );
+            w.commit().unwrap();
+            assert!(store.get(key).await.unwrap() == data, "in {:?}", dir.path());
+
+            // Create-only: a taken key is refused when the writer is made
+            // and when a writer made before commits.
+            assert!(matches!(
+                store.writer(key),
+                Err(StoreError::AlreadyExists { .. })
+            ));
+            let mut early = store.writer("packs/ab/ef").unwrap().unwrap();
+            early.write(b"late").unwrap();
+            store
+                .put("packs/ab/ef", Bytes::from_static(b"first"))
+                .await
+                .unwrap();
+            assert!(matches!(
+                early.commit(),
+                Err(StoreError::AlreadyExists { .. })
+            ));
+            assert_eq!(store.get("packs/ab/ef").await.unwrap(), &b"first"[..]);
+
+            // A writer dropped uncommitted (a failed backup) leaves nothing.
+            let mut dropped = store.writer("packs/ab/0123").unwrap().unwrap();
+            dropped.write(&data[..DIRECT_PIECE]).unwrap();
+            drop(dropped);
+            assert_eq!(store.head("packs/ab/0123").await.unwrap(), None);
+            let mut names: Vec<String> = fs::read_dir(dir.path().join("repo/packs/ab"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["abcd", "ef"], "temporary files left");
         }
     }
 

@@ -143,6 +143,22 @@ impl StoreError {
     }
 }
 
+/// A new object written in pieces ([`ObjectStore::writer`]); blocking.
+///
+/// Dropped without [`ObjectWriter::commit`], it leaves nothing behind.
+pub trait ObjectWriter: Send + std::fmt::Debug {
+    /// Appends `bytes`. Pieces that start at an offset and an address
+    /// aligned to 4096 bytes and are a multiple of it long are written
+    /// without a copy where the store can (`O_DIRECT`).
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Makes what was written durable as the object, with
+    /// [`ObjectStore::put`]'s guarantees: create-only
+    /// ([`StoreError::AlreadyExists`] if the key was taken meanwhile), and
+    /// durable once this returns `Ok`.
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
 /// A flat key/value object store with create-only writes.
 ///
 /// Keys are `/`-separated relative paths such as `packs/3f/3f2a…`.
@@ -174,6 +190,16 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Stores `data` under `key` unless `key` exists
     /// ([`StoreError::AlreadyExists`]). When this returns `Ok` the object is durable.
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+
+    /// Starts writing a new object under `key` in pieces, for a store that
+    /// can take it so without holding it whole (the local store writes a
+    /// temporary file); `None` when the object must be given whole to
+    /// [`ObjectStore::put`]. The object exists only once
+    /// [`ObjectWriter::commit`] returns `Ok`. Blocking: call it off the
+    /// async runtime's threads.
+    fn writer(&self, _key: &str) -> Result<Option<Box<dyn ObjectWriter>>, StoreError> {
+        Ok(None)
+    }
 
     /// The whole object.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;

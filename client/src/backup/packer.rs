@@ -10,8 +10,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, anyhow};
-use cairn_chunk_store::pack::{BlobKind, PackBuffers, PackWriter, PreparedBlob};
+use anyhow::{Context, Result, anyhow};
+use cairn_chunk_store::pack::{BlobKind, PackBody, PackBuffers, PackWriter, PreparedBlob};
 use crossbeam_channel::Receiver;
 use tokio::sync::Semaphore;
 
@@ -51,16 +51,30 @@ pub fn run(
     let mut uploads = Vec::new();
     // A pack closes once it reaches the target, so it holds at most one
     // maximum chunk more (plus its trailer): room for that keeps the buffer
-    // from moving, and so aligned. Every upload in flight and the open pack
-    // each hold a buffer.
+    // from moving, and so aligned. A data pack the store takes in pieces
+    // (a local repository) is written out as it fills and touches only
+    // the first `SPILL_PIECE` and a chunk of its buffer, which goes back to
+    // the pool when the pack is finished; otherwise every upload in flight
+    // and the open pack each hold a buffer.
     let capacity = target + repo.config().chunker.max as usize + (1 << 20);
     let pool = PackBuffers::new(UPLOADS_IN_FLIGHT + 2);
-    let new_pack = |kind: BlobKind| match kind {
-        BlobKind::Data => PackWriter::new_in(kind, capacity, &pool),
-        BlobKind::Tree => PackWriter::new(kind, 1 << 20),
+    let new_pack = |kind: BlobKind| -> Result<PackWriter> {
+        Ok(match kind {
+            BlobKind::Data => {
+                let mut pack = PackWriter::new_in(kind, capacity, &pool);
+                // A dry run stores nothing, so it writes nothing out.
+                if !shared.dry_run
+                    && let Some(out) = repo.pack_writer(&pack.id())?
+                {
+                    pack.spool_to(out);
+                }
+                pack
+            }
+            BlobKind::Tree => PackWriter::new(kind, 1 << 20),
+        })
     };
-    let mut data = new_pack(BlobKind::Data);
-    let mut trees = new_pack(BlobKind::Tree);
+    let mut data = new_pack(BlobKind::Data)?;
+    let mut trees = new_pack(BlobKind::Tree)?;
 
     let mut ship = |pack: PackWriter| -> Result<()> {
         if pack.is_empty() {
@@ -70,8 +84,15 @@ pub fn run(
             .block_on(sem.clone().acquire_owned())
             .map_err(|e| anyhow!("upload queue closed: {e}"))?;
         let kind = pack.kind();
-        let (id, bytes, entries) = pack.finish(repo.keys());
-        let len = bytes.len() as u64;
+        let (id, body, entries) = pack.finish(repo.keys())?;
+        let len = body.size();
+        // Tree packs are built in memory; the tree cache keeps a copy.
+        let kept = match (&body, &shared.tree_cache) {
+            (PackBody::Memory(bytes), Some(cache)) if kind == BlobKind::Tree => {
+                Some((bytes.clone(), cache.clone()))
+            }
+            _ => None,
+        };
         let shared = shared.clone();
         let failure = failure.clone();
         uploads.push(handle.spawn(async move {
@@ -82,10 +103,9 @@ pub fn run(
                     shared.counters.add_stored(len);
                     return Ok(());
                 }
-                shared.repo.put_pack(&id, bytes.clone()).await?;
+                shared.repo.put_pack(&id, body).await?;
                 shared.counters.add_stored(len);
-                if let (BlobKind::Tree, Some(cache)) = (kind, &shared.tree_cache) {
-                    let cache = cache.clone();
+                if let Some((bytes, cache)) = kept {
                     // Off the runtime's threads: it writes a file.
                     let _ = tokio::task::spawn_blocking(move || cache.keep(&id, &bytes)).await;
                 }
@@ -108,9 +128,12 @@ pub fn run(
             BlobKind::Tree => &mut trees,
         };
         writer.seal(repo.keys(), &blob);
+        writer
+            .spill()
+            .with_context(|| format!("writing pack {}", writer.id()))?;
         if writer.len() >= target {
             let kind = writer.kind();
-            let full = std::mem::replace(writer, new_pack(kind));
+            let full = std::mem::replace(writer, new_pack(kind)?);
             ship(full)?;
         }
     }

@@ -180,10 +180,27 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// `e` and its causes on one line, `outer: inner: …`, leaving out a cause
+/// whose text the line already ends with (an error that shows its source
+/// in its own message, as I/O errors naming their file do).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// A closed stdout (`cairn ls | head`) is not an error worth reporting.
@@ -255,7 +272,24 @@ pub(crate) fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
 mod tests {
     use clap::CommandFactory;
 
-    use super::Cli;
+    use super::{Cli, error_line};
+
+    /// A cause that an error already shows in its own text is said once.
+    #[test]
+    fn the_error_line_says_each_cause_once() {
+        let store = cairn_chunk_store::store::StoreError::Io {
+            location: "/backup".into(),
+            key: "packs/3b/3b4a".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let e = anyhow::Error::new(store).context("writing pack 3b4a");
+        assert_eq!(
+            error_line(&e),
+            "writing pack 3b4a: /backup/packs/3b/3b4a: No space left on device (os error 28)"
+        );
+        let e = anyhow::anyhow!("connection refused").context("index node 2");
+        assert_eq!(error_line(&e), "index node 2: connection refused");
+    }
 
     /// Every command, subcommand and option says what it does in `--help`
     /// (and so in the manual pages, which are made from the same text).
