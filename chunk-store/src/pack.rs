@@ -581,7 +581,7 @@ pub const SPILL_PIECE: usize = 2 << 20;
 pub enum PackBody {
     /// Held whole, for [`crate::store::ObjectStore::put`].
     Memory(Bytes),
-    /// Written out as the pack filled ([`PackWriter::spool_to`]);
+    /// Written out as the pack filled ([`PackWriter::spooled_in`]);
     /// [`ObjectWriter::commit`] makes them the object.
     Written {
         /// Where they were written.
@@ -612,7 +612,7 @@ pub struct PackWriter {
     /// written through a copy).
     buf: Vec<u8>,
     start: usize,
-    /// Where a spooled pack's bytes go ([`PackWriter::spool_to`]), and how
+    /// Where a spooled pack's bytes go ([`PackWriter::spooled_in`]), and how
     /// many went there already (always a multiple of the alignment).
     out: Option<Box<dyn ObjectWriter>>,
     spilled: u64,
@@ -624,16 +624,41 @@ impl PackWriter {
     /// An empty pack for chunks of `kind`, with a fresh random id, that
     /// expects to hold about `capacity` bytes.
     pub fn new(kind: BlobKind, capacity: usize) -> Self {
-        Self::with_buffer(kind, Vec::new(), capacity, None)
+        Self::with_buffer(PackId::random(), kind, Vec::new(), capacity, None)
     }
 
     /// Like [`PackWriter::new`], with its buffer from (and, once the pack is
     /// stored, back to) `pool`.
     pub fn new_in(kind: BlobKind, capacity: usize, pool: &PackBuffers) -> Self {
-        Self::with_buffer(kind, pool.take(), capacity, Some(pool.clone()))
+        Self::with_buffer(
+            PackId::random(),
+            kind,
+            pool.take(),
+            capacity,
+            Some(pool.clone()),
+        )
+    }
+
+    /// A pack `id` that writes its bytes to `out` (the object store's
+    /// writer for `id`) as it fills, so that it holds at most
+    /// [`SPILL_PIECE`] and one blob (expect `capacity` to be that) instead
+    /// of the whole pack. Its owner calls [`PackWriter::spill`] after each
+    /// blob; [`PackWriter::finish`] writes the rest and returns the buffer
+    /// to `pool`.
+    pub fn spooled_in(
+        id: PackId,
+        kind: BlobKind,
+        capacity: usize,
+        pool: &PackBuffers,
+        out: Box<dyn ObjectWriter>,
+    ) -> Self {
+        let mut pack = Self::with_buffer(id, kind, pool.take(), capacity, Some(pool.clone()));
+        pack.out = Some(out);
+        pack
     }
 
     fn with_buffer(
+        id: PackId,
         kind: BlobKind,
         mut buf: Vec<u8>,
         capacity: usize,
@@ -645,7 +670,7 @@ impl PackWriter {
         let start = if start < PACK_BUFFER_ALIGN { start } else { 0 };
         buf.resize(start, 0);
         Self {
-            id: PackId::random(),
+            id,
             kind,
             buf,
             start,
@@ -654,16 +679,6 @@ impl PackWriter {
             entries: Vec::new(),
             pool,
         }
-    }
-
-    /// Makes this pack write its bytes to `out` (the object store's writer
-    /// for this pack's key) as it fills, so that it holds at most
-    /// [`SPILL_PIECE`] and one blob instead of the whole pack. The owner
-    /// calls [`PackWriter::spill`] after each blob; [`PackWriter::finish`]
-    /// writes the rest. Set it before the first blob.
-    pub fn spool_to(&mut self, out: Box<dyn ObjectWriter>) {
-        debug_assert!(self.is_empty(), "a pack is spooled from its first byte");
-        self.out = Some(out);
     }
 
     /// For a spooled pack holding [`SPILL_PIECE`] or more, writes out every
@@ -912,8 +927,13 @@ mod tests {
         let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
         let pool = PackBuffers::new(1);
         let pieces = Pieces::default();
-        let mut w = PackWriter::new_in(BlobKind::Data, 8 << 20, &pool);
-        w.spool_to(Box::new(pieces.clone()));
+        let mut w = PackWriter::spooled_in(
+            PackId::random(),
+            BlobKind::Data,
+            SPILL_PIECE + (1 << 20),
+            &pool,
+            Box::new(pieces.clone()),
+        );
         // Random chunks of 700,000 bytes: incompressible, so each seals to
         // a little more, and 12 of them pass the spill size four times.
         let chunks: Vec<Vec<u8>> = (0..12u8)
@@ -925,6 +945,7 @@ mod tests {
                 c
             })
             .collect();
+        let mut at = None;
         for c in &chunks {
             let blob = prepare_blob(
                 fp.chunk_id(c),
@@ -937,6 +958,8 @@ mod tests {
             w.spill().unwrap();
             let held = w.buf.len() - w.start;
             assert!(held < SPILL_PIECE, "{held} bytes held after a spill");
+            // Within its capacity the buffer never moves (so stays aligned).
+            assert_eq!(w.buf.as_ptr(), *at.get_or_insert(w.buf.as_ptr()));
         }
         let total = w.len();
         let (id, body, entries) = w.finish(&keys).unwrap();

@@ -407,7 +407,7 @@ impl Repository {
     // ---- packs ----
 
     /// Where a new pack's bytes can be written as it fills
-    /// ([`pack::PackWriter::spool_to`]), if the store takes objects in
+    /// ([`pack::PackWriter::spooled_in`]), if the store takes objects in
     /// pieces. Blocking.
     pub fn pack_writer(&self, id: &PackId) -> Result<Option<Box<dyn ObjectWriter>>, RepoError> {
         Ok(self.store.writer(&pack_key(id))?)

@@ -792,15 +792,15 @@ pub fn run(
     let mut worker_handles = Vec::new();
     // Chunks of large files handed on: one fewer than the cores, so a reader
     // and its helpers fill the cores without crowding them. Streams and
-    // their segments: one stream per core (a large file keeps every core
-    // busy through its helpers; files below the minimum chunk never take a
-    // segment); the spare segments carry chunks still on their way to the
-    // packer, and outnumber the handed-on chunks by one (see `SegmentPool`).
-    // Each segment stays in memory once touched, so their number is most of
-    // the backup's peak memory: 2 + 2 segments on two cores.
-    // Each segment of a large file is cut in as many parts as there are
-    // cores.
-    let streams = cores;
+    // their segments: one large file streams at a time (it keeps every core
+    // busy through its helpers, and the other workers go on with smaller
+    // files, which never take a segment); the spare segments carry chunks
+    // still on their way to the packer, and outnumber the handed-on chunks
+    // by one (see `SegmentPool`). Each segment stays in memory once
+    // touched, so their number is most of the backup's peak memory: 1 + 2
+    // segments of 16 MiB on two cores. Each segment of a large file is cut
+    // in as many parts as there are cores.
+    let streams = 1;
     let handed_on = cores.saturating_sub(1).max(1);
     let queue = files::ChunkQueue::new(handed_on, cores, streams);
     let segments = SegmentPool::new(repo.chunker(), streams, handed_on + 1);

@@ -11,7 +11,10 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow};
-use cairn_chunk_store::pack::{BlobKind, PackBody, PackBuffers, PackWriter, PreparedBlob};
+use cairn_chunk_store::PackId;
+use cairn_chunk_store::pack::{
+    BlobKind, PackBody, PackBuffers, PackWriter, PreparedBlob, SPILL_PIECE,
+};
 use crossbeam_channel::Receiver;
 use tokio::sync::Semaphore;
 
@@ -51,25 +54,26 @@ pub fn run(
     let mut uploads = Vec::new();
     // A pack closes once it reaches the target, so it holds at most one
     // maximum chunk more (plus its trailer): room for that keeps the buffer
-    // from moving, and so aligned. A data pack the store takes in pieces
-    // (a local repository) is written out as it fills and touches only
-    // the first `SPILL_PIECE` and a chunk of its buffer, which goes back to
-    // the pool when the pack is finished; otherwise every upload in flight
-    // and the open pack each hold a buffer.
-    let capacity = target + repo.config().chunker.max as usize + (1 << 20);
+    // from moving, and so aligned. Every upload in flight and the open pack
+    // each hold a buffer, unless the store takes data packs in pieces (a
+    // local repository): such a pack is written out as it fills and holds
+    // at most `SPILL_PIECE` and a chunk, in a buffer that goes back to the
+    // pool when the pack is finished, before the next one takes it.
+    let max_chunk = repo.config().chunker.max as usize;
+    let (whole, spooled) = (
+        target + max_chunk + (1 << 20),
+        SPILL_PIECE + max_chunk + (1 << 20),
+    );
     let pool = PackBuffers::new(UPLOADS_IN_FLIGHT + 2);
     let new_pack = |kind: BlobKind| -> Result<PackWriter> {
+        let id = PackId::random();
         Ok(match kind {
-            BlobKind::Data => {
-                let mut pack = PackWriter::new_in(kind, capacity, &pool);
-                // A dry run stores nothing, so it writes nothing out.
-                if !shared.dry_run
-                    && let Some(out) = repo.pack_writer(&pack.id())?
-                {
-                    pack.spool_to(out);
-                }
-                pack
-            }
+            // A dry run stores nothing, so it writes nothing out.
+            BlobKind::Data if !shared.dry_run => match repo.pack_writer(&id)? {
+                Some(out) => PackWriter::spooled_in(id, kind, spooled, &pool, out),
+                None => PackWriter::new_in(kind, whole, &pool),
+            },
+            BlobKind::Data => PackWriter::new_in(kind, whole, &pool),
             BlobKind::Tree => PackWriter::new(kind, 1 << 20),
         })
     };
@@ -132,9 +136,11 @@ pub fn run(
             .spill()
             .with_context(|| format!("writing pack {}", writer.id()))?;
         if writer.len() >= target {
+            // Finished first, so that its buffer is free for the next.
             let kind = writer.kind();
-            let full = std::mem::replace(writer, new_pack(kind)?);
+            let full = std::mem::replace(writer, PackWriter::new(kind, 0));
             ship(full)?;
+            *writer = new_pack(kind)?;
         }
     }
     ship(data)?;
