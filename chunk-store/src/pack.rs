@@ -22,7 +22,10 @@
 //! reads small.
 
 use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
@@ -573,7 +576,18 @@ impl Drop for FinishedPack {
     }
 }
 
-/// Bytes a spooled pack holds before [`PackWriter::spill`] writes them out.
+/// `buf`, emptied, with room for `capacity` bytes from an offset (returned)
+/// aligned to [`PACK_BUFFER_ALIGN`]; zeros up to that offset.
+fn aligned(mut buf: Vec<u8>, capacity: usize) -> (Vec<u8>, usize) {
+    buf.clear();
+    buf.reserve(capacity + PACK_BUFFER_ALIGN);
+    let start = buf.as_ptr().align_offset(PACK_BUFFER_ALIGN);
+    let start = if start < PACK_BUFFER_ALIGN { start } else { 0 };
+    buf.resize(start, 0);
+    (buf, start)
+}
+
+/// Bytes a spooled pack holds before [`PackWriter::spill`] hands them on.
 pub const SPILL_PIECE: usize = 2 << 20;
 
 /// A finished pack's bytes.
@@ -582,10 +596,10 @@ pub enum PackBody {
     /// Held whole, for [`crate::store::ObjectStore::put`].
     Memory(Bytes),
     /// Written out as the pack filled ([`PackWriter::spooled_in`]);
-    /// [`ObjectWriter::commit`] makes them the object.
+    /// [`WrittenPack::commit`] makes them the object.
     Written {
         /// Where they were written.
-        out: Box<dyn ObjectWriter>,
+        out: WrittenPack,
         /// The pack's length.
         len: u64,
     },
@@ -601,6 +615,90 @@ impl PackBody {
     }
 }
 
+/// A spooled pack's writing: the pieces go to a thread of the pack's own,
+/// which writes them while the packer seals the next chunks into another
+/// buffer. The hand-over waits for the previous piece to be taken, so a
+/// pack holds at most two pieces (the one being written and the one
+/// filling).
+#[derive(Debug)]
+struct Spool {
+    pieces: Option<SyncSender<(Vec<u8>, Range<usize>)>>,
+    writer: Option<JoinHandle<Result<Box<dyn ObjectWriter>, StoreError>>>,
+    id: PackId,
+}
+
+impl Spool {
+    fn start(
+        id: PackId,
+        mut out: Box<dyn ObjectWriter>,
+        pool: Option<PackBuffers>,
+    ) -> std::io::Result<Self> {
+        let (pieces, received) = sync_channel::<(Vec<u8>, Range<usize>)>(0);
+        let writer = std::thread::Builder::new()
+            .name("pack-writer".into())
+            .spawn(move || {
+                for (buf, range) in received {
+                    // A failure ends the thread, and the next hand-over
+                    // finds it gone.
+                    out.write(&buf[range])?;
+                    if let Some(pool) = &pool {
+                        pool.give(buf);
+                    }
+                }
+                Ok(out)
+            })?;
+        Ok(Self {
+            pieces: Some(pieces),
+            writer: Some(writer),
+            id,
+        })
+    }
+
+    /// Hands `buf[range]` to the writing thread; fails with the error that
+    /// ended it.
+    fn send(&mut self, buf: Vec<u8>, range: Range<usize>) -> Result<(), StoreError> {
+        let sent = self.pieces.as_ref().map(|p| p.send((buf, range)));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => self.join().map(drop),
+        }
+    }
+
+    /// Waits until every piece is written; returns the writer.
+    fn join(&mut self) -> Result<Box<dyn ObjectWriter>, StoreError> {
+        self.pieces = None;
+        let gone = || StoreError::Io {
+            location: "pack writer".into(),
+            key: pack_key(&self.id),
+            source: std::io::Error::other("the pack's writing thread stopped"),
+        };
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(written)) => written,
+            _ => Err(gone()),
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // Abandoned: what was written goes with the writer, before the
+        // process can end (the temporary file must not outlive it).
+        let _ = self.join();
+    }
+}
+
+/// A spooled pack whose every byte was handed to its writer.
+#[derive(Debug)]
+pub struct WrittenPack(Spool);
+
+impl WrittenPack {
+    /// Waits for the last pieces to be written, then commits the object
+    /// ([`ObjectWriter::commit`]). Blocking.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.0.join()?.commit()
+    }
+}
+
 /// Accumulates sealed blobs into one pack.
 #[derive(Debug)]
 pub struct PackWriter {
@@ -612,9 +710,11 @@ pub struct PackWriter {
     /// written through a copy).
     buf: Vec<u8>,
     start: usize,
+    /// The room `buf` was made with.
+    capacity: usize,
     /// Where a spooled pack's bytes go ([`PackWriter::spooled_in`]), and how
     /// many went there already (always a multiple of the alignment).
-    out: Option<Box<dyn ObjectWriter>>,
+    spool: Option<Spool>,
     spilled: u64,
     entries: Vec<PackEntry>,
     pool: Option<PackBuffers>,
@@ -640,52 +740,52 @@ impl PackWriter {
     }
 
     /// A pack `id` that writes its bytes to `out` (the object store's
-    /// writer for `id`) as it fills, so that it holds at most
-    /// [`SPILL_PIECE`] and one blob (expect `capacity` to be that) instead
-    /// of the whole pack. Its owner calls [`PackWriter::spill`] after each
-    /// blob; [`PackWriter::finish`] writes the rest and returns the buffer
-    /// to `pool`.
+    /// writer for `id`) as it fills, on a thread of its own, so that it
+    /// holds at most two pieces of [`SPILL_PIECE`] and one blob (expect
+    /// `capacity` to be that) instead of the whole pack. Its owner calls
+    /// [`PackWriter::spill`] after each blob; [`PackWriter::finish`] hands
+    /// over the rest. Buffers come from and go back to `pool`. Fails only
+    /// when the thread cannot be started.
     pub fn spooled_in(
         id: PackId,
         kind: BlobKind,
         capacity: usize,
         pool: &PackBuffers,
         out: Box<dyn ObjectWriter>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let mut pack = Self::with_buffer(id, kind, pool.take(), capacity, Some(pool.clone()));
-        pack.out = Some(out);
-        pack
+        pack.spool = Some(Spool::start(id, out, Some(pool.clone()))?);
+        Ok(pack)
     }
 
     fn with_buffer(
         id: PackId,
         kind: BlobKind,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         capacity: usize,
         pool: Option<PackBuffers>,
     ) -> Self {
-        buf.clear();
-        buf.reserve(capacity + PACK_BUFFER_ALIGN);
-        let start = buf.as_ptr().align_offset(PACK_BUFFER_ALIGN);
-        let start = if start < PACK_BUFFER_ALIGN { start } else { 0 };
-        buf.resize(start, 0);
+        let (buf, start) = aligned(buf, capacity);
         Self {
             id,
             kind,
             buf,
             start,
-            out: None,
+            capacity,
+            spool: None,
             spilled: 0,
             entries: Vec::new(),
             pool,
         }
     }
 
-    /// For a spooled pack holding [`SPILL_PIECE`] or more, writes out every
-    /// whole aligned piece it holds (which `O_DIRECT` takes without a copy).
-    /// Does nothing otherwise.
+    /// For a spooled pack holding [`SPILL_PIECE`] or more, hands every
+    /// whole aligned page it holds to its writer (`O_DIRECT` takes them
+    /// without a copy) and goes on in another buffer, which starts with
+    /// the rest. Does nothing otherwise. Fails with the error of an
+    /// earlier piece's write.
     pub fn spill(&mut self) -> Result<(), StoreError> {
-        let Some(out) = self.out.as_mut() else {
+        let Some(spool) = self.spool.as_mut() else {
             return Ok(());
         };
         let held = self.buf.len() - self.start;
@@ -693,11 +793,18 @@ impl PackWriter {
             return Ok(());
         }
         let n = held / PACK_BUFFER_ALIGN * PACK_BUFFER_ALIGN;
-        out.write(&self.buf[self.start..self.start + n])?;
-        self.buf.copy_within(self.start + n.., self.start);
-        self.buf.truncate(self.buf.len() - n);
+        let fresh = self
+            .pool
+            .as_ref()
+            .map(PackBuffers::take)
+            .unwrap_or_default();
+        let (mut next, next_start) = aligned(fresh, self.capacity);
+        next.extend_from_slice(&self.buf[self.start + n..]);
+        let full = std::mem::replace(&mut self.buf, next);
+        let piece = self.start..self.start + n;
+        self.start = next_start;
         self.spilled += n as u64;
-        Ok(())
+        spool.send(full, piece)
     }
 
     /// The pack's id.
@@ -776,13 +883,12 @@ impl PackWriter {
         let trailer = keys.seal(TRAILER_AAD, &record.encode_to_vec());
         self.buf.extend_from_slice(&trailer);
         self.buf.extend_from_slice(&footer(trailer.len() as u32));
+        let len = self.len() as u64;
         let buf = std::mem::take(&mut self.buf);
-        if let Some(mut out) = self.out.take() {
-            out.write(&buf[self.start..])?;
-            let len = self.spilled + (buf.len() - self.start) as u64;
-            if let Some(pool) = &self.pool {
-                pool.give(buf);
-            }
+        if let Some(mut spool) = self.spool.take() {
+            let rest = self.start..buf.len();
+            spool.send(buf, rest)?;
+            let out = WrittenPack(spool);
             return Ok((self.id, PackBody::Written { out, len }, self.entries));
         }
         let bytes = match self.pool.take() {
@@ -933,7 +1039,8 @@ mod tests {
             SPILL_PIECE + (1 << 20),
             &pool,
             Box::new(pieces.clone()),
-        );
+        )
+        .unwrap();
         // Random chunks of 700,000 bytes: incompressible, so each seals to
         // a little more, and 12 of them pass the spill size four times.
         let chunks: Vec<Vec<u8>> = (0..12u8)
@@ -945,7 +1052,6 @@ mod tests {
                 c
             })
             .collect();
-        let mut at = None;
         for c in &chunks {
             let blob = prepare_blob(
                 fp.chunk_id(c),
@@ -958,14 +1064,16 @@ mod tests {
             w.spill().unwrap();
             let held = w.buf.len() - w.start;
             assert!(held < SPILL_PIECE, "{held} bytes held after a spill");
-            // Within its capacity the buffer never moves (so stays aligned).
-            assert_eq!(w.buf.as_ptr(), *at.get_or_insert(w.buf.as_ptr()));
+            // Within its capacity a buffer never moves (so stays aligned).
+            assert_eq!(w.buf[w.start..].as_ptr().align_offset(PACK_BUFFER_ALIGN), 0);
+            assert!(w.buf.capacity() >= w.capacity);
         }
         let total = w.len();
         let (id, body, entries) = w.finish(&keys).unwrap();
-        let PackBody::Written { len, .. } = body else {
+        let PackBody::Written { len, out } = body else {
             panic!("a spooled pack came back in memory");
         };
+        out.commit().unwrap();
         let pieces = pieces.0.lock().unwrap().clone();
         // Every piece but the last is whole aligned pages of at least the
         // spill size; together they are the pack.
@@ -984,6 +1092,117 @@ mod tests {
             let sealed = &bytes[l.offset as usize..(l.offset + u64::from(l.stored_len)) as usize];
             assert_eq!(&open_blob(&keys, &fp, &e.id, l, sealed).unwrap(), c);
         }
+    }
+
+    /// An object writer that fails from its `fails_at`-th piece on, and
+    /// says when it is dropped.
+    #[derive(Debug)]
+    struct Failing {
+        fails_at: usize,
+        written: usize,
+        dropped: Arc<Mutex<bool>>,
+    }
+
+    impl ObjectWriter for Failing {
+        fn write(&mut self, _: &[u8]) -> Result<(), StoreError> {
+            self.written += 1;
+            if self.written < self.fails_at {
+                return Ok(());
+            }
+            Err(StoreError::Io {
+                location: "test".into(),
+                key: "packs/x".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            })
+        }
+
+        fn commit(self: Box<Self>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    impl Drop for Failing {
+        fn drop(&mut self) {
+            *self.dropped.lock().unwrap() = true;
+        }
+    }
+
+    #[test]
+    fn a_spooled_pack_reports_a_failed_write_and_lets_go_of_its_writer() {
+        let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]), Cipher::DEFAULT);
+        let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
+        let pool = PackBuffers::new(2);
+        let blob = |i: u8| {
+            let mut c = vec![0u8; 1_500_000];
+            blake3::Hasher::new_keyed(&[i; 32])
+                .finalize_xof()
+                .fill(&mut c);
+            prepare_blob(
+                fp.chunk_id(&c),
+                BlobKind::Data,
+                Bytes::from(c),
+                3,
+                Padding::None,
+            )
+        };
+        let spooled = |fails_at: usize, dropped: &Arc<Mutex<bool>>| {
+            let out = Failing {
+                fails_at,
+                written: 0,
+                dropped: dropped.clone(),
+            };
+            PackWriter::spooled_in(
+                PackId::random(),
+                BlobKind::Data,
+                4 << 20,
+                &pool,
+                Box::new(out),
+            )
+            .unwrap()
+        };
+
+        // The first piece fails: a later hand-over says why.
+        let dropped = Arc::new(Mutex::new(false));
+        let mut w = spooled(1, &dropped);
+        let mut failure = None;
+        for i in 0..8 {
+            w.seal(&keys, &blob(i));
+            if let Err(e) = w.spill() {
+                failure = Some(e);
+                break;
+            }
+        }
+        let failure = failure.expect("a failed write goes unreported");
+        assert!(
+            failure.to_string().contains("No space left on device"),
+            "{failure}"
+        );
+        drop(w);
+        assert!(*dropped.lock().unwrap(), "the writer outlived its pack");
+
+        // The last piece fails: committing says why.
+        let dropped = Arc::new(Mutex::new(false));
+        let mut w = spooled(2, &dropped);
+        w.seal(&keys, &blob(0));
+        w.seal(&keys, &blob(1));
+        w.spill().unwrap();
+        let (_, body, _) = w.finish(&keys).unwrap();
+        let PackBody::Written { out, .. } = body else {
+            panic!("a spooled pack came back in memory");
+        };
+        let e = out.commit().unwrap_err();
+        assert!(e.to_string().contains("No space left on device"), "{e}");
+        assert!(*dropped.lock().unwrap());
+
+        // Abandoned half-written, the pack drops its writer before the drop
+        // returns (a local store's temporary file goes with it).
+        let dropped = Arc::new(Mutex::new(false));
+        let mut w = spooled(usize::MAX, &dropped);
+        w.seal(&keys, &blob(0));
+        w.seal(&keys, &blob(1));
+        w.spill().unwrap();
+        drop(w);
+        assert!(*dropped.lock().unwrap());
     }
 
     #[test]

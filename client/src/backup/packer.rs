@@ -56,9 +56,11 @@ pub fn run(
     // maximum chunk more (plus its trailer): room for that keeps the buffer
     // from moving, and so aligned. Every upload in flight and the open pack
     // each hold a buffer, unless the store takes data packs in pieces (a
-    // local repository): such a pack is written out as it fills and holds
-    // at most `SPILL_PIECE` and a chunk, in a buffer that goes back to the
-    // pool when the pack is finished, before the next one takes it.
+    // local repository): such a pack is written out as it fills, by a
+    // thread of its own while this one seals the next chunks, and holds
+    // two buffers of at most `SPILL_PIECE` and a chunk (the piece being
+    // written and the one filling), which go back to the pool once
+    // written.
     let max_chunk = repo.config().chunker.max as usize;
     let (whole, spooled) = (
         target + max_chunk + (1 << 20),
@@ -70,7 +72,8 @@ pub fn run(
         Ok(match kind {
             // A dry run stores nothing, so it writes nothing out.
             BlobKind::Data if !shared.dry_run => match repo.pack_writer(&id)? {
-                Some(out) => PackWriter::spooled_in(id, kind, spooled, &pool, out),
+                Some(out) => PackWriter::spooled_in(id, kind, spooled, &pool, out)
+                    .context("starting a pack's writer")?,
                 None => PackWriter::new_in(kind, whole, &pool),
             },
             BlobKind::Data => PackWriter::new_in(kind, whole, &pool),
