@@ -1012,6 +1012,21 @@ mod tests {
         }
     }
 
+    /// `len` bytes that do not compress, the same for the same `seed`.
+    fn random_bytes(seed: u8, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; len];
+        blake3::Hasher::new_keyed(&[seed; 32])
+            .finalize_xof()
+            .fill(&mut bytes);
+        bytes
+    }
+
+    /// `chunk` prepared as a data chunk: zstd level 3, no padding.
+    fn data_blob(fp: &Fingerprinter, chunk: &[u8]) -> PreparedBlob {
+        let bytes = Bytes::copy_from_slice(chunk);
+        prepare_blob(fp.chunk_id(chunk), BlobKind::Data, bytes, 3, Padding::None)
+    }
+
     /// An object writer that keeps what it is given, piece by piece.
     #[derive(Debug, Default, Clone)]
     struct Pieces(Arc<Mutex<Vec<Vec<u8>>>>);
@@ -1043,24 +1058,9 @@ mod tests {
         .unwrap();
         // Random chunks of 700,000 bytes: incompressible, so each seals to
         // a little more, and 12 of them pass the spill size four times.
-        let chunks: Vec<Vec<u8>> = (0..12u8)
-            .map(|i| {
-                let mut c = vec![0u8; 700_000];
-                blake3::Hasher::new_keyed(&[i; 32])
-                    .finalize_xof()
-                    .fill(&mut c);
-                c
-            })
-            .collect();
+        let chunks: Vec<Vec<u8>> = (0..12u8).map(|i| random_bytes(i, 700_000)).collect();
         for c in &chunks {
-            let blob = prepare_blob(
-                fp.chunk_id(c),
-                BlobKind::Data,
-                Bytes::from(c.clone()),
-                3,
-                Padding::None,
-            );
-            w.seal(&keys, &blob);
+            w.seal(&keys, &data_blob(&fp, c));
             w.spill().unwrap();
             let held = w.buf.len() - w.start;
             assert!(held < SPILL_PIECE, "{held} bytes held after a spill");
@@ -1132,19 +1132,7 @@ mod tests {
         let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]), Cipher::DEFAULT);
         let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
         let pool = PackBuffers::new(2);
-        let blob = |i: u8| {
-            let mut c = vec![0u8; 1_500_000];
-            blake3::Hasher::new_keyed(&[i; 32])
-                .finalize_xof()
-                .fill(&mut c);
-            prepare_blob(
-                fp.chunk_id(&c),
-                BlobKind::Data,
-                Bytes::from(c),
-                3,
-                Padding::None,
-            )
-        };
+        let blob = |i: u8| data_blob(&fp, &random_bytes(i, 1_500_000));
         let spooled = |fails_at: usize, dropped: &Arc<Mutex<bool>>| {
             let out = Failing {
                 fails_at,
@@ -1253,20 +1241,10 @@ mod tests {
         let pool = PackBuffers::new(2);
         let mut first = None;
         for round in 0..3u8 {
-            let mut xof = blake3::Hasher::new_keyed(&[round; 32]).finalize_xof();
-            let mut random = vec![0u8; 300_000];
-            xof.fill(&mut random);
-            let chunks = [vec![round; 5000], random, Vec::new()];
+            let chunks = [vec![round; 5000], random_bytes(round, 300_000), Vec::new()];
             let mut w = PackWriter::new_in(BlobKind::Data, 1 << 20, &pool);
             for c in &chunks {
-                let blob = prepare_blob(
-                    fp.chunk_id(c),
-                    BlobKind::Data,
-                    Bytes::from(c.clone()),
-                    3,
-                    Padding::None,
-                );
-                w.seal(&keys, &blob);
+                w.seal(&keys, &data_blob(&fp, c));
             }
             let (id, bytes, entries) = finish_in_memory(w, &keys);
             assert_eq!(bytes.as_ptr() as usize % PACK_BUFFER_ALIGN, 0);
@@ -1356,11 +1334,12 @@ mod tests {
     fn padded_blobs_have_padme_lengths_and_open_to_their_plaintext() {
         let keys = RepoKeys::derive(&MasterKey::from_bytes([1; 32]), Cipher::DEFAULT);
         let fp = Fingerprinter::new(HashAlgo::Blake3, *keys.fingerprint_key());
-        let mut random = vec![0u8; 300_001];
-        blake3::Hasher::new_keyed(&[5; 32])
-            .finalize_xof()
-            .fill(&mut random);
-        let chunks = [b"tiny".to_vec(), b"text ".repeat(9_999), random, Vec::new()];
+        let chunks = [
+            b"tiny".to_vec(),
+            b"text ".repeat(9_999),
+            random_bytes(5, 300_001),
+            Vec::new(),
+        ];
         let mut w = PackWriter::new(BlobKind::Data, 1 << 20);
         for c in &chunks {
             let blob = prepare_blob(
