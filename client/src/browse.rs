@@ -120,6 +120,7 @@ pub async fn walk(
                 subdirs.push((entry.path, node.subtree_id()?));
             }
         }
+        source.release_tree(&id);
         // Reverse so the stack pops them in name order.
         stack.extend(subdirs.into_iter().rev());
     }

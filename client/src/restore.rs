@@ -25,16 +25,18 @@ use crate::fsmeta::{apply_file_metadata, apply_metadata};
 use crate::progress::Ticker;
 use crate::source::BlobSource;
 
-/// Largest single ranged read when coalescing chunks.
-const MAX_RUN_BYTES: u64 = 32 * 1024 * 1024;
+/// Most bytes one run of a large file holds in memory, sealed and opened
+/// together: one ranged read, opened whole (a run is at least one chunk).
+const MAX_RUN_BYTES: u64 = 8 * 1024 * 1024;
 /// Block size for detecting runs of zeros to leave as holes.
 const SPARSE_BLOCK: usize = 4096;
 /// Reads in flight per file: a large file is fetched several runs ahead of
 /// the writer, which keeps a remote store busy (many ranged GETs at once).
 const READ_AHEAD: usize = 4;
-/// Bytes read ahead by all files together, in MiB: memory stays bounded
-/// whatever the number of writers and the size of the files.
-const READ_BUDGET_MIB: u32 = 256;
+/// Bytes read ahead by all files together, in MiB, counting each run's
+/// sealed and opened bytes: memory stays bounded whatever the number of
+/// writers and the size of the files (and however well they compressed).
+const READ_BUDGET_MIB: u32 = 16;
 
 /// What to restore where.
 #[derive(Debug, Clone)]
@@ -106,7 +108,7 @@ pub fn run(
     let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_MIB as usize));
     let (entry_tx, entry_rx) = crossbeam_channel::bounded::<Entry>(4096);
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(threads * 4);
-    let (res_tx, res_rx) = crossbeam_channel::unbounded::<(PathBuf, u64, Result<()>)>();
+    let outcomes = Outcomes::default();
     let mut report = RestoreReport::default();
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -121,8 +123,8 @@ pub fn run(
     let walked = std::thread::scope(|scope| -> Result<()> {
         let walker = scope.spawn(move || walk_selection(handle, source, root, options, entry_tx));
         for _ in 0..threads {
-            let (rx, res_tx, done) = (job_rx.clone(), res_tx.clone(), done.clone());
-            let budget = budget.clone();
+            let (rx, done) = (job_rx.clone(), done.clone());
+            let (budget, outcomes) = (budget.clone(), &outcomes);
             scope.spawn(move || {
                 let writer = Writer {
                     handle,
@@ -130,7 +132,7 @@ pub fn run(
                     budget: &budget,
                     is_root,
                     done: &done,
-                    results: &res_tx,
+                    outcomes,
                 };
                 for job in rx {
                     writer.run(job);
@@ -139,7 +141,7 @@ pub fn run(
         }
         drop(job_rx);
 
-        let mut planner = Planner::new(handle, source, job_tx, &res_tx);
+        let mut planner = Planner::new(handle, source, job_tx, &outcomes);
         let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
         let mut seen = HashSet::new();
         for e in entry_rx {
@@ -185,21 +187,18 @@ pub fn run(
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
-    drop(res_tx);
+    report.files = outcomes.files.into_inner();
+    report.bytes = outcomes.bytes.into_inner();
     let mut failed_paths = HashSet::new();
-    for (dest, size, r) in res_rx {
-        match r {
-            Ok(()) => {
-                report.files += 1;
-                report.bytes += size;
-            }
-            Err(e) => {
-                failed_paths.insert(dest.clone());
-                report
-                    .failed
-                    .push((snapshot_path(&options.target, &dest), format!("{e:#}")));
-            }
-        }
+    for (dest, e) in outcomes
+        .failed
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        report
+            .failed
+            .push((snapshot_path(&options.target, &dest), format!("{e:#}")));
+        failed_paths.insert(dest);
     }
     walked?;
     if let Some(t) = ticker {
@@ -319,6 +318,32 @@ fn create_file(dest: &Path) -> Result<fs::File> {
     file.with_context(|| format!("cannot create {}", dest.display()))
 }
 
+/// What became of the files handed to the writers: counts of those
+/// restored (a restore of millions of files keeps no record of each), and
+/// each failure.
+#[derive(Default)]
+struct Outcomes {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    failed: std::sync::Mutex<Vec<(PathBuf, anyhow::Error)>>,
+}
+
+impl Outcomes {
+    fn record(&self, dest: PathBuf, size: u64, result: Result<()>) {
+        match result {
+            Ok(()) => {
+                self.files.fetch_add(1, Ordering::Relaxed);
+                self.bytes.fetch_add(size, Ordering::Relaxed);
+            }
+            Err(e) => self
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((dest, e)),
+        }
+    }
+}
+
 /// A file to restore, with the location of each of its chunks.
 struct FileJob {
     dest: PathBuf,
@@ -343,7 +368,7 @@ const PLAN_FILES: usize = 2048;
 /// A file is small when its chunks form one run of at most this many bytes.
 const SMALL_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Largest read that serves a segment of small files.
-const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// Bytes between two small files of a pack that are read through rather
 /// than split into two reads.
 const SEGMENT_GAP: u64 = 256 * 1024;
@@ -357,7 +382,7 @@ struct Planner<'a> {
     handle: &'a Handle,
     source: &'a BlobSource,
     jobs: crossbeam_channel::Sender<Job>,
-    results: &'a crossbeam_channel::Sender<(PathBuf, u64, Result<()>)>,
+    outcomes: &'a Outcomes,
     pending: Vec<(PathBuf, Node)>,
 }
 
@@ -366,13 +391,13 @@ impl<'a> Planner<'a> {
         handle: &'a Handle,
         source: &'a BlobSource,
         jobs: crossbeam_channel::Sender<Job>,
-        results: &'a crossbeam_channel::Sender<(PathBuf, u64, Result<()>)>,
+        outcomes: &'a Outcomes,
     ) -> Self {
         Self {
             handle,
             source,
             jobs,
-            results,
+            outcomes,
             pending: Vec::new(),
         }
     }
@@ -390,7 +415,7 @@ impl<'a> Planner<'a> {
     }
 
     fn fail(&self, dest: PathBuf, size: u64, error: anyhow::Error) {
-        let _ = self.results.send((dest, size, Err(error)));
+        self.outcomes.record(dest, size, Err(error));
     }
 
     fn send(&self, job: Job) -> Result<()> {
@@ -510,7 +535,7 @@ struct Writer<'a> {
     budget: &'a Arc<tokio::sync::Semaphore>,
     is_root: bool,
     done: &'a AtomicU64,
-    results: &'a crossbeam_channel::Sender<(PathBuf, u64, Result<()>)>,
+    outcomes: &'a Outcomes,
 }
 
 impl Writer<'_> {
@@ -548,7 +573,7 @@ impl Writer<'_> {
         if r.is_err() {
             let _ = fs::remove_file(&file.dest);
         }
-        let _ = self.results.send((file.dest, file.node.size, r));
+        self.outcomes.record(file.dest, file.node.size, r);
     }
 
     /// Writes a file whose sealed chunks are all in `bytes` (read from the
@@ -584,7 +609,7 @@ impl Writer<'_> {
             while pending.len() < READ_AHEAD {
                 let Some(run) = next_run.next() else { break };
                 let part = located[run.clone()].to_vec();
-                let bytes: u64 = part.iter().map(|(_, l)| u64::from(l.stored_len)).sum();
+                let bytes: u64 = part.iter().map(|(_, l)| held_bytes(l)).sum();
                 let mib = (bytes.div_ceil(1 << 20) as u32).clamp(1, READ_BUDGET_MIB);
                 let permit = self
                     .handle
@@ -648,20 +673,26 @@ impl<'a> Sink<'a> {
     }
 }
 
+/// The bytes a chunk holds in memory while its run is read and opened.
+fn held_bytes(loc: &BlobLocation) -> u64 {
+    u64::from(loc.stored_len) + u64::from(loc.raw_len)
+}
+
 /// Splits a file's chunks into runs: neighbouring chunks of one pack, read
-/// with one request of at most [`MAX_RUN_BYTES`].
+/// with one request and holding at most [`MAX_RUN_BYTES`] (see
+/// [`held_bytes`]).
 fn runs(located: &[(ChunkId, BlobLocation)]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut i = 0;
     while i < located.len() {
+        let mut held = held_bytes(&located[i].1);
         let mut j = i + 1;
         while j < located.len() {
             let (prev, next) = (&located[j - 1].1, &located[j].1);
             let contiguous =
                 next.pack == prev.pack && next.offset == prev.offset + u64::from(prev.stored_len);
-            if !contiguous
-                || next.offset + u64::from(next.stored_len) - located[i].1.offset > MAX_RUN_BYTES
-            {
+            held += held_bytes(next);
+            if !contiguous || held > MAX_RUN_BYTES {
                 break;
             }
             j += 1;
@@ -697,4 +728,47 @@ fn write_sparse(file: &fs::File, data: &[u8], offset: u64) -> std::io::Result<Op
         pos = stop;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_chunk_store::pack::{BlobKind, Compression};
+
+    /// Chunks of one pack laid end to end, with these sealed and plain
+    /// lengths in MiB.
+    fn laid_out(lengths: &[(u32, u32)]) -> Vec<(ChunkId, BlobLocation)> {
+        let mut offset = 0;
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &(stored, raw))| {
+                let loc = BlobLocation {
+                    pack: PackId::from_bytes([7; 32]),
+                    offset,
+                    stored_len: stored << 20,
+                    raw_len: raw << 20,
+                    kind: BlobKind::Data,
+                    compression: Compression::Zstd,
+                };
+                offset += u64::from(loc.stored_len);
+                (ChunkId::from_bytes([i as u8; 32]), loc)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_holds_at_most_its_share_of_sealed_and_opened_bytes() {
+        // Well-compressed chunks: 1 MiB sealed opens to 3 MiB, so two of
+        // them fill a run although only 2 MiB are read.
+        let located = laid_out(&[(1, 3), (1, 3), (1, 3), (1, 3), (1, 3)]);
+        assert_eq!(runs(&located), vec![0..2, 2..4, 4..5]);
+        // A chunk larger than a run is a run of its own.
+        let located = laid_out(&[(1, 1), (8, 8), (1, 1), (1, 1)]);
+        assert_eq!(runs(&located), vec![0..1, 1..2, 2..4]);
+        // A gap in the pack ends a run.
+        let mut located = laid_out(&[(1, 1), (1, 1)]);
+        located[1].1.offset += 1;
+        assert_eq!(runs(&located), vec![0..1, 1..2]);
+    }
 }

@@ -198,8 +198,14 @@ fn list_dir(
     path: &Path,
     parent: Option<ChunkId>,
 ) -> Option<Listing> {
-    // A parent tree that cannot be read only costs re-reading files.
-    let parent = parent.and_then(|id| source.tree_blocking(&shared.handle, &id).ok());
+    // A parent tree that cannot be read only costs re-reading files. The
+    // listing holds the decoded tree as long as it needs it; the source keeps
+    // only its encoding.
+    let parent = parent.and_then(|id| {
+        let tree = source.tree_blocking(&shared.handle, &id).ok();
+        source.release_tree(&id);
+        tree
+    });
     let listed = shared.early.as_ref().and_then(|early| early.take(path));
     let entries = match listed {
         Some(entries) => entries,
