@@ -106,9 +106,7 @@ impl SegmentPool {
     fn close_stream(&self) {
         let mut state = self.lock();
         state.open -= 1;
-        if state.open == 0 {
-            state.release_free();
-        }
+        state.release_if_idle();
         drop(state);
         self.shared.changed.notify_all();
     }
@@ -131,9 +129,7 @@ impl SegmentPool {
         buf.clear();
         let mut state = self.lock();
         state.free.push(buf);
-        if state.open == 0 {
-            state.release_free();
-        }
+        state.release_if_idle();
         drop(state);
         self.shared.changed.notify_all();
     }
@@ -145,9 +141,11 @@ impl PoolState {
     /// small, so a pool that kept them would hold that memory to the end.
     /// The next stream allocates again (only the pages it reads into are
     /// ever touched).
-    fn release_free(&mut self) {
-        self.allocated -= self.free.len();
-        self.free.clear();
+    fn release_if_idle(&mut self) {
+        if self.open == 0 {
+            self.allocated -= self.free.len();
+            self.free.clear();
+        }
     }
 }
 

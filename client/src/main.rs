@@ -33,7 +33,8 @@ fn main() -> std::process::ExitCode {
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        const MMAP_THRESHOLD: libc::c_int = 9 << 20;
+        use cairn_chunk_store::chunker::ChunkerParams;
+        const MMAP_THRESHOLD: u32 = ChunkerParams::DEFAULT.max + (1 << 20);
         let unset = |name: &str| std::env::var_os(name).is_none();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
@@ -44,7 +45,7 @@ fn tune_malloc() {
                 libc::mallopt(libc::M_ARENA_MAX, arenas);
             }
             if unset("MALLOC_MMAP_THRESHOLD_") {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
             }
         }
     }
