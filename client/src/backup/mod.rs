@@ -796,10 +796,11 @@ pub fn run(
     // busy through its helpers, and the other workers go on with smaller
     // files, which never take a segment); the spare segments carry chunks
     // still on their way to the packer, and outnumber the handed-on chunks
-    // by one (see `SegmentPool`). Each segment stays in memory once
-    // touched, so their number is most of the backup's peak memory: 1 + 2
-    // segments of 16 MiB on two cores. Each segment of a large file is cut
-    // in as many parts as there are cores.
+    // by one (see `SegmentPool`). A segment is touched as far as it is
+    // read, one maximum chunk beside what a read carries over, and stays in
+    // memory while the stream is open: 1 + 2 segments of about 9 MiB on two
+    // cores, most of the backup's peak memory. Each segment of a large file
+    // is cut in as many parts as there are cores.
     let streams = 1;
     let handed_on = cores.saturating_sub(1).max(1);
     let queue = files::ChunkQueue::new(handed_on, cores, streams);
