@@ -28,7 +28,7 @@ install_one() {
     local name=$1 version=$2
     shift 2
     # The stamp names the flags too: a build with other features is another build.
-    local opt_level=1 flags stamp
+    local opt_level=${CAIRN_S3_OPT_LEVEL:-1} flags stamp
     flags=$(printf '%s ' "$opt_level" "$@" | cksum | cut -d' ' -f1)
     stamp="$CAIRN_TOOLS/.installed-$name-$version-$flags"
     if [[ -x "$CAIRN_TOOLS/bin/$name" && -f "$stamp" ]]; then
@@ -36,7 +36,8 @@ install_one() {
     fi
     s3_log "building $name $version (once; cached in $CAIRN_TOOLS)"
     # Test servers handle megabytes: -O1 builds in far less time than -O3
-    # and serves them as fast as the tests need.
+    # and serves them as fast as the tests need. A benchmark that measures
+    # the servers' share sets CAIRN_S3_OPT_LEVEL=3 and a CAIRN_TOOLS of its own.
     CARGO_TARGET_DIR="$CAIRN_TOOLS/target" CARGO_PROFILE_RELEASE_OPT_LEVEL=$opt_level \
         cargo install "$name@$version" --locked --root "$CAIRN_TOOLS" "$@" >&2
     touch "$stamp"
