@@ -209,13 +209,10 @@ cpu_seconds() {
 # the client and of the servers (given by pid) it ran beside: on one
 # machine their work and the client's share the same cores.
 first_backup() {
-    local mode=$1 start t before
+    local mode=$1 t before
     shift
     before=$(cpu_seconds "$@")
-    sync
-    start=$EPOCHREALTIME
-    in_ns /usr/bin/time -f '%U %S' -o "$WORK/client-cpu" env CAIRN_REPO="$REPO" "$CAIRN_BIN" backup -q "$SRC" >/dev/null
-    t=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", b - a }')
+    t=$(timed in_ns /usr/bin/time -f '%U %S' -o "$WORK/client-cpu" env CAIRN_REPO="$REPO" "$CAIRN_BIN" backup -q "$SRC")
     record "$round" "$mode" first 0 "$t" -
     record "$round" "$mode" first_cpu_client 0 "$(awk '{ printf "%.2f\n", $1 + $2 }' "$WORK/client-cpu")" -
     record "$round" "$mode" first_cpu_servers 0 "$(awk -v a="$before" -v b="$(cpu_seconds "$@")" 'BEGIN { printf "%.2f\n", b - a }')" -

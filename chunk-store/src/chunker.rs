@@ -257,10 +257,10 @@ impl<'c, R: Read> ChunkStream<'c, R> {
         self.ahead.clear();
         let mut buf = self.pool.take_segment();
         buf.extend_from_slice(&self.segment[self.start..]);
-        let want = self
-            .chunker
-            .stream_read_len()
-            .min(self.pool.shared.segment_len.saturating_sub(buf.len()));
+        // What is carried over is shorter than a maximum chunk (a longer
+        // rest always has a final cut), so the read fits the segment.
+        let want = self.chunker.stream_read_len();
+        debug_assert!(buf.len() + want <= self.pool.shared.segment_len);
         let read = (&mut self.reader).take(want as u64).read_to_end(&mut buf);
         let segment = Bytes::from_owner(Segment {
             buf,
